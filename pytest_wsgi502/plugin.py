@@ -1,0 +1,138 @@
+"""pytest glue only: options, header, parametrization, result collection, summary. Logic lives elsewhere.
+
+Imports here stay cheap (no Django, gevent, httpx, testcontainers): this module loads in every pytest run of
+every project that has the plugin installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_wsgi502.config.matrix import Cell, load_matrix, select
+from pytest_wsgi502.config.settings import SETTINGS, EffectiveSettings, env_snapshot, resolve
+
+pytest_plugins = ["pytest_wsgi502.fixtures"]
+
+RESULT_KEY = "wsgi502_result"  # user_properties key carrying a cell result to the controller
+
+
+@dataclass
+class State:
+    settings: EffectiveSettings
+    enabled: bool
+    rootdir: Path
+    _cells: list[Cell] | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cells(self) -> list[Cell]:
+        if self._cells is None:
+            matrix = load_matrix(self.path("matrix_file") if self.settings.matrix_file else None)
+            self._cells = select(matrix, self.settings.cells)
+        return self._cells
+
+    def path(self, name: str) -> Path:
+        """A path setting: relative to the ini file's directory when it came from ini (or is the default),
+        else to the current directory."""
+        p = Path(self.settings.values[name].value)
+        if p.is_absolute():
+            return p
+        base = self.rootdir if self.settings.source(name) in ("ini", "default") else Path.cwd()
+        return (base / p).resolve()
+
+
+STATE = pytest.StashKey[State]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("wsgi502", "WSGI 502 matrix (pytest-wsgi502)")
+    group.addoption("--wsgi-matrix", action="store_true", dest="wsgi502_matrix",
+                    help="run the server matrix: MySQL + each server cell behind an ELB-like proxy, under load")
+    for s in SETTINGS:
+        default = f"; default {s.default}" if s.default else ""
+        group.addoption(s.option, dest=s.dest, metavar=s.metavar, default=None,
+                        help=f"{s.help} [env {s.env}, ini {s.ini}{default}]")
+        parser.addini(s.ini, s.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "wsgi_matrix: a test parametrized over the wsgi502 cell matrix")
+    ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
+    options = {s.dest: config.getoption(s.dest) for s in SETTINGS}
+    settings = resolve(options, env_snapshot(), ini)
+    rootdir = config.inipath.parent if config.inipath else config.rootpath
+    state = State(settings, bool(config.getoption("wsgi502_matrix")), rootdir)
+    config.stash[STATE] = state
+    if state.enabled:
+        from pytest_wsgi502.preflight import check
+
+        check(state.settings, state.cells, state.path("chdir"))
+    config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return []
+    s = state.settings
+    if not state.enabled:
+        return ["wsgi502: matrix off (pass --wsgi-matrix to run it)"]
+    shown = ("backend", "matrix_file", "duration", "requests", "concurrency", "timeout", "idle_timeout", "slo",
+             "app", "chdir")
+    parts = []
+    for name in shown:
+        r = s.values[name]
+        value = r.raw if r.raw is not None else ("seed" if name == "matrix_file" else "-")
+        parts.append(f"{name}={value} ({r.source})")
+    return ["wsgi502: " + ", ".join(parts), f"wsgi502: cells: {', '.join(c.name for c in state.cells)}"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "wsgi_cell" not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash[STATE]
+    skip = [] if state.enabled else [pytest.mark.skip(reason="matrix cells run only with --wsgi-matrix")]
+    metafunc.parametrize(
+        "wsgi_cell", [pytest.param(c, id=c.name, marks=[pytest.mark.wsgi_matrix, *skip]) for c in state.cells]
+    )
+
+
+class MatrixReporter:
+    """Collects each cell's result from its test report (xdist ships user_properties to the controller),
+    prints the summary table and writes the JSON manifest once, on the controller."""
+
+    def __init__(self, config: pytest.Config, state: State) -> None:
+        self.config, self.state = config, state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.state.results.extend(v for k, v in report.user_properties if k == RESULT_KEY)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.state.results:
+            return
+        from pytest_wsgi502.report.table import render_table
+
+        terminalreporter.section("wsgi502 matrix")
+        for line in render_table(self.state.results):
+            terminalreporter.write_line(line)
+        path = self.state.settings.json
+        if path:
+            terminalreporter.write_line(f"wsgi502: results written to {path}")
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        path = self.state.settings.json
+        if path and not hasattr(self.config, "workerinput"):
+            from pytest_wsgi502.report.manifest import write_json
+
+            write_json(self.state.path("json"), self.state.results, self.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_wsgi502.services.process import stop_all
+
+    stop_all()  # anything a fixture could not tear down (Ctrl-C, internal errors)

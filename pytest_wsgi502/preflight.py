@@ -1,0 +1,51 @@
+"""Checks before any process starts, so a missing binary is one line, not a failed cell per cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_wsgi502.config.matrix import Cell
+from pytest_wsgi502.config.settings import EffectiveSettings
+
+INSTALL_HINT = "run `bash bin/dev matrix` once, or apt-get install mariadb-server nginx-light"
+
+
+def check(settings: EffectiveSettings, cells: list[Cell], chdir: Path) -> None:
+    from pytest_wsgi502.proxy import find_nginx
+    from pytest_wsgi502.servers.base import binary_for
+    from pytest_wsgi502.services.mysql import find_mysqld
+
+    if settings.backend != "local":
+        raise pytest.UsageError(f"--wsgi-backend={settings.backend}: only 'local' is available")
+    if find_mysqld(settings.mysqld) is None:
+        where = f"--wsgi-mysqld={settings.mysqld} is not executable" if settings.mysqld else \
+            "mariadbd/mysqld not found on PATH or in /usr/sbin"
+        raise pytest.UsageError(f"{where}: {INSTALL_HINT}, or pass --wsgi-mysqld PATH")
+    if find_nginx(settings.nginx) is None:
+        where = f"--wsgi-nginx={settings.nginx} is not executable" if settings.nginx else \
+            "nginx not found on PATH or in /usr/sbin"
+        raise pytest.UsageError(f"{where}: {INSTALL_HINT}, or pass --wsgi-nginx PATH")
+    for server in sorted({c.server for c in cells}):
+        if binary_for(server) is None:
+            raise pytest.UsageError(
+                f"{server} not found next to {Path(__import__('sys').executable).parent} or on PATH: "
+                f"pip install 'pytest-wsgi502[servers]'"
+            )
+    if not chdir.is_dir():
+        raise pytest.UsageError(f"wsgi_chdir {chdir} is not a directory (it is where the servers import the app)")
+    bad = {c.name: _unknown_gunicorn_options(c) for c in cells if c.server == "gunicorn" and c.options}
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+        name, keys = next(iter(bad.items()))
+        raise pytest.UsageError(f"cell {name!r}: unknown gunicorn setting(s) {', '.join(keys)} in options")
+
+
+def _unknown_gunicorn_options(cell: Cell) -> list[str]:
+    from pytest_wsgi502.servers.gunicorn import validate_options
+
+    try:
+        return validate_options(dict(cell.options))
+    except ImportError:
+        return []

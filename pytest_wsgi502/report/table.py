@@ -1,0 +1,39 @@
+"""The terminal summary: one row per cell, the numbers the production story is about."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+COLUMNS = ("cell", "requests", "502", "5xx", "conn", "reset", "tmout", "verify", "err rate", "p50", "p95", "p99",
+           "max", "req/s", "respawns", "kills", "SLO")
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}ms" if value >= 100 else f"{value:.1f}ms"
+
+
+def row(r: dict[str, Any]) -> list[str]:
+    sc, err, lat = r.get("status_counts", {}), r.get("errors", {}), r.get("latency_ms", {})
+    other_5xx = r.get("http_5xx", 0) - sc.get("502", 0)
+    return [
+        r["name"], str(r["requests"]), str(sc.get("502", 0)), str(other_5xx), str(err.get("connect", 0)),
+        str(err.get("reset", 0)), str(err.get("timeout", 0)), str(err.get("verify", 0)),
+        f"{r['error_rate']:.2e}" if r["error_rate"] else "0", _ms(lat.get("p50")), _ms(lat.get("p95")),
+        _ms(lat.get("p99")), _ms(lat.get("max")), f"{r['rps']:.0f}", str(r.get("respawns", "-")),
+        str(r.get("kills", "-")), "pass" if r["slo"]["passed"] else "FAIL",
+    ]
+
+
+def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [list(COLUMNS)] + [row(r) for r in results]
+    widths = [max(len(x[i]) for x in rows) for i in range(len(COLUMNS))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(x) for x in rows[1:]]
+    for r in results:
+        for failure in r["slo"]["failures"]:
+            lines.append(f"{r['name']}: SLO breached: {failure}")
+    return lines

@@ -1,0 +1,87 @@
+"""Worker lifecycle events parsed from the servers' own logs (pure: text in, events out).
+
+Respawns are counted from the lines a server prints when it starts a replacement worker; kills are workers
+that died by SIGKILL (signal 9), whatever sent it: a reload-mercy timeout, harakiri, a worker timeout, or
+the OOM killer. uWSGI 2.0.31 prints ``worker N killed successfully`` after every recycle, SIGKILL or not, so
+that line alone is not a kill; the NO MERCY / signal 9 / HARAKIRI lines are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+_TS = r"^(?P<ts>\d{16}) "  # the microsecond stamp our uWSGI log-encoder writes on every line
+
+UWSGI_PATTERNS: dict[str, re.Pattern[str]] = {
+    "spawn": re.compile(r"spawned uWSGI worker (?P<worker>\d+) \(pid: (?P<pid>\d+)"),
+    "respawn": re.compile(r"Respawned uWSGI worker (?P<worker>\d+) \(new pid: (?P<pid>\d+)\)"),
+    "recycle": re.compile(r"\.\.\.The work of process (?P<pid>\d+) is done\. Seeya!"),
+    "lifetime": re.compile(r"worker (?P<worker>\d+) lifetime reached"),
+    "no_mercy": re.compile(r"worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) is taking too much time to die"),
+    "harakiri": re.compile(r"HARAKIRI ON WORKER (?P<worker>\d+) \(pid: (?P<pid>\d+)"),
+    "died_signal": re.compile(
+        r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died, killed by signal (?P<signal>\d+)"
+    ),
+    "died": re.compile(r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died(?!, killed)"),
+    "listen_queue_full": re.compile(r"listen queue of socket .* full"),
+    "respawning_too_fast": re.compile(r"worker respawning too fast"),
+}
+
+GUNICORN_PATTERNS: dict[str, re.Pattern[str]] = {
+    "spawn": re.compile(r"Booting worker with pid: (?P<pid>\d+)"),
+    "recycle": re.compile(r"Autorestarting worker after current request"),
+    "exit": re.compile(r"Worker exiting \(pid: (?P<pid>\d+)\)"),
+    "timeout": re.compile(r"WORKER TIMEOUT \(pid:(?P<pid>\d+)\)"),
+    "died_signal": re.compile(r"Worker \(pid:(?P<pid>\d+)\) was sent (?P<signame>SIG[A-Z]+)"),
+    "died_code": re.compile(r"Worker \(pid:(?P<pid>\d+)\) exited with code (?P<code>\d+)"),
+}
+
+_KILL_KINDS = {"no_mercy", "harakiri"}
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    t: float | None  # unix seconds, when the line carries a timestamp
+    pid: int | None
+    worker: int | None
+    line: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "t": self.t, "pid": self.pid, "worker": self.worker, "line": self.line}
+
+
+def parse_events(text: str, patterns: dict[str, re.Pattern[str]]) -> list[Event]:
+    events: list[Event] = []
+    ts_re = re.compile(_TS)
+    for line in text.splitlines():
+        m_ts = ts_re.match(line)
+        t = int(m_ts["ts"]) / 1e6 if m_ts else None
+        for kind, pat in patterns.items():
+            m = pat.search(line)
+            if m is None:
+                continue
+            g = m.groupdict()
+            if kind == "died_signal" and "signal" in g and g["signal"] != "9":
+                kind = "died_other_signal"
+            if kind == "died_signal" and g.get("signame") not in (None, "SIGKILL"):
+                kind = "died_other_signal"
+            events.append(Event(kind, t, int(g["pid"]) if g.get("pid") else None,
+                                int(g["worker"]) if g.get("worker") else None, line.strip()[:300]))
+            break
+    return events
+
+
+def summarize(events: list[Event], initial_workers: int) -> dict[str, Any]:
+    """respawns: workers started after the initial set; kills: distinct worker pids that got SIGKILL."""
+    counts = Counter(e.kind for e in events)
+    spawns = counts["spawn"] + counts["respawn"]
+    killed = {e.pid for e in events if e.kind in _KILL_KINDS or e.kind == "died_signal"}
+    return {
+        "respawns": max(0, spawns - initial_workers),
+        "kills": len(killed),
+        "event_counts": dict(sorted(counts.items())),
+    }

@@ -1,0 +1,114 @@
+"""SLO parsing and verdicts. Pure functions over plain data.
+
+Syntax: comma- or semicolon-separated ``metric op value``, e.g. ``error_rate<1e-3, p99<500ms, respawns<=20``.
+Latency metrics take ms (default), us, or s; rates are fractions (``1e-3``) or percentages (``0.1%``).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+# metric name -> (kind, path into a cell result dict, description)
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "error_rate": ("ratio", ("error_rate",)),
+    "errors": ("count", ("error_count",)),
+    "requests": ("count", ("requests",)),
+    "rps": ("rate", ("rps",)),
+    "http_502": ("count", ("status_counts", "502")),
+    "http_5xx": ("count", ("http_5xx",)),
+    "p50": ("latency", ("latency_ms", "p50")),
+    "p90": ("latency", ("latency_ms", "p90")),
+    "p95": ("latency", ("latency_ms", "p95")),
+    "p99": ("latency", ("latency_ms", "p99")),
+    "p99.9": ("latency", ("latency_ms", "p99.9")),
+    "max": ("latency", ("latency_ms", "max")),
+    "respawns": ("count", ("respawns",)),
+    "kills": ("count", ("kills",)),
+}
+_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
+_RE = re.compile(
+    r"^\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|==|<|>)\s*"
+    r"(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|us|s|%)?\s*$"
+)
+_LATENCY_UNITS = {None: 1.0, "ms": 1.0, "us": 1e-3, "s": 1e3}
+
+
+@dataclass(frozen=True)
+class SLO:
+    text: str  # normalized, e.g. "p99<500ms"
+    metric: str
+    op: str
+    limit: float  # in the metric's canonical unit (ms for latency, fraction for ratio)
+
+    def evaluate(self, result: Mapping[str, Any]) -> tuple[bool, float | None]:
+        value = measured(result, self.metric)
+        if value is None:
+            return False, None
+        return bool(_OPS[self.op](value, self.limit)), value
+
+
+def parse_slo(text: str) -> SLO:
+    m = _RE.match(text)
+    if not m:
+        raise pytest.UsageError(
+            f"bad SLO {text.strip()!r}: expected 'metric op value', e.g. 'p99<500ms' or 'error_rate<1e-3'"
+        )
+    metric, op, num, unit = m["metric"], m["op"], float(m["num"]), m["unit"]
+    if metric not in METRICS:
+        raise pytest.UsageError(f"bad SLO {text.strip()!r}: unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    kind = METRICS[metric][0]
+    if kind == "latency":
+        if unit == "%":
+            raise pytest.UsageError(f"bad SLO {text.strip()!r}: a latency takes us, ms or s, not %")
+        limit = num * _LATENCY_UNITS[unit]
+    elif unit == "%":
+        if kind != "ratio":
+            raise pytest.UsageError(f"bad SLO {text.strip()!r}: only error_rate takes %")
+        limit = num / 100.0
+    elif unit is not None:
+        raise pytest.UsageError(f"bad SLO {text.strip()!r}: {metric} takes no unit {unit!r}")
+    else:
+        limit = num
+    if kind == "ratio" and not 0 <= limit <= 1:
+        raise pytest.UsageError(f"bad SLO {text.strip()!r}: error_rate is a fraction in 0..1 (or use %)")
+    return SLO(f"{metric}{op}{m['num']}{unit or ''}", metric, op, limit)
+
+
+def parse_slos(spec: str | Iterable[str]) -> list[SLO]:
+    parts = re.split(r"[,;\n]", spec) if isinstance(spec, str) else list(spec)
+    return [parse_slo(p) for p in parts if p.strip()]
+
+
+def measured(result: Mapping[str, Any], metric: str) -> float | None:
+    node: Any = result
+    for key in METRICS[metric][1]:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key, 0 if metric == "http_502" else None)
+    return None if node is None else float(node)
+
+
+def verdict(slos: Iterable[SLO], result: Mapping[str, Any]) -> dict[str, Any]:
+    """{"passed": bool, "checks": [...], "failures": [...]} where each failure is a readable line."""
+    checks, failures = [], []
+    for slo in slos:
+        ok, value = slo.evaluate(result)
+        unit = "ms" if METRICS[slo.metric][0] == "latency" else ""
+        shown = "not measured" if value is None else f"{_fmt(value)}{unit}"
+        line = f"{slo.text}: measured {shown}, limit {slo.op} {_fmt(slo.limit)}{unit}"
+        checks.append({"slo": slo.text, "value": value, "limit": slo.limit, "op": slo.op, "passed": ok})
+        if not ok:
+            failures.append(line)
+    return {"passed": not failures, "checks": checks, "failures": failures}
+
+
+def _fmt(x: float) -> str:
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.3g}" if abs(x) < 1e-2 else f"{x:.4g}"
