@@ -55,7 +55,10 @@ def _str(text: str) -> str:
 def _slo_list(text: str) -> tuple[str, ...]:
     from pytest_wsgi502.slo import parse_slos  # pure, cheap
 
-    return tuple(s.text for s in parse_slos(text))
+    try:
+        return tuple(s.text for s in parse_slos(text))
+    except pytest.UsageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 BACKENDS = ("local",)  # "containers" arrives with the Testcontainers backend

@@ -1,0 +1,80 @@
+"""Integration tests drive the real plugin in a child pytest on the sample project: real MariaDB, uWSGI,
+gunicorn and nginx. Each child keeps its run directory under tmp_path so logs can be checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "sample_project"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+def processes_under(path: Path) -> list[str]:
+    """Live processes whose command line mentions ``path`` (every service we start names its run dir)."""
+    found = []
+    needle = str(path).encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in cmd and state != "Z":
+            shown = cmd.replace(b"\0", b" ").decode(errors="replace")[:160]
+            found.append(f"{pid} {shown}")
+    return found
+
+
+def wait_gone(path: Path, timeout: float = 15.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_under(path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+class Matrix:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.keep = tmp_path / "run"
+        self.json = tmp_path / "out.json"
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "pytest", str(SAMPLE / "test_matrix.py"), "--wsgi-matrix",
+                f"--wsgi-keep-dir={self.keep}", f"--wsgi-json={self.json}", "-p", "no:cacheprovider", "-rA", *args]
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    def cells(self) -> dict[str, dict]:
+        return {c["name"]: c for c in json.loads(self.json.read_text())["cells"]}
+
+    def cell_dir(self, name: str) -> Path:
+        (run,) = [p for p in self.keep.iterdir() if p.name.startswith("run-")]
+        return run / "cells" / name
+
+
+@pytest.fixture
+def matrix(tmp_path: Path) -> Matrix:
+    m = Matrix(tmp_path)
+    yield m
+    left = wait_gone(m.keep, timeout=5)
+    assert not left, f"processes left behind: {left}"

@@ -1,0 +1,110 @@
+"""End to end: pytest --wsgi-matrix on the sample project with real services."""
+
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from .conftest import processes_under, wait_gone
+
+
+def test_two_cells_end_to_end(matrix):
+    r = matrix.run("--wsgi-cells=uwsgi-2w,gunicorn-sync", "--wsgi-duration=3s", "--wsgi-slo=error_rate<0.01")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    cells = matrix.cells()
+    assert list(cells) == ["uwsgi-2w", "gunicorn-sync"]
+    for name, c in cells.items():
+        # real requests through the proxy, every one verified by its body
+        assert c["requests"] > 300, (name, c["requests"])
+        assert c["status_counts"].get("200", 0) + c["error_count"] >= c["requests"]
+        assert c["proxy"]["status_counts"] == c["status_counts"], "the proxy saw what the client saw"
+        assert c["latency_ms"]["p50"] > 0 and c["rps"] > 0
+        assert set(c["slo"]) >= {"passed", "failures"}
+        assert {"uwsgi.ini", "nginx.conf", "server.log", "proxy-access.log"} <= set(c["files"]) or \
+            {"gunicorn.conf.py", "nginx.conf", "server.log", "proxy-access.log"} <= set(c["files"])
+    assert re.search(r"uwsgi-2w\s+\d+\s+0\s+0", out), out
+    assert "gunicorn-sync" in out and "wsgi502 matrix" in out
+
+
+def test_respawn_counts_agree_with_the_servers_own_logs(matrix, tmp_path):
+    m = tmp_path / "m.toml"
+    m.write_text("""
+[defaults]
+max_requests = 40
+[cells.uwsgi-recycle]
+server = "uwsgi"
+[cells.uwsgi-recycle.options]
+min-worker-lifetime = 1
+[cells.gunicorn-recycle]
+server = "gunicorn"
+""")
+    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-duration=4s", "--wsgi-concurrency=8",
+                   "--wsgi-slo=error_rate<=1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cells = matrix.cells()
+    u_log = (matrix.cell_dir("uwsgi-recycle") / "server.log").read_text()
+    respawned = len(re.findall(r"Respawned uWSGI worker \d+ \(new pid: \d+\)", u_log))
+    assert respawned >= 2, u_log[-2000:]
+    assert cells["uwsgi-recycle"]["respawns"] == respawned
+    g_log = (matrix.cell_dir("gunicorn-recycle") / "server.log").read_text()
+    booted = len(re.findall(r"Booting worker with pid: \d+", g_log))
+    assert booted - 2 >= 2
+    assert cells["gunicorn-recycle"]["respawns"] == booted - 2
+    assert cells["gunicorn-recycle"]["telemetry"]["respawns_from_log"] == booted - 2
+
+
+def test_server_that_never_starts_is_one_error_with_its_log(matrix, tmp_path):
+    m = tmp_path / "m.toml"
+    m.write_text('[cells.broken]\nserver = "uwsgi"\n[cells.broken.options]\nmodule = "no_such_module:app"\n')
+    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-duration=1s")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert re.search(r"uwsgi \(broken\) exited \(code \d+\) before answering HTTP on 127\.0\.0\.1:\d+", out), out
+    assert "no_such_module" in out  # the server's own last log lines are in the message
+    assert "pytest_wsgi502/" not in out  # and no traceback of ours
+
+
+def test_port_in_use_is_reported_by_the_server(matrix, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        m = tmp_path / "m.toml"
+        m.write_text(f'[cells.clash]\nserver = "gunicorn"\n[cells.clash.options]\nbind = ["127.0.0.1:{port}"]\n')
+        r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-duration=1s", timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert "gunicorn (clash) exited" in out or "gunicorn (clash) not ready" in out, out
+    assert "Address already in use" in out, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_interrupted_run_leaves_nothing_running(matrix, sig):
+    proc = matrix.popen("--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s")
+    try:
+        deadline = time.monotonic() + 120
+        # wait until the server, the proxy and MariaDB are all up and load is flowing
+        while time.monotonic() < deadline:
+            logs = list(matrix.keep.glob("run-*/cells/uwsgi-2w/proxy-access.log"))
+            if logs and logs[0].stat().st_size > 0:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the cell never started")
+        assert len(processes_under(matrix.keep)) >= 4  # mariadbd, uwsgi master + workers, nginx
+        proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 2  # pytest's "interrupted"
+        assert not wait_gone(matrix.keep, 10)
+    else:
+        # the kernel (PR_SET_PDEATHSIG) stops the services; uWSGI workers follow their master (no-orphans)
+        left = wait_gone(matrix.keep, 15)
+        assert not left, left

@@ -1,0 +1,103 @@
+import textwrap
+
+import pytest
+
+from pytest_wsgi502.config.matrix import SEED_MATRIX, Cell, expand, load_matrix, select
+
+SEED_CELLS = ["uwsgi-2w", "uwsgi-8w", "uwsgi-16w", "uwsgi-delta", "uwsgi-sqlalchemy-pool", "uwsgi-gevent-pymysql",
+              "gunicorn-sync", "gunicorn-gthread", "gunicorn-gevent"]
+
+
+def test_seed_matrix_has_the_story_cells_in_order():
+    cells = load_matrix()
+    assert [c.name for c in cells] == SEED_CELLS
+    by = {c.name: c for c in cells}
+    assert by["uwsgi-2w"].workers == 2 and by["uwsgi-2w"].max_requests > 0 and by["uwsgi-2w"].driver == "mysqlclient"
+    assert by["uwsgi-16w"].workers == 16 and by["uwsgi-16w"].server == "uwsgi"
+    assert by["uwsgi-delta"].max_requests_delta > 0
+    assert by["uwsgi-sqlalchemy-pool"].pool == "sqlalchemy"
+    assert (by["uwsgi-gevent-pymysql"].effective_worker_class, by["uwsgi-gevent-pymysql"].driver) == ("gevent", "pymysql")
+    assert by["gunicorn-sync"].effective_worker_class == "sync"
+    assert by["gunicorn-gthread"].threads == 4
+    # a description is not inherited through extends
+    assert by["uwsgi-8w"].description != by["uwsgi-2w"].description
+
+
+def test_extends_merges_options_key_by_key():
+    cells = expand({
+        "cells": {
+            "a": {"server": "uwsgi", "options": {"harakiri": 30, "listen": 64}, "env": {"X": "1"}},
+            "b": {"extends": "a", "options": {"listen": 128}, "workers": 4},
+        }
+    })
+    b = cells[1]
+    assert dict(b.options) == {"harakiri": 30, "listen": 128}
+    assert dict(b.env) == {"X": "1"}
+    assert b.workers == 4 and b.server == "uwsgi"
+
+
+def test_defaults_apply_and_cells_override():
+    cells = expand({"defaults": {"max_requests": 7}, "cells": {"a": {"server": "gunicorn"},
+                                                              "b": {"server": "gunicorn", "max_requests": 0}}})
+    assert [c.max_requests for c in cells] == [7, 0]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"cells": {"a": {"server": "uwsgi", "wokers": 2}}}, "unknown key(s) wokers"),
+        ({"cells": {"a": {"server": "apache"}}}, "server 'apache' unknown"),
+        ({"cells": {"a": {"workers": 2}}}, "missing 'server'"),
+        ({"cells": {"a": {"server": "uwsgi", "workers": "2"}}}, "workers must be an integer"),
+        ({"cells": {"a": {"server": "uwsgi", "workers": 0}}}, "workers must be >= 1"),
+        ({"cells": {"a": {"server": "uwsgi", "worker_class": "gthread"}}}, "not a uwsgi worker"),
+        ({"cells": {"a": {"server": "gunicorn", "max_requests_delta": 5}}}, "max_requests_delta is a uwsgi setting"),
+        ({"cells": {"a": {"server": "uwsgi", "driver": "psycopg"}}}, "driver 'psycopg' unknown"),
+        ({"cells": {"a": {"server": "uwsgi", "slo": ["p99<<3"]}}}, "bad SLO"),
+        ({"cells": {"a": {"server": "uwsgi", "extends": "zz"}}}, "extends unknown cell 'zz'"),
+        ({"cells": {"a": {"server": "uwsgi", "extends": "b"}, "b": {"server": "uwsgi", "extends": "a"}}}, "cycle"),
+        ({"cells": {"A B": {"server": "uwsgi"}}}, "names use"),
+        ({"cell": {}}, "unknown top-level key"),
+        ({"cells": {}}, "no cells defined"),
+        ({"defaults": {"extends": "a"}, "cells": {"a": {"server": "uwsgi"}}}, "unknown key(s) extends"),
+    ],
+)
+def test_bad_matrix_is_one_usage_error(data, message):
+    with pytest.raises(pytest.UsageError, match=None) as info:
+        expand(data, "m.toml")
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_load_matrix_file_errors(tmp_path):
+    with pytest.raises(pytest.UsageError, match="matrix file not found"):
+        load_matrix(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cells.a\nserver=")
+    with pytest.raises(pytest.UsageError, match="invalid TOML"):
+        load_matrix(bad)
+
+
+def test_user_matrix_file_roundtrip(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text(textwrap.dedent("""
+        [cells.mine]
+        server = "gunicorn"
+        worker_class = "gthread"
+        threads = 8
+        slo = "p99<250ms"
+        [cells.mine.options]
+        timeout = 5
+    """))
+    (cell,) = load_matrix(f)
+    assert isinstance(cell, Cell)
+    assert (cell.name, cell.threads, cell.slo, dict(cell.options)) == ("mine", 8, ("p99<250ms",), {"timeout": 5})
+    assert cell.as_dict()["options"] == {"timeout": 5}
+
+
+def test_select_keeps_order_and_rejects_unknown():
+    cells = load_matrix(SEED_MATRIX)
+    assert [c.name for c in select(cells, "gunicorn-sync, uwsgi-2w")] == ["gunicorn-sync", "uwsgi-2w"]
+    assert select(cells, None) == cells
+    with pytest.raises(pytest.UsageError, match="unknown cell.*nope.*known: uwsgi-2w"):
+        select(cells, "uwsgi-2w,nope")

@@ -1,0 +1,53 @@
+import pytest
+
+from pytest_wsgi502.metrics.stats import Stats
+
+
+def make(samples, started=1000.0):
+    s = Stats(started=started)
+    for status, lat, err in samples:
+        s.record(status, lat, started + lat, err)
+    s.ended = started + 10
+    return s
+
+
+def test_counts_rates_and_classes():
+    s = make([(200, 0.010, None)] * 97 + [(502, 0.002, None), (None, 0.001, "reset"), (200, 0.01, "verify")])
+    d = s.to_dict()
+    assert d["requests"] == 99 + 0 + 1  # 99 responses + 1 transport failure; "verify" is on a response
+    assert d["responses"] == 99
+    assert d["status_counts"] == {"200": 98, "502": 1}
+    assert d["errors"] == {"connect": 0, "reset": 1, "timeout": 0, "protocol": 0, "verify": 1}
+    assert d["error_count"] == 3
+    assert d["error_rate"] == pytest.approx(3 / 100)
+    assert d["http_5xx"] == 1
+    assert d["rps"] == pytest.approx(10.0)
+
+
+def test_percentiles_within_histogram_precision():
+    s = make([(200, ms / 1000, None) for ms in range(1, 1001)])
+    lat = s.to_dict()["latency_ms"]
+    assert lat["p50"] == pytest.approx(500, rel=1e-3)
+    assert lat["p99"] == pytest.approx(990, rel=1e-3)
+    assert lat["max"] == pytest.approx(1000, rel=1e-3)
+
+
+def test_merge_is_exact():
+    a = make([(200, ms / 1000, None) for ms in range(1, 501)], started=1000.0)
+    b = make([(200, ms / 1000, None) for ms in range(501, 1001)], started=1002.0)
+    whole = make([(200, ms / 1000, None) for ms in range(1, 1001)])
+    merged = a.merge(b).to_dict()
+    assert merged["requests"] == 1000
+    assert merged["latency_ms"] == whole.to_dict()["latency_ms"]
+    assert a.started == 1000.0 and a.ended == 1012.0
+
+
+def test_clamps_beyond_60s_and_counts_it():
+    s = make([(504, 75.0, None)])
+    assert s.clamped == 1
+    assert s.to_dict()["latency_ms"]["max"] == pytest.approx(60_000, rel=1e-3)
+
+
+def test_no_responses_gives_no_latency():
+    d = make([(None, 0.0, "connect")] * 3).to_dict()
+    assert d["latency_ms"]["p99"] is None and d["error_rate"] == 1.0
