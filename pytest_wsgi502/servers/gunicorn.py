@@ -53,6 +53,9 @@ class Gunicorn(LocalServer):
             "worker_class": cell.effective_worker_class,
             "errorlog": "-",
             "loglevel": "info",
+            # gunicorn >= 24 opens a control socket at ~/.gunicorn/gunicorn.ctl, shared by every instance on
+            # the machine (xdist workers would fight over it); we do not use it. Older versions ignore the name.
+            "control_socket_disable": True,
         }
         if cell.effective_worker_class == "gthread":
             s["threads"] = cell.threads

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("health", views.health),
+    path("api/counter/<int:counter_id>", views.counter),
+    path("api/slow", views.slow),
+]

@@ -1,0 +1,40 @@
+import os
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from .models import Counter
+
+MAX_SLOW_MS = 60_000
+
+
+@require_GET
+def health(request):
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def counter(request, counter_id):
+    with transaction.atomic():
+        # update() bypasses auto_now, so updated_at is set explicitly.
+        updated = Counter.objects.filter(pk=counter_id).update(hits=F("hits") + 1, updated_at=timezone.now())
+        if not updated:
+            return JsonResponse({"error": "no such counter", "id": counter_id}, status=404)
+        hits = Counter.objects.values_list("hits", flat=True).get(pk=counter_id)
+    return JsonResponse({"id": counter_id, "hits": hits, "pid": os.getpid()})
+
+
+@require_GET
+def slow(request):
+    try:
+        ms = int(request.GET["ms"])
+    except (KeyError, ValueError):
+        ms = -1
+    if not 0 <= ms <= MAX_SLOW_MS:
+        return JsonResponse({"error": f"ms must be an integer in 0..{MAX_SLOW_MS}"}, status=400)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT SLEEP(%s)", [ms / 1000])
+    return JsonResponse({"slept_ms": ms, "pid": os.getpid()})
