@@ -15,7 +15,8 @@ from typing import Any
 
 from pytest_wsgi502 import slo as slo_mod
 from pytest_wsgi502.config.matrix import Cell
-from pytest_wsgi502.load.engine import LoadSpec, run as run_load
+from pytest_wsgi502.load.engine import LoadSpec
+from pytest_wsgi502.load.engine import run as run_load
 from pytest_wsgi502.proxy import LocalProxy, parse_access_log, parse_error_log
 from pytest_wsgi502.servers.base import ServerSpec, make_server
 

@@ -96,7 +96,9 @@ def load_matrix(path: Path | None = None) -> list[Cell]:
 def expand(data: Mapping[str, Any], where: str = "matrix") -> list[Cell]:
     unknown = set(data) - {"defaults", "cells"}
     if unknown:
-        raise pytest.UsageError(f"{where}: unknown top-level key(s) {sorted(unknown)}; expected [defaults], [cells.NAME]")
+        raise pytest.UsageError(
+            f"{where}: unknown top-level key(s) {sorted(unknown)}; expected [defaults], [cells.NAME]"
+        )
     defaults = data.get("defaults", {})
     cells_raw = data.get("cells", {})
     if not isinstance(cells_raw, Mapping) or not cells_raw:

@@ -30,7 +30,11 @@ def row(r: dict[str, Any]) -> list[str]:
 def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
     rows = [list(COLUMNS)] + [row(r) for r in results]
     widths = [max(len(x[i]) for x in rows) for i in range(len(COLUMNS))]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def fmt(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
     lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)]
     lines += [fmt(x) for x in rows[1:]]
     for r in results:

@@ -101,7 +101,8 @@ class LocalMySQL:
         conn = pymysql.connect(unix_socket=self.socket, user="root", connect_timeout=2)
         try:
             with conn.cursor() as cur:
-                cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN (%s)" % ",".join(["%s"] * len(names)), names)
+                placeholders = ",".join(["%s"] * len(names))
+                cur.execute(f"SHOW GLOBAL STATUS WHERE Variable_name IN ({placeholders})", names)
                 return {k: int(v) for k, v in cur.fetchall()}
         finally:
             conn.close()

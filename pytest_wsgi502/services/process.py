@@ -151,10 +151,8 @@ class LocalProcess:
             return None
         if self.proc.poll() is None:
             self.signal(self.stop_signal)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # workers the leader left behind
         with contextlib.suppress(subprocess.TimeoutExpired):

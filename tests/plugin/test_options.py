@@ -22,7 +22,9 @@ def test_without_flag_cells_are_skipped_with_a_reason(project):
 
 def test_test_ids_are_cell_names_and_k_selects(project):
     result = project.runpytest("--collect-only", "-q", "-k", "uwsgi-2w or gunicorn-sync")
-    result.stdout.fnmatch_lines(["test_cells.py::test_cell[[]uwsgi-2w[]]", "test_cells.py::test_cell[[]gunicorn-sync[]]"])
+    result.stdout.fnmatch_lines(
+        ["test_cells.py::test_cell[[]uwsgi-2w[]]", "test_cells.py::test_cell[[]gunicorn-sync[]]"]
+    )
     assert "uwsgi-8w" not in result.stdout.str()
 
 
@@ -48,7 +50,8 @@ def test_header_shows_each_setting_and_its_source(project, monkeypatch):
         (["--wsgi-matrix", "--wsgi-matrix-file=missing.toml"], "ERROR: matrix file not found: *missing.toml"),
         (["--wsgi-matrix", "--wsgi-mysqld=/nonexistent/mariadbd"],
          "ERROR: --wsgi-mysqld=/nonexistent/mariadbd is not executable: *"),
-        (["--wsgi-matrix", "--wsgi-nginx=/nonexistent/nginx"], "ERROR: --wsgi-nginx=/nonexistent/nginx is not executable*"),
+        (["--wsgi-matrix", "--wsgi-nginx=/nonexistent/nginx"],
+         "ERROR: --wsgi-nginx=/nonexistent/nginx is not executable*"),
     ],
 )
 def test_bad_input_is_one_line_no_traceback(project, args, message):

@@ -83,7 +83,7 @@ def test_remote_targets_are_refused_unless_allowed():
     check_loopback("http://127.0.0.1:80")
     check_loopback("http://[::1]:80")
     check_loopback("http://localhost:80")
-    with pytest.raises(RemoteTargetError, match="non-loopback 10.1.2.3"):
+    with pytest.raises(RemoteTargetError, match=r"non-loopback 10\.1\.2\.3"):
         check_loopback("http://10.1.2.3:80")
     with pytest.raises(RemoteTargetError):
         asyncio.run(run_closed_loop(LoadSpec(base_url="http://10.1.2.3")))

@@ -16,7 +16,8 @@ def test_seed_matrix_has_the_story_cells_in_order():
     assert by["uwsgi-16w"].workers == 16 and by["uwsgi-16w"].server == "uwsgi"
     assert by["uwsgi-delta"].max_requests_delta > 0
     assert by["uwsgi-sqlalchemy-pool"].pool == "sqlalchemy"
-    assert (by["uwsgi-gevent-pymysql"].effective_worker_class, by["uwsgi-gevent-pymysql"].driver) == ("gevent", "pymysql")
+    gevent = by["uwsgi-gevent-pymysql"]
+    assert (gevent.effective_worker_class, gevent.driver) == ("gevent", "pymysql")
     assert by["gunicorn-sync"].effective_worker_class == "sync"
     assert by["gunicorn-gthread"].threads == 4
     # a description is not inherited through extends
@@ -99,5 +100,5 @@ def test_select_keeps_order_and_rejects_unknown():
     cells = load_matrix(SEED_MATRIX)
     assert [c.name for c in select(cells, "gunicorn-sync, uwsgi-2w")] == ["gunicorn-sync", "uwsgi-2w"]
     assert select(cells, None) == cells
-    with pytest.raises(pytest.UsageError, match="unknown cell.*nope.*known: uwsgi-2w"):
+    with pytest.raises(pytest.UsageError, match=r"unknown cell.*nope.*known: uwsgi-2w"):
         select(cells, "uwsgi-2w,nope")
