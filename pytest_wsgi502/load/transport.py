@@ -128,13 +128,18 @@ class FastTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"connect to {url.host}:{url.port}: {exc.strerror or exc}") from None
         return proto
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def roundtrip(self, request: httpx.Request, raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The engine's hot path: pre-serialized bytes in, (status, headers, body) out, no httpx.Response."""
         proto = self._proto
         if proto is None or proto.closed:
             proto = self._proto = await self._connect(request.url)
-        status, headers, body = await proto.send(serialize(request), self.timeout)
+        result = await proto.send(raw, self.timeout)
         if not proto.keep_alive:
             proto.abort()
+        return result
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        status, headers, body = await self.roundtrip(request, serialize(request))
         return httpx.Response(status, headers=headers, content=body, request=request)
 
     async def aclose(self) -> None:

@@ -1,8 +1,9 @@
 """Per-cell load statistics that merge exactly across processes.
 
 Latency is kept in an HdrHistogram of microseconds, 1 us .. 60 s at 3 significant digits: any recorded
-value is reported within 0.1 % of itself, and two histograms merge without loss (unlike rounded buckets).
-Values above 60 s are clamped to 60 s and counted in ``clamped``.
+value is reported within 0.1 % of itself, and histograms merge without loss (unlike rounded buckets).
+Per-second windows keep their own histogram at 2 significant digits (1 %, 20 KB a second) for the time
+series. Values above 60 s are clamped to 60 s and counted in ``clamped``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,23 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-LOWEST_US, HIGHEST_US, DIGITS = 1, 60_000_000, 3
+LOWEST_US, HIGHEST_US, DIGITS, WINDOW_DIGITS = 1, 60_000_000, 3, 2
 # transport and verification failures, counted apart from HTTP statuses
 ERROR_CLASSES = ("connect", "reset", "timeout", "protocol", "verify")
 PERCENTILES = (50, 90, 95, 99, 99.9)
 
 
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+def new_histogram(digits: int = DIGITS) -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, digits)
+
+
+@dataclass
+class Window:
+    """One wall-clock second: requests, errors by class (an error class or an HTTP status >= 400), latency."""
+
+    requests: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    histogram: HdrHistogram = field(default_factory=lambda: new_histogram(WINDOW_DIGITS))
 
 
 @dataclass
@@ -31,23 +41,29 @@ class Stats:
     started: float = 0.0  # wall-clock seconds (time.time) of the first send
     ended: float = 0.0  # wall-clock seconds of the last completion
     clamped: int = 0
-    # second since start -> [requests, errors]; a coarse timeline for the report
-    timeline: dict[int, list[int]] = field(default_factory=dict)
+    windows: dict[int, Window] = field(default_factory=dict)  # unix second -> window
 
     def record(self, status: int | None, latency_s: float, at: float, error: str | None = None) -> None:
-        """One finished attempt: an HTTP status (or None when the transport failed) and/or an error class."""
+        """One finished attempt at wall time ``at``: an HTTP status (None when the transport failed) and/or
+        an error class."""
+        window = self.windows.get(sec := int(at))
+        if window is None:
+            window = self.windows[sec] = Window()
+        window.requests += 1
         if status is not None:
             self.status_counts[status] += 1
-            us = max(LOWEST_US, int(latency_s * 1e6))
+            us = int(latency_s * 1e6)
             if us > HIGHEST_US:
                 us, self.clamped = HIGHEST_US, self.clamped + 1
+            elif us < LOWEST_US:
+                us = LOWEST_US
             self.histogram.record_value(us)
+            window.histogram.record_value(us)
+            if status >= 400:
+                window.errors[str(status)] += 1
         if error is not None:
             self.errors[error] += 1
-        bad = error is not None or (status is not None and status >= 400)
-        slot = self.timeline.setdefault(int(at - self.started) if self.started else 0, [0, 0])
-        slot[0] += 1
-        slot[1] += bad
+            window.errors[error] += 1
 
     def merge(self, other: Stats) -> Stats:
         self.status_counts.update(other.status_counts)
@@ -57,11 +73,31 @@ class Stats:
             self.started = other.started
         self.ended = max(self.ended, other.ended)
         self.clamped += other.clamped
-        for sec, (n, e) in other.timeline.items():
-            slot = self.timeline.setdefault(sec, [0, 0])
-            slot[0] += n
-            slot[1] += e
+        for sec, w in other.windows.items():
+            mine = self.windows.setdefault(sec, Window())
+            mine.requests += w.requests
+            mine.errors.update(w.errors)
+            mine.histogram.add(w.histogram)
         return self
+
+    # crossing a process boundary: HdrHistograms travel in their standard compressed encoding
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "status_counts": dict(self.status_counts), "errors": dict(self.errors),
+            "histogram": self.histogram.encode(), "started": self.started, "ended": self.ended,
+            "clamped": self.clamped,
+            "windows": {s: (w.requests, dict(w.errors), w.histogram.encode()) for s, w in self.windows.items()},
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Stats:
+        s = cls(Counter(d["status_counts"]), Counter(d["errors"]), started=d["started"], ended=d["ended"],
+                clamped=d["clamped"])
+        s.histogram.add(HdrHistogram.decode(d["histogram"]))
+        for sec, (n, errors, hist) in d["windows"].items():
+            w = s.windows[int(sec)] = Window(n, Counter(errors))
+            w.histogram.add(HdrHistogram.decode(hist))
+        return s
 
     @property
     def responses(self) -> int:
@@ -81,9 +117,22 @@ class Stats:
     def duration(self) -> float:
         return max(0.0, self.ended - self.started)
 
+    def timeline(self) -> list[dict[str, Any]]:
+        """Per-second series: offset from the first second, requests, errors by class, p99 (ms, 1 %)."""
+        if not self.windows:
+            return []
+        first = min(self.windows)
+        return [
+            {"t": sec - first, "requests": w.requests, "errors": dict(sorted(w.errors.items())),
+             "p99_ms": w.histogram.get_value_at_percentile(99) / 1000 if w.histogram.get_total_count() else None}
+            for sec, w in sorted(self.windows.items())
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         h, n = self.histogram, self.requests
-        latency = {("p99.9" if p == 99.9 else f"p{p}"): h.get_value_at_percentile(p) / 1000 for p in PERCENTILES}
+        latency: dict[str, float | None] = {
+            ("p99.9" if p == 99.9 else f"p{p:g}"): h.get_value_at_percentile(p) / 1000 for p in PERCENTILES
+        }
         latency.update(max=h.get_max_value() / 1000, mean=round(h.get_mean_value() / 1000, 3))
         if not self.responses:
             latency = dict.fromkeys(latency)
@@ -99,5 +148,5 @@ class Stats:
             "rps": round(n / self.duration, 1) if self.duration else 0.0,
             "duration_s": round(self.duration, 3),
             "latency_clamped": self.clamped,
-            "timeline": [[sec, *self.timeline[sec]] for sec in sorted(self.timeline)],
+            "timeline": self.timeline(),
         }

@@ -3,7 +3,17 @@ import asyncio
 import httpx
 import pytest
 
-from pytest_wsgi502.load.engine import LoadSpec, RemoteTargetError, check_loopback, run, run_closed_loop
+from pytest_wsgi502.load.engine import (
+    Endpoint,
+    LoadSpec,
+    RemoteTargetError,
+    check_loopback,
+    drive,
+    generator_verdict,
+    run,
+    slot_time,
+)
+from pytest_wsgi502.metrics.stats import Stats
 
 BASE = "http://127.0.0.1:9"
 
@@ -12,23 +22,50 @@ def spec(**kw):
     return LoadSpec(**{"base_url": BASE, "concurrency": 4, "duration": 5.0, "max_requests": 200, **kw})
 
 
+def drive_stats(s, factory, verify=None):
+    return asyncio.run(drive(s, factory, verify))[0]
+
+
 def counter_app(request: httpx.Request) -> httpx.Response:
     n = int(request.url.path.rsplit("/", 1)[1])
     return httpx.Response(200, text=f'{{"id": {n}, "hits": 1}}')
 
 
 def test_budget_bounds_requests_and_bodies_are_verified():
-    stats = asyncio.run(run_closed_loop(
-        spec(path="/api/counter/{n}", verify_contains='"id": {n},'), lambda: httpx.MockTransport(counter_app)))
+    stats = drive_stats(spec(path="/api/counter/{n}", verify_contains='"id": {n},'),
+                        lambda: httpx.MockTransport(counter_app))
     d = stats.to_dict()
     assert d["requests"] == 200 and d["status_counts"] == {"200": 200} and d["error_count"] == 0
 
 
 def test_wrong_body_is_a_verify_error():
     wrong = httpx.MockTransport(lambda r: httpx.Response(200, text='{"id": 0, "hits": 1}'))
-    d = asyncio.run(run_closed_loop(spec(path="/c/{n}", verify_contains='"id": {n},', n_max=50),
-                                    lambda: wrong)).to_dict()
+    d = drive_stats(spec(path="/c/{n}", verify_contains='"id": {n},', n_max=50), lambda: wrong).to_dict()
     assert d["errors"]["verify"] == 200 and d["error_rate"] == 1.0
+
+
+def test_verify_callable_sees_httpx_responses():
+    seen = []
+
+    def verify(response: httpx.Response) -> bool:
+        seen.append(type(response))
+        return response.json()["hits"] == 1
+
+    d = drive_stats(spec(path="/c/{n}"), lambda: httpx.MockTransport(counter_app), verify).to_dict()
+    assert d["error_count"] == 0 and set(seen) == {httpx.Response} and len(seen) == 200
+
+
+def test_request_mix_follows_weights():
+    paths = []
+
+    def app(request):
+        paths.append(request.url.path)
+        return httpx.Response(200, text="a" if request.url.path == "/a" else "b")
+
+    mix = (Endpoint("/a", 3, "a"), Endpoint("/b", 1, "b"))
+    d = drive_stats(spec(mix=mix, max_requests=4000), lambda: httpx.MockTransport(app)).to_dict()
+    assert d["error_count"] == 0
+    assert paths.count("/a") / len(paths) == pytest.approx(0.75, abs=0.03)
 
 
 @pytest.mark.parametrize(
@@ -44,16 +81,18 @@ def test_transport_failures_are_counted_never_raised(exc, klass):
     def boom(request):
         raise exc
 
-    d = asyncio.run(run_closed_loop(spec(max_requests=20), lambda: httpx.MockTransport(boom))).to_dict()
+    d = drive_stats(spec(max_requests=20), lambda: httpx.MockTransport(boom)).to_dict()
     assert d["errors"][klass] == 20 and d["requests"] == 20 and d["responses"] == 0
 
 
-def test_status_errors_count_in_error_rate():
+def test_status_errors_count_in_error_rate_and_the_timeline():
     seq = iter([200, 502, 200, 500] * 50)
-    d = asyncio.run(run_closed_loop(spec(max_requests=200, concurrency=1),
-                                    lambda: httpx.MockTransport(lambda r: httpx.Response(next(seq))))).to_dict()
+    d = drive_stats(spec(max_requests=200, concurrency=1),
+                    lambda: httpx.MockTransport(lambda r: httpx.Response(next(seq)))).to_dict()
     assert d["status_counts"] == {"200": 100, "500": 50, "502": 50}
     assert d["error_rate"] == pytest.approx(0.5)
+    assert sum(w["requests"] for w in d["timeline"]) == 200
+    assert sum(w["errors"].get("502", 0) for w in d["timeline"]) == 50
 
 
 def test_deadline_bounds_a_run_with_unlimited_budget():
@@ -61,22 +100,85 @@ def test_deadline_bounds_a_run_with_unlimited_budget():
         await asyncio.sleep(0.01)
         return httpx.Response(200)
 
-    d = asyncio.run(run_closed_loop(spec(duration=0.3, max_requests=10**9), lambda: httpx.MockTransport(slow)))
-    assert 0 < d.requests < 4 * 0.3 / 0.01 * 1.5
+    s = drive_stats(spec(duration=0.3, max_requests=10**9), lambda: httpx.MockTransport(slow))
+    assert 0 < s.requests < 4 * 0.3 / 0.01 * 1.5
 
 
 def test_hung_requests_end_as_timeouts_after_the_drain():
     async def hang(request):
         await asyncio.sleep(3600)
 
-    d = asyncio.run(run_closed_loop(spec(duration=0.1, drain=0.1), lambda: httpx.MockTransport(hang))).to_dict()
+    d = drive_stats(spec(duration=0.1, drain=0.1), lambda: httpx.MockTransport(hang)).to_dict()
     assert d["errors"]["timeout"] == 4
+
+
+def test_dead_target_ends_the_run_with_a_reason():
+    async def main():
+        return await drive(spec(duration=30, max_requests=10**9, base_url="http://127.0.0.1:1"))
+
+    stats, engine = asyncio.run(main())
+    assert engine["aborted"] and "refused every connection" in engine["aborted"]
+    assert stats.duration < 10 and stats.errors["connect"] > 0
+
+
+def test_open_loop_schedule_and_ramp():
+    s = spec(mode="open", rate=100)
+    assert [slot_time(i, s) for i in (0, 1, 100)] == [0, 0.01, 1.0]
+    ramp = spec(mode="ramp", start_rate=0, rate=200, duration=10)
+    # linear 0 -> 200 req/s over 10 s: 1000 requests in all, the first half-time holds a quarter of them
+    assert slot_time(1000, ramp) == pytest.approx(10)
+    assert slot_time(250, ramp) == pytest.approx(5)
+
+
+def test_open_loop_sends_at_the_rate():
+    d = drive_stats(spec(mode="open", rate=200, duration=1.0, max_requests=10**6),
+                    lambda: httpx.MockTransport(lambda r: httpx.Response(200))).to_dict()
+    assert d["requests"] == pytest.approx(200, abs=5)
+
+
+def test_open_loop_latency_counts_from_the_intended_time():
+    """One connection at 100 req/s against a server that takes 50 ms: each request waits for the previous
+    one, so it starts later and later than intended, and the latency must include that wait."""
+    async def slow(request):
+        await asyncio.sleep(0.05)
+        return httpx.Response(200)
+
+    d = drive_stats(spec(mode="open", rate=100, concurrency=1, duration=1.0, max_requests=10**6),
+                    lambda: httpx.MockTransport(slow)).to_dict()
+    assert d["latency_ms"]["max"] > 400  # the 20th request was due at 0.19 s and is answered at ~1.0 s
+
+
+def test_generator_bound_rules():
+    s = Stats()
+    assert generator_verdict(spec(), s, [{"cpu_percent": 95}])[0]
+    assert generator_verdict(spec(), s, [{"cpu_percent": 20, "loop_lag_p99_ms": 40}])[0]
+    assert generator_verdict(spec(mode="open", rate=10), s, [{"cpu_percent": 20, "send_lag_p99_ms": 15}])[0]
+    assert generator_verdict(spec(), s, [{"cpu_percent": 20, "loop_lag_p99_ms": 1}]) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"mode": "burst"}, "load mode 'burst' unknown"),
+        ({"mode": "open"}, "needs a rate"),
+        ({"processes": 8, "concurrency": 4}, "need at least as many connections"),
+        ({"mix": (Endpoint("/a", 0),)}, "weight > 0"),
+    ],
+)
+def test_bad_specs(kw, message):
+    with pytest.raises(ValueError, match=message):
+        spec(**kw).validate()
+
+
+def test_share_splits_connections_and_budget():
+    parts = [spec(concurrency=5, max_requests=11, processes=2).share(p) for p in (0, 1)]
+    assert [p.concurrency for p in parts] == [3, 2] and [p.max_requests for p in parts] == [6, 5]
 
 
 def test_run_reports_engine_cost():
     out = run(spec(max_requests=50), lambda: httpx.MockTransport(lambda r: httpx.Response(200)))
     assert out["stats"].requests == 50
-    assert out["engine"]["cpu_us_per_request"] > 0
+    assert out["engine"]["cpu_us_per_request"] > 0 and out["generator_bound"] in (True, False)
 
 
 def test_remote_targets_are_refused_unless_allowed():
@@ -86,4 +188,4 @@ def test_remote_targets_are_refused_unless_allowed():
     with pytest.raises(RemoteTargetError, match=r"non-loopback 10\.1\.2\.3"):
         check_loopback("http://10.1.2.3:80")
     with pytest.raises(RemoteTargetError):
-        asyncio.run(run_closed_loop(LoadSpec(base_url="http://10.1.2.3")))
+        run(LoadSpec(base_url="http://10.1.2.3"))

@@ -1,0 +1,3 @@
+"""Top-level conftest: the plugin tests drive pytest itself through pytester."""
+
+pytest_plugins = ["pytester"]
