@@ -207,9 +207,11 @@ async def _connection(run: _Run, templates: _Templates, transport: httpx.AsyncBa
                 intended = run.t0 + slot_time(slot, spec)
                 if intended >= run.deadline:
                     break
-                now = clock()
-                if intended > now:
-                    await asyncio.sleep(intended - now)
+                wait = intended - clock()
+                if wait > 0.002:  # event-loop timers are millisecond-grained: sleep short, then yield until due
+                    await asyncio.sleep(wait - 0.0015)
+                while clock() < intended:
+                    await asyncio.sleep(0)
                 start = clock()
                 run.send_lag.record_value(max(1, int((start - max(intended, prev_end)) * 1e6)))
                 measure_from = intended

@@ -1,0 +1,78 @@
+"""Tiny HTTP/1.1 keep-alive targets with known behaviour, for the accuracy benchmark and tests.
+
+    python -m pytest_wsgi502.bench.targets delay --ms 50 --port P       every response after exactly 50 ms
+    python -m pytest_wsgi502.bench.targets stall --every 5 --stall 1 --port P
+                                                   immediate, except that for 1 s out of every 5 s nothing
+                                                   is answered (answers resume when the stall ends)
+
+Plain asyncio on purpose (not uvloop): its timers are not rounded to whole milliseconds.
+Prints "ready <port>" on stdout once listening on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+class _Target(asyncio.Protocol):
+    def __init__(self, delay: float, every: float, stall: float, t0: float) -> None:
+        self.delay, self.every, self.stall, self.t0 = delay, every, stall, t0
+        self.buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        loop = asyncio.get_running_loop()
+        while (i := self.buf.find(b"\r\n\r\n")) >= 0:
+            self.buf = self.buf[i + 4:]
+            wait = self.delay
+            if self.every:
+                phase = (time.monotonic() - self.t0) % self.every
+                if phase >= self.every - self.stall:  # inside a stall window: answer when it ends
+                    wait = self.every - phase
+            due = time.monotonic() + wait
+            if wait > 0.003:  # epoll waits whole milliseconds: wake a little early, then spin to the due time
+                loop.call_later(wait - 0.0012, self._answer, due)
+            else:
+                self._answer(due)
+
+    def _answer(self, due: float) -> None:
+        while time.monotonic() < due:
+            pass
+        if not self.transport.is_closing():
+            self.transport.write(RESPONSE)
+
+
+async def serve(kind: str, port: int, ms: float, every: float, stall: float) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = time.monotonic()
+    delay = ms / 1000 if kind == "delay" else 0.0
+    server = await loop.create_server(lambda: _Target(delay, every if kind == "stall" else 0, stall, t0),
+                                      "127.0.0.1", port, backlog=1024)
+    print("ready", server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pytest_wsgi502.bench.targets")
+    p.add_argument("kind", choices=("delay", "stall", "fast"))
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--ms", type=float, default=50.0)
+    p.add_argument("--every", type=float, default=5.0)
+    p.add_argument("--stall", type=float, default=1.0)
+    a = p.parse_args(argv)
+    try:
+        asyncio.run(serve(a.kind, a.port, a.ms, a.every, a.stall))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
