@@ -15,7 +15,7 @@ from typing import Any
 
 from pytest_wsgi502 import slo as slo_mod
 from pytest_wsgi502.config.matrix import Cell
-from pytest_wsgi502.load.engine import LoadSpec
+from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
 from pytest_wsgi502.proxy import LocalProxy, parse_access_log, parse_error_log
 from pytest_wsgi502.servers.base import ServerSpec, make_server
@@ -38,6 +38,11 @@ class CellContext:
     timeout: float
     idle_timeout: float
     session_slos: tuple[str, ...] = ()
+    mode: str = "closed"
+    rate: float | None = None
+    start_rate: float | None = None
+    think_time: float = 0.0
+    processes: int = 1
 
 
 class _Sampler(threading.Thread):
@@ -66,6 +71,24 @@ def cell_env(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
     return env
 
 
+def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
+    """The cell's load: its own load keys win over the session's settings."""
+    mode = cell.load_mode or ctx.mode
+    rate = cell.rate if cell.rate is not None else ctx.rate
+    if mode != "closed" and not rate:
+        raise ValueError(f"cell {cell.name}: {mode} load needs a rate (--wsgi-rate or the cell's rate)")
+    mix = tuple(Endpoint(m["path"], float(m.get("weight", 1)), m.get("verify_contains", ""), m.get("method", "GET"))
+                for m in cell.mix)
+    return LoadSpec(
+        base_url=base_url, path=cell.path, n_max=cell.n_max, verify_contains=cell.verify_contains, mix=mix,
+        mode=mode, rate=rate or 0.0,
+        start_rate=(cell.start_rate if cell.start_rate is not None else ctx.start_rate) or 0.0,
+        think_time=cell.think_time if cell.think_time is not None else ctx.think_time,
+        concurrency=cell.concurrency or ctx.concurrency, duration=ctx.duration, max_requests=ctx.max_requests,
+        timeout=ctx.timeout, processes=ctx.processes,
+    )
+
+
 def run_cell(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str, Any]:
     import httpx
 
@@ -81,11 +104,7 @@ def run_cell(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
         proxy.start("/health")
         sampler.start()
         since = time.time()
-        load = run_load(LoadSpec(
-            base_url=proxy.url, path=cell.path, n_max=cell.n_max, verify_contains=cell.verify_contains,
-            concurrency=ctx.concurrency, duration=ctx.duration, max_requests=ctx.max_requests,
-            timeout=ctx.timeout,
-        ))
+        load = run_load(load_spec(cell, ctx, proxy.url))
     finally:
         sampler.stopped.set()
         if sampler.is_alive():
@@ -96,6 +115,9 @@ def run_cell(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
                               "config": cell.as_dict(), "dir": str(workdir)}
     result.update(load["stats"].to_dict())
     result["engine"] = load["engine"]
+    result["generator_bound"] = load["generator_bound"]
+    result["generator_bound_reason"] = load["generator_bound_reason"]
+    result["aborted"] = load["aborted"]
     telemetry = server.telemetry()
     result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
     result["telemetry"] = telemetry
@@ -106,5 +128,10 @@ def run_cell(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
     session = slo_mod.parse_slos(ctx.session_slos)
     overridden = {s.metric for s in session}
     slos = [s for s in slo_mod.parse_slos(cell.slo) if s.metric not in overridden] + session
-    result["slo"] = slo_mod.verdict(slos, result)
+    result["slo"] = verdict = slo_mod.verdict(slos, result)
+    # a run the engine could not drive, or that ended early, says nothing about the server: never a pass
+    for flag, why in (("generator_bound", result["generator_bound_reason"]), ("aborted", result["aborted"])):
+        if result[flag]:
+            verdict["passed"] = False
+            verdict["failures"].append(f"{flag}: {why}")
     return result

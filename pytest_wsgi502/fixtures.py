@@ -141,11 +141,12 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
         server_binaries={k: b for k in ("uwsgi", "gunicorn") if (b := binary_for(k))},
         nginx=find_nginx(s.nginx) or "nginx", db_env=wsgi_database.env(), duration=s.duration,
         max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
-        session_slos=s.slo or (),
+        session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
+        processes=s.processes,
     )
     try:
         result = run_cell(wsgi_cell, ctx, _base_env())
-    except ServiceError as exc:
+    except (ServiceError, ValueError) as exc:
         _fail(exc)
     from pytest_wsgi502.plugin import RESULT_KEY
 

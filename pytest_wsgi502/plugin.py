@@ -6,6 +6,7 @@ every project that has the plugin installed.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "wsgi_matrix: a test parametrized over the wsgi502 cell matrix")
+    _check_path_options(list(config.invocation_params.args))
     ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
     options = {s.dest: config.getoption(s.dest) for s in SETTINGS}
     settings = resolve(options, env_snapshot(), ini)
@@ -72,6 +74,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
         check(state.settings, state.cells, state.path("chdir"))
     config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
+
+
+_PATH_OPTIONS = ("--wsgi-json", "--wsgi-matrix-file", "--wsgi-keep-dir", "--wsgi-mysqld", "--wsgi-nginx",
+                 "--wsgi-chdir")
+
+
+def _check_path_options(args: list[str]) -> None:
+    """pytest picks its rootdir before plugins load, so in ``--wsgi-json /tmp/out.json`` an *existing* path
+    is taken for a test path and moves the rootdir. Ask for the ``=`` form instead of running somewhere else."""
+    for opt, value in itertools.pairwise(args):
+        if opt in _PATH_OPTIONS and Path(value).exists():
+            raise pytest.UsageError(
+                f"write {opt}={value} (with '='): pytest reads an existing path after a plugin option as a test path"
+            )
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

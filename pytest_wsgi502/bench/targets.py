@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
@@ -37,8 +38,8 @@ class _Target(asyncio.Protocol):
                 if phase >= self.every - self.stall:  # inside a stall window: answer when it ends
                     wait = self.every - phase
             due = time.monotonic() + wait
-            if wait > 0.003:  # epoll waits whole milliseconds: wake a little early, then spin to the due time
-                loop.call_later(wait - 0.0012, self._answer, due)
+            if wait > 0.003:  # epoll waits whole milliseconds (and may be late): wake 2 ms early, spin to due
+                loop.call_later(wait - 0.002, self._answer, due)
             else:
                 self._answer(due)
 
@@ -68,10 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=float, default=5.0)
     p.add_argument("--stall", type=float, default=1.0)
     a = p.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(a.kind, a.port, a.ms, a.every, a.stall))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ class Cell:
     pool_size: int = 5
     max_overflow: int = 10
     conn_max_age: int = 0
+    # load: a cell's own values win over the session's (--wsgi-mode, --wsgi-rate, ...)
+    load_mode: str = ""  # closed | open | ramp ("" = the session's --wsgi-mode)
+    rate: float | None = None
+    start_rate: float | None = None
+    think_time: float | None = None
+    concurrency: int | None = None
+    mix: tuple[Mapping[str, Any], ...] = ()  # [{path, weight, verify_contains, method}], replaces path
     path: str = "/api/counter/{n}"  # request path; {n} becomes a random integer in 1..n_max
     n_max: int = 1000
     verify_contains: str = '"id": {n},'  # a 200 whose body lacks this is a verification error ("" = off)
@@ -70,6 +77,7 @@ class Cell:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["slo"] = list(self.slo)
+        d["mix"] = [dict(m) for m in self.mix]
         d["options"] = dict(self.options)
         d["env"] = dict(self.env)
         return d
@@ -78,6 +86,9 @@ class Cell:
 _FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
 _INT_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("int", "int | None")}
 _STR_FIELDS = {n for n, f in _FIELDS.items() if f.type == "str"}
+_FLOAT_FIELDS = {n for n, f in _FIELDS.items() if f.type == "float | None"}
+LOAD_MODES = ("closed", "open", "ramp")
+_MIX_KEYS = {"path", "weight", "verify_contains", "method"}
 
 
 def load_matrix(path: Path | None = None) -> list[Cell]:
@@ -154,6 +165,8 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
             raise pytest.UsageError(f"{at}: {key} must be >= 0, got {value}")
         if key in _STR_FIELDS and not isinstance(value, str):
             raise pytest.UsageError(f"{at}: {key} must be a string, got {value!r}")
+        if key in _FLOAT_FIELDS and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise pytest.UsageError(f"{at}: {key} must be a number >= 0, got {value!r}")
         if key in ("options", "env") and not isinstance(value, Mapping):
             raise pytest.UsageError(f"{at}: {key} must be a table")
     if "server" not in raw:
@@ -177,6 +190,19 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
             raise pytest.UsageError(f"{at}: {key} is a {srv} setting; this cell runs {server}")
     if not str(raw.get("path", "/")).startswith("/"):
         raise pytest.UsageError(f"{at}: path must start with '/'")
+    if raw.get("load_mode", "") not in ("", *LOAD_MODES):
+        raise pytest.UsageError(f"{at}: load_mode {raw['load_mode']!r} unknown; choose one of {', '.join(LOAD_MODES)}")
+    mix = raw.get("mix", [])
+    if not isinstance(mix, list) or not all(isinstance(m, Mapping) for m in mix):
+        raise pytest.UsageError(f"{at}: mix must be a list of tables, e.g. mix = [{{path = \"/a\", weight = 3}}]")
+    for m in mix:
+        bad = sorted(set(m) - _MIX_KEYS)
+        if bad or "path" not in m or not str(m["path"]).startswith("/"):
+            raise pytest.UsageError(f"{at}: each mix entry needs path (starting with '/') and may have "
+                                    f"{', '.join(sorted(_MIX_KEYS - {'path'}))}; got {dict(m)}")
+        weight = m.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+            raise pytest.UsageError(f"{at}: mix weight must be a number > 0, got {weight!r}")
     slo = raw.get("slo", ())
     if isinstance(slo, str):
         slo = [slo]
@@ -187,7 +213,7 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     except pytest.UsageError as exc:
         raise pytest.UsageError(f"{at}: {exc}") from None
     values = {k: v for k, v in raw.items() if k in _FIELDS}
-    values.update(name=name, slo=slos, options=dict(raw.get("options", {})),
+    values.update(name=name, slo=slos, options=dict(raw.get("options", {})), mix=tuple(dict(m) for m in mix),
                   env={k: str(v) for k, v in raw.get("env", {}).items()})
     return Cell(**values)
 

@@ -42,6 +42,29 @@ def _positive_duration(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(str(text).replace("_", ""))
+    except ValueError:
+        raise ValueError(f"not a rate in requests/s: {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _non_negative_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise ValueError(f"unknown load mode {text!r}; choose one of: {', '.join(MODES)}")
+    return text
+
+
 def _backend(text: str) -> str:
     if text not in BACKENDS:
         raise ValueError(f"unknown backend {text!r}; choose one of: {', '.join(BACKENDS)}")
@@ -61,6 +84,7 @@ def _slo_list(text: str) -> tuple[str, ...]:
         raise ValueError(str(exc)) from None
 
 
+MODES = ("closed", "open", "ramp")
 BACKENDS = ("local",)  # "containers" arrives with the Testcontainers backend
 
 
@@ -97,7 +121,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m", "10s", _positive_duration, "TIME"),
     Setting("requests", "maximum requests per cell (the other bound besides duration)", "1000000",
             _positive_int, "N"),
-    Setting("concurrency", "concurrent connections (closed-loop virtual users)", "32", _positive_int, "N"),
+    Setting("concurrency", "concurrent connections (closed loop: virtual users)", "32", _positive_int, "N"),
+    Setting("mode", "load profile: closed (N users), open (constant --wsgi-rate, latency from the intended "
+            "send time), ramp (--wsgi-start-rate to --wsgi-rate)", "closed", _mode, "MODE"),
+    Setting("rate", "requests/s for open and ramp load", None, _rate, "RPS"),
+    Setting("start_rate", "ramp: requests/s at the start", None, _rate, "RPS"),
+    Setting("think_time", "closed loop: pause of each user between a response and its next request", "0s",
+            _non_negative_duration, "TIME"),
+    Setting("processes", "load engine processes (each takes a share of connections and rate)", "1",
+            _positive_int, "N"),
     Setting("timeout", "per-request client timeout (longer than the proxy's, so its 504 is seen)", "65s",
             _positive_duration, "TIME"),
     Setting("idle_timeout", "proxy idle/read timeout to the backend, like the LB's (AWS default 60s)", "60s",

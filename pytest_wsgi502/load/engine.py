@@ -208,8 +208,10 @@ async def _connection(run: _Run, templates: _Templates, transport: httpx.AsyncBa
                 if intended >= run.deadline:
                     break
                 wait = intended - clock()
-                if wait > 0.002:  # event-loop timers are millisecond-grained: sleep short, then yield until due
-                    await asyncio.sleep(wait - 0.0015)
+                if wait > 0.001:
+                    # uvloop's timers tick in whole milliseconds: wake up to 1 ms early, then yield to the loop
+                    # until due. Costs at most rate x 1 ms of CPU a second (30 % at 300 req/s, less when busy).
+                    await asyncio.sleep(wait - 0.001)
                 while clock() < intended:
                     await asyncio.sleep(0)
                 start = clock()
