@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import time
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
@@ -44,8 +45,9 @@ class _Target(asyncio.Protocol):
                 self._answer(due)
 
     def _answer(self, due: float) -> None:
-        while time.monotonic() < due:
-            pass
+        if time.monotonic() < due:  # yield-spin: re-queue, so arrivals are still read while we wait
+            asyncio.get_running_loop().call_soon(self._answer, due)
+            return
         if not self.transport.is_closing():
             self.transport.write(RESPONSE)
 
@@ -68,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ms", type=float, default=50.0)
     p.add_argument("--every", type=float, default=5.0)
     p.add_argument("--stall", type=float, default=1.0)
+    p.add_argument("--cpu", type=int, default=-1, help="pin to this CPU (-1: no pinning)")
     a = p.parse_args(argv)
+    if a.cpu >= 0:
+        os.sched_setaffinity(0, {a.cpu})
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(a.kind, a.port, a.ms, a.every, a.stall))
 

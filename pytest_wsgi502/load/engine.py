@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import gc
 import ipaddress
 import math
 import os
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -289,12 +291,25 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
 
 
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """No cyclic-GC pauses inside a measurement (the hot path makes no cycles; refcounting frees it)."""
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _child(spec: LoadSpec, process: int, go: Any, out: Any) -> None:
     """Engine process body (spawned): wait for the common start, drive, send stats back over the queue."""
     try:
         out.put(("ready", process, None, None))
         go.wait(60)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
             stats, engine = runner.run(drive(spec, process=process))
         out.put((process, stats.to_wire(), engine, None))
     except BaseException as exc:  # reported to the parent, which decides
@@ -358,7 +373,7 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
             raise ValueError("a custom transport or verify callable runs in one process only (processes=1)")
         stats, engines = _run_processes(spec)
     else:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
             stats, engine = runner.run(drive(spec, transport_factory, verify))
         engines = [engine]
     bound, reason = generator_verdict(spec, stats, engines)

@@ -38,11 +38,19 @@ def test_open_loop_counts_stalls_that_closed_loop_hides(target):
 
 
 def test_fixed_delay_is_measured_within_a_millisecond(target):
+    """Every answer takes exactly 50 ms: the engine's p50 and p99 must say so within 1 ms. On a shared VM one
+    run's p99 (its 3 slowest of 300 samples) can catch a scheduler hiccup, so the verdict is the median of
+    3 runs, as the benchmark does."""
+    import statistics
+
     url = target("delay", "--ms", "50")
-    out = run(LoadSpec(base_url=url, mode="open", rate=50, concurrency=5, duration=6))
-    lat = out["stats"].to_dict()["latency_ms"]
-    assert abs(lat["p50"] - 50) <= 1 and abs(lat["p99"] - 50) <= 1, lat
-    assert not out["generator_bound"]
+    runs = [run(LoadSpec(base_url=url, mode="open", rate=50, concurrency=5, duration=4)) for _ in range(3)]
+    lats = [r["stats"].to_dict()["latency_ms"] for r in runs]
+    p50 = statistics.median(lat["p50"] for lat in lats)
+    p99 = statistics.median(lat["p99"] for lat in lats)
+    tolerance = 1.0 + 50 * 1e-3  # 1 ms, plus the histogram's resolution at 50 ms (3 digits: 0.1 %)
+    assert abs(p50 - 50) <= tolerance and abs(p99 - 50) <= tolerance, lats
+    assert not any(r["generator_bound"] for r in runs)
 
 
 def test_generator_bound_when_the_rate_exceeds_the_engine(tmp_path):
