@@ -97,8 +97,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     s = state.settings
     if not state.enabled:
         return ["wsgi502: matrix off (pass --wsgi-matrix to run it)"]
-    shown = ("backend", "matrix_file", "duration", "requests", "concurrency", "timeout", "idle_timeout", "slo",
-             "app", "chdir")
+    shown = ("backend", "matrix_file", "duration", "requests", "concurrency", "mode", "rate", "processes",
+             "timeout", "idle_timeout", "slo", "app", "chdir")
     parts = []
     for name in shown:
         r = s.values[name]
