@@ -1,12 +1,14 @@
 """One cell, start to verdict: server + proxy up, load through the proxy, telemetry, result dict, SLO verdict.
 
 This is the whole data path of the design in one place, so a reader can follow a cell from the matrix to the
-table: ``run_cell`` is called by the ``wsgi_cell_run`` fixture and returns a plain, JSON-ready dict.
+table: ``run_cell`` (the ``wsgi_cell_run`` fixture) starts a ``Target``, drives the load, stops it and returns a
+plain, JSON-ready dict. ``wsgi_server`` / ``wsgi_load`` use the same two steps separately.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +45,9 @@ class CellContext:
     start_rate: float | None = None
     think_time: float = 0.0
     processes: int = 1
+    path: str = "/"
+    verify_contains: str = ""
+    django_settings: str | None = None
 
 
 class _Sampler(threading.Thread):
@@ -80,7 +85,8 @@ def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
     mix = tuple(Endpoint(m["path"], float(m.get("weight", 1)), m.get("verify_contains", ""), m.get("method", "GET"))
                 for m in cell.mix)
     return LoadSpec(
-        base_url=base_url, path=cell.path, n_max=cell.n_max, verify_contains=cell.verify_contains, mix=mix,
+        base_url=base_url, path=cell.path or ctx.path, n_max=cell.n_max, mix=mix,
+        verify_contains=cell.verify_contains if cell.verify_contains is not None else ctx.verify_contains,
         mode=mode, rate=rate or 0.0,
         start_rate=(cell.start_rate if cell.start_rate is not None else ctx.start_rate) or 0.0,
         think_time=cell.think_time if cell.think_time is not None else ctx.think_time,
@@ -89,49 +95,136 @@ def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
     )
 
 
-def run_cell(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str, Any]:
-    import httpx
+class Target:
+    """A cell's server and the ELB-like proxy in front of it, started; ``url`` is where load goes."""
 
-    workdir = ctx.run_dir / "cells" / cell.name
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec = ServerSpec(cell, workdir, ctx.app, ctx.chdir)
-    server = make_server(spec, ctx.server_binaries[cell.server], ctx.ledger)
-    proxy = LocalProxy(workdir, server.address, ctx.idle_timeout, ctx.nginx, ctx.ledger)
-    sampler = _Sampler(server)
-    try:
-        url = f"http://{server.address}/health"
-        server.start(cell_env(cell, ctx, base_env), lambda: httpx.get(url, timeout=5).status_code < 500)
-        proxy.start("/health")
-        sampler.start()
+    def __init__(self, cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> None:
+        self.cell, self.ctx = cell, ctx
+        self.dir = ctx.run_dir / "cells" / cell.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.server = make_server(ServerSpec(cell, self.dir, ctx.app, ctx.chdir), ctx.server_binaries[cell.server],
+                                  ctx.ledger)
+        self.proxy = LocalProxy(self.dir, self.server.address, ctx.idle_timeout, ctx.nginx, ctx.ledger)
+        self.env = cell_env(cell, ctx, base_env)
+        if ctx.django_settings:
+            self.env.update(django_overlay(ctx.run_dir, ctx.django_settings, self.env))
+        self._sampler: _Sampler | None = None
+        self.stopped = False
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def start(self) -> Target:
+        import httpx
+
+        try:
+            ready = f"http://{self.server.address}/health"  # any answer below 500 means the app is up
+            self.server.start(self.env, lambda: httpx.get(ready, timeout=5).status_code < 500)
+            self.proxy.start("/health")
+        except BaseException:
+            self.stop()
+            raise
+        self._sampler = _Sampler(self.server)
+        self._sampler.start()
+        return self
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self._sampler is not None:
+            self._sampler.stopped.set()
+            self._sampler.join(5)
+        self.proxy.stop()  # graceful: flushes the access log
+        self.server.stop()
+
+    def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None) -> dict[str, Any]:
+        """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
         since = time.time()
-        load = run_load(load_spec(cell, ctx, proxy.url))
+        load = run_load(spec, verify=verify)
+        return self.result(load, since, slos)
+
+    def result(self, load: dict[str, Any], since: float, slos: list[slo_mod.SLO]) -> dict[str, Any]:
+        cell = self.cell
+        result: dict[str, Any] = {"name": cell.name, "server": cell.server, "description": cell.description,
+                                  "config": cell.as_dict(), "dir": str(self.dir)}
+        result.update(load["stats"].to_dict())
+        result["load"] = {"mode": load["engine"]["mode"], "intended_rps": load["engine"]["intended_rps"]}
+        result["engine"] = load["engine"]
+        result["generator_bound"] = load["generator_bound"]
+        result["generator_bound_reason"] = load["generator_bound_reason"]
+        result["aborted"] = load["aborted"]
+        telemetry = self.server.telemetry()
+        result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
+        result["telemetry"] = telemetry
+        result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),
+                           "error_reasons": parse_error_log(self.dir / "proxy-error.log")}
+        result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
+        result["slo"] = verdict = slo_mod.verdict(slos, result)
+        # a run the engine could not drive, or that ended early, says nothing about the server: never a pass
+        for flag, why in (("generator_bound", result["generator_bound_reason"]), ("aborted", result["aborted"])):
+            if result[flag]:
+                verdict["passed"] = False
+                verdict["failures"].append(f"{flag}: {why}")
+        return result
+
+
+def effective_slos(*layers: Any) -> list[slo_mod.SLO]:
+    """SLOs from several sources, later layers overriding earlier ones on the same metric:
+    cell < option/env/ini < marker / explicit."""
+    merged: dict[str, slo_mod.SLO] = {}
+    for layer in layers:
+        for s in slo_mod.parse_slos(list(layer)):
+            merged[s.metric] = s
+    return list(merged.values())
+
+
+def run_cell(
+    cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    target = Target(cell, ctx, base_env).start()
+    try:
+        since = time.time()
+        load = run_load(load_spec(cell, ctx, target.url))
     finally:
-        sampler.stopped.set()
-        if sampler.is_alive():
-            sampler.join(5)
-        proxy.stop()  # graceful: flushes the access log
-        server.stop()
-    result: dict[str, Any] = {"name": cell.name, "server": cell.server, "description": cell.description,
-                              "config": cell.as_dict(), "dir": str(workdir)}
-    result.update(load["stats"].to_dict())
-    result["engine"] = load["engine"]
-    result["generator_bound"] = load["generator_bound"]
-    result["generator_bound_reason"] = load["generator_bound_reason"]
-    result["aborted"] = load["aborted"]
-    telemetry = server.telemetry()
-    result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
-    result["telemetry"] = telemetry
-    result["proxy"] = {**parse_access_log(workdir / "proxy-access.log", since),
-                       "error_reasons": parse_error_log(workdir / "proxy-error.log")}
-    result["files"] = sorted(p.name for p in workdir.iterdir() if p.is_file())
-    # option/env/ini SLOs override the cell's own SLO on the same metric, and add the rest
-    session = slo_mod.parse_slos(ctx.session_slos)
-    overridden = {s.metric for s in session}
-    slos = [s for s in slo_mod.parse_slos(cell.slo) if s.metric not in overridden] + session
-    result["slo"] = verdict = slo_mod.verdict(slos, result)
-    # a run the engine could not drive, or that ended early, says nothing about the server: never a pass
-    for flag, why in (("generator_bound", result["generator_bound_reason"]), ("aborted", result["aborted"])):
-        if result[flag]:
-            verdict["passed"] = False
-            verdict["failures"].append(f"{flag}: {why}")
-    return result
+        target.stop()  # telemetry is read after the stop: logs complete, access log flushed
+    return target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos))
+
+
+_OVERLAY = '''"""Rendered by pytest-wsgi502: {module} with its database pointed at the harness's MySQL.
+
+Values come from the WSGI502_DB_* environment of each cell (driver, pool, CONN_MAX_AGE).
+"""
+import os as _os
+
+if _os.environ.get("WSGI502_DB_DRIVER") == "pymysql":
+    import pymysql as _pymysql
+
+    _pymysql.install_as_MySQLdb()
+
+from {module} import *  # noqa: F403
+
+_env = _os.environ.get
+_pool = _env("WSGI502_DB_POOL") == "sqlalchemy"
+DATABASES = {{**globals().get("DATABASES", {{}}), "default": {{
+    "ENGINE": "dj_db_conn_pool.backends.mysql" if _pool else "django.db.backends.mysql",
+    "HOST": _env("WSGI502_DB_HOST"), "PORT": int(_env("WSGI502_DB_PORT")), "NAME": _env("WSGI502_DB_NAME"),
+    "USER": _env("WSGI502_DB_USER"), "PASSWORD": _env("WSGI502_DB_PASSWORD"),
+    "CONN_MAX_AGE": int(_env("WSGI502_CONN_MAX_AGE", "0")), "OPTIONS": {{"charset": "utf8mb4"}},
+    **({{"POOL_OPTIONS": {{"POOL_SIZE": int(_env("WSGI502_DB_POOL_SIZE", "5")),
+                          "MAX_OVERFLOW": int(_env("WSGI502_DB_MAX_OVERFLOW", "10")), "RECYCLE": 3600}}}}
+       if _pool else {{}}),
+}}}}
+ALLOWED_HOSTS = [*globals().get("ALLOWED_HOSTS", []), "127.0.0.1", "localhost"]
+'''
+
+
+def django_overlay(run_dir: Path, module: str, env: dict[str, str]) -> dict[str, str]:
+    """Write a settings module that imports the user's and points DATABASES at our MySQL; return the env that
+    makes Django (servers and the setup command) use it. The user's files stay untouched."""
+    overlay = run_dir / "django-overlay"
+    overlay.mkdir(exist_ok=True)
+    (overlay / "wsgi502_settings.py").write_text(_OVERLAY.format(module=module))
+    pythonpath = os.pathsep.join(p for p in (str(overlay), env.get("PYTHONPATH", "")) if p)
+    return {"DJANGO_SETTINGS_MODULE": "wsgi502_settings", "PYTHONPATH": pythonpath}

@@ -94,6 +94,10 @@ def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: Any, wsgi_run_dir: Pa
             argv[0] = sys.executable
         log = wsgi_run_dir / "setup-command.log"
         env = {**_base_env(), **wsgi_mysql.env()}
+        if state.settings.django_settings:
+            from pytest_wsgi502.cellrun import django_overlay
+
+            env.update(django_overlay(wsgi_run_dir, state.settings.django_settings, env))
         try:
             with open(log, "wb") as fh:
                 rc = subprocess.run(argv, cwd=state.path("chdir"), env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -107,48 +111,166 @@ def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: Any, wsgi_run_dir: Pa
     return wsgi_mysql
 
 
-@dataclass
-class CellRun:
-    """The result of one cell: ``result`` is the JSON-ready dict also written by --wsgi-json."""
+class Result(dict[str, Any]):
+    """A cell's result: the JSON contract as a dict, its top-level keys also as attributes
+    (``result.error_rate``, ``result.latency_ms["p99"]``, ``result.slo["failures"]``)."""
 
-    cell: Cell
-    result: dict[str, Any]
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     @property
     def passed(self) -> bool:
-        return bool(self.result["slo"]["passed"])
+        return bool(self["slo"]["passed"])
 
     def assert_slo(self) -> None:
         """Fail the test with one line per breached SLO: the SLO, the measured value, the limit."""
         if not self.passed:
-            lines = "\n".join("  " + f for f in self.result["slo"]["failures"])
-            pytest.fail(f"cell {self.cell.name}: SLO breached\n{lines}", pytrace=False)
+            lines = "\n".join("  " + f for f in self["slo"]["failures"])
+            pytest.fail(f"cell {self['name']}: SLO breached\n{lines}", pytrace=False)
+
+
+@dataclass
+class CellRun:
+    """What ``wsgi_cell_run`` returns: the cell and its ``Result`` (also written by --wsgi-json)."""
+
+    cell: Cell
+    result: Result
+
+    @property
+    def passed(self) -> bool:
+        return self.result.passed
+
+    def assert_slo(self) -> None:
+        self.result.assert_slo()
+
+
+def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> Any:
+    from pytest_wsgi502.cellrun import CellContext
+    from pytest_wsgi502.proxy import find_nginx
+    from pytest_wsgi502.servers.base import binary_for
+    from pytest_wsgi502.services.process import ledger_path
+
+    state = _state(request.config)
+    s = state.settings
+    return CellContext(
+        run_dir=run_dir, ledger=ledger_path(run_dir), app=s.app, chdir=state.path("chdir"),
+        server_binaries={k: b for k in ("uwsgi", "gunicorn") if (b := binary_for(k))},
+        nginx=find_nginx(s.nginx) or "nginx", db_env=database.env(), duration=s.duration,
+        max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
+        session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
+        processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
+        django_settings=s.django_settings,
+    )
+
+
+def _marker_slos(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """SLOs from ``@pytest.mark.wsgi_slo("p99<200ms", ...)`` on the test, its class or module."""
+    out: list[str] = []
+    for mark in reversed(list(request.node.iter_markers("wsgi_slo"))):
+        out.extend(mark.args)
+    return tuple(out)
+
+
+def _report(request: pytest.FixtureRequest, result: Result) -> None:
+    from pytest_wsgi502.plugin import RESULT_KEY
+
+    request.node.user_properties.append((RESULT_KEY, dict(result)))
 
 
 @pytest.fixture
 def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database: Any, wsgi_run_dir: Path) -> CellRun:
     """Run one cell of the matrix (server + proxy + load) and return its ``CellRun``."""
-    from pytest_wsgi502.cellrun import CellContext, run_cell
-    from pytest_wsgi502.proxy import find_nginx
-    from pytest_wsgi502.servers.base import binary_for
+    from pytest_wsgi502.cellrun import run_cell
     from pytest_wsgi502.services import ServiceError
-    from pytest_wsgi502.services.process import ledger_path
 
-    state = _state(request.config)
-    s = state.settings
-    ctx = CellContext(
-        run_dir=wsgi_run_dir, ledger=ledger_path(wsgi_run_dir), app=s.app, chdir=state.path("chdir"),
-        server_binaries={k: b for k in ("uwsgi", "gunicorn") if (b := binary_for(k))},
-        nginx=find_nginx(s.nginx) or "nginx", db_env=wsgi_database.env(), duration=s.duration,
-        max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
-        session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
-        processes=s.processes,
-    )
+    ctx = _context(request, wsgi_run_dir, wsgi_database)
     try:
-        result = run_cell(wsgi_cell, ctx, _base_env())
-    except (ServiceError, ValueError) as exc:
+        result = Result(run_cell(wsgi_cell, ctx, _base_env(), _marker_slos(request)))
+    except (ServiceError, ValueError, pytest.UsageError) as exc:
         _fail(exc)
-    from pytest_wsgi502.plugin import RESULT_KEY
-
-    request.node.user_properties.append((RESULT_KEY, result))
+    _report(request, result)
     return CellRun(wsgi_cell, result)
+
+
+def _as_cell(config: Any, state: Any, overrides: dict[str, Any]) -> Cell:
+    """A Cell from a Cell, a matrix cell name, or a table of matrix keys (validated like the matrix file)."""
+    import dataclasses
+
+    from pytest_wsgi502.config.matrix import expand
+
+    if isinstance(config, Cell):
+        return dataclasses.replace(config, **overrides) if overrides else config
+    if isinstance(config, str):
+        by_name = {c.name: c for c in state.cells}
+        if config not in by_name:
+            raise pytest.UsageError(f"wsgi_server: no cell {config!r} in the matrix; known: {', '.join(by_name)}")
+        return dataclasses.replace(by_name[config], **overrides) if overrides else by_name[config]
+    table = {**dict(config or {}), **overrides}
+    name = table.pop("name", None) or f"{table.get('server', 'server')}-{len(table)}"
+    return expand({"cells": {name: table}}, "wsgi_server()")[0]
+
+
+@pytest.fixture
+def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir: Path) -> Iterator[Any]:
+    """Factory: ``wsgi_server({"server": "gunicorn", "workers": 4})`` (matrix keys), a cell name, or a ``Cell``
+    starts that server behind the ELB-like proxy and returns a ``Target`` (``.url``, ``.cell``, ``.dir``).
+    Everything it started stops at the end of the test."""
+    from pytest_wsgi502.cellrun import Target
+    from pytest_wsgi502.services import ServiceError
+
+    ctx = _context(request, wsgi_run_dir, wsgi_database)
+    state = _state(request.config)
+    started: list[Target] = []
+
+    def start(config: Any = None, **overrides: Any) -> Target:
+        cell = _as_cell(config, state, overrides)
+        if cell.server not in ctx.server_binaries:
+            pytest.fail(f"{cell.server} is not installed: pip install 'pytest-wsgi502[servers]'", pytrace=False)
+        target = Target(cell, ctx, _base_env())
+        started.append(target)
+        try:
+            return target.start()
+        except ServiceError as exc:
+            _fail(exc)
+            raise  # unreachable: pytest.fail raises
+
+    yield start
+    for target in reversed(started):
+        target.stop()
+
+
+@pytest.fixture
+def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Any:
+    """Factory: ``wsgi_load(target, rate=300, mode="open", duration=10, slo=["p99<200ms"])`` drives load through
+    the target's proxy and returns a ``Result`` (the JSON contract) whose SLO verdict includes the test's
+    ``wsgi_slo`` marker, the session's --wsgi-slo and ``slo``. Profile keys: those of ``LoadSpec``
+    (mode, rate, start_rate, concurrency, duration, path, mix, verify_contains, think_time, processes, ...)."""
+    import dataclasses
+
+    from pytest_wsgi502.cellrun import effective_slos, load_spec
+
+    def load(target: Any, *, slo: Any = (), verify: Any = None, **profile: Any) -> Result:
+        spec = load_spec(target.cell, target.ctx, target.url)
+        known = {f.name for f in dataclasses.fields(spec)}
+        unknown = sorted(set(profile) - known)
+        if unknown:
+            raise pytest.UsageError(f"wsgi_load: unknown profile key(s) {', '.join(unknown)}; known: {sorted(known)}")
+        if "mix" in profile:
+            from pytest_wsgi502.load.engine import Endpoint
+
+            profile["mix"] = tuple(m if isinstance(m, Endpoint) else Endpoint(**m) for m in profile["mix"])
+        spec = dataclasses.replace(spec, **profile)
+        try:
+            spec.validate()
+        except ValueError as exc:
+            raise pytest.UsageError(f"wsgi_load: {exc}") from None
+        slos = effective_slos(target.cell.slo, target.ctx.session_slos, _marker_slos(request),
+                              [slo] if isinstance(slo, str) else slo)
+        result = Result(target.measure(spec, slos, verify))
+        _report(request, result)
+        return result
+
+    return load

@@ -62,6 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "wsgi_matrix: a test parametrized over the wsgi502 cell matrix")
+    config.addinivalue_line(
+        "markers", "wsgi_slo(*slos): SLOs ('p99<200ms', 'error_rate<1e-4') for wsgi_cell_run/wsgi_load in this test"
+    )
     _check_path_options(list(config.invocation_params.args))
     ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
     options = {s.dest: config.getoption(s.dest) for s in SETTINGS}

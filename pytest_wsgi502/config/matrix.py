@@ -63,9 +63,9 @@ class Cell:
     think_time: float | None = None
     concurrency: int | None = None
     mix: tuple[Mapping[str, Any], ...] = ()  # [{path, weight, verify_contains, method}], replaces path
-    path: str = "/api/counter/{n}"  # request path; {n} becomes a random integer in 1..n_max
+    path: str | None = None  # request path, {n}: a random integer in 1..n_max (None: the session's --wsgi-path)
     n_max: int = 1000
-    verify_contains: str = '"id": {n},'  # a 200 whose body lacks this is a verification error ("" = off)
+    verify_contains: str | None = None  # a 2xx body must contain this (None: the session's; "" = off)
     slo: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)  # raw server settings
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for the server
@@ -85,7 +85,7 @@ class Cell:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
 _INT_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("int", "int | None")}
-_STR_FIELDS = {n for n, f in _FIELDS.items() if f.type == "str"}
+_STR_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("str", "str | None")}
 _FLOAT_FIELDS = {n for n, f in _FIELDS.items() if f.type == "float | None"}
 LOAD_MODES = ("closed", "open", "ramp")
 _MIX_KEYS = {"path", "weight", "verify_contains", "method"}
@@ -188,7 +188,7 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     for key, srv in only.items():
         if raw.get(key) and server != srv:
             raise pytest.UsageError(f"{at}: {key} is a {srv} setting; this cell runs {server}")
-    if not str(raw.get("path", "/")).startswith("/"):
+    if not str(raw.get("path") or "/").startswith("/"):
         raise pytest.UsageError(f"{at}: path must start with '/'")
     if raw.get("load_mode", "") not in ("", *LOAD_MODES):
         raise pytest.UsageError(f"{at}: load_mode {raw['load_mode']!r} unknown; choose one of {', '.join(LOAD_MODES)}")

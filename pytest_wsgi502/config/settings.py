@@ -143,6 +143,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app", "WSGI callable the servers load, module:callable", "sampleapp.wsgi:application", _str,
             "MODULE:NAME"),
     Setting("chdir", "directory the servers run in (relative to the ini file's directory)", ".", _str, "DIR"),
+    Setting("path", "request path for cells that set none; {n} becomes a random integer 1..n_max", "/", _str,
+            "PATH"),
+    Setting("verify_contains", "a 2xx response body must contain this ({n} substituted); unset: status only",
+            None, _str, "TEXT"),
+    Setting("django_settings", "the app's Django settings module: the harness runs it with DATABASES pointed at "
+            "its MySQL (no change to your settings needed)", None, _str, "MODULE"),
     Setting("setup_command", "command run once after the database is up (DB settings in WSGI502_DB_* env)",
             "python manage.py migrate --noinput", _str, "CMD"),
     Setting("keep_dir", "keep the run directory (configs, logs) after the session", None, _str, "DIR"),

@@ -167,7 +167,7 @@ class _Run:
         self.abort_reason: str | None = None
         self.last_ok = self.t0
         self.send_lag = new_histogram(2)  # open/ramp: how late the engine sent, beyond waiting for the server
-        self.sent = 0
+        self.spin_s = 0.0  # wall time spent yield-spinning to exact send times (not work)
 
     def going(self) -> bool:
         return self.budget > 0 and self.abort_reason is None and self.clock() < self.deadline
@@ -214,9 +214,11 @@ async def _connection(run: _Run, templates: _Templates, transport: httpx.AsyncBa
                     # uvloop's timers tick in whole milliseconds: wake up to 1 ms early, then yield to the loop
                     # until due. Costs at most rate x 1 ms of CPU a second (30 % at 300 req/s, less when busy).
                     await asyncio.sleep(wait - 0.001)
+                spin_from = clock()
                 while clock() < intended:
                     await asyncio.sleep(0)
                 start = clock()
+                run.spin_s += start - spin_from
                 run.send_lag.record_value(max(1, int((start - max(intended, prev_end)) * 1e6)))
                 measure_from = intended
             else:
@@ -278,6 +280,8 @@ async def drive(
         "send_lag_p99_ms": run.send_lag.get_value_at_percentile(99) / 1000 if run.send_lag.get_total_count() else None,
         "aborted": run.abort_reason,
         "cpu_s": time.process_time() - cpu0,
+        "spin_s": run.spin_s,
+        "requests": run.stats.requests,
     }
     return run.stats, engine
 
@@ -349,10 +353,27 @@ def _run_processes(spec: LoadSpec) -> tuple[Stats, list[dict[str, Any]]]:
     return stats, engines
 
 
+def intended_rate(spec: LoadSpec) -> float:
+    """The mean rate an open/ramp spec asks for (0 for closed loop)."""
+    if spec.mode == "open":
+        return spec.rate
+    if spec.mode == "ramp":
+        return (spec.rate + spec.start_rate) / 2
+    return 0.0
+
+
 def generator_verdict(spec: LoadSpec, stats: Stats, engines: Sequence[dict[str, Any]]) -> tuple[bool, str | None]:
     """Was the engine, not the server, the bottleneck? (True, reason) when any process was saturated or,
     in open/ramp mode, sent late on its own account."""
     for p, e in enumerate(engines):
+        if spec.mode != "closed" and e.get("requests"):
+            # CPU the intended rate needs at the measured cost per request (spinning excluded): robust even
+            # when other processes starve the engine, which then never shows 90 % itself
+            work_us = 1e6 * max(0.0, e.get("cpu_s", 0.0) - e.get("spin_s", 0.0)) / e["requests"]
+            need = work_us * intended_rate(spec) / spec.processes / 1e6
+            if need >= 0.9:
+                return True, (f"engine process {p} needs {need:.2f} cores for {intended_rate(spec):.0f} req/s "
+                              f"at {work_us:.0f} us of CPU per request")
         if e.get("cpu_percent", 0) >= 90:
             return True, f"engine process {p} used {e['cpu_percent']:.0f}% of a core"
         if e.get("loop_lag_p99_ms", 0) >= 25:
@@ -377,11 +398,7 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
             stats, engine = runner.run(drive(spec, transport_factory, verify))
         engines = [engine]
     bound, reason = generator_verdict(spec, stats, engines)
-    intended = None
-    if spec.mode == "open":
-        intended = spec.rate
-    elif spec.mode == "ramp":
-        intended = (spec.rate + spec.start_rate) / 2
+    intended = intended_rate(spec) or None
     achieved = stats.requests / stats.duration if stats.duration else 0.0
     return {
         "stats": stats,

@@ -95,7 +95,7 @@ def test_public_api_is_pinned():
     import pytest_wsgi502
 
     assert sorted(pytest_wsgi502.__all__) == sorted([
-        "__version__", "Cell", "CellRun", "FastTransport", "LoadSpec", "SLO", "Stats", "load_matrix", "parse_slos",
-        "verdict"])
+        "__version__", "Cell", "CellRun", "Endpoint", "FastTransport", "LoadSpec", "Result", "SLO", "Stats", "Target",
+        "load_matrix", "parse_slos", "verdict"])
     for name in pytest_wsgi502.__all__:
         assert getattr(pytest_wsgi502, name) is not None

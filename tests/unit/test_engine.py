@@ -154,6 +154,11 @@ def test_generator_bound_rules():
     assert generator_verdict(spec(), s, [{"cpu_percent": 20, "loop_lag_p99_ms": 40}])[0]
     assert generator_verdict(spec(mode="open", rate=10), s, [{"cpu_percent": 20, "send_lag_p99_ms": 15}])[0]
     assert generator_verdict(spec(), s, [{"cpu_percent": 20, "loop_lag_p99_ms": 1}]) == (False, None)
+    # a starved engine never reaches 90 % itself: the CPU the intended rate needs still gives it away
+    starved = {"cpu_percent": 30, "cpu_s": 1.0, "spin_s": 0.2, "requests": 10_000}  # 80 us of work a request
+    bound, why = generator_verdict(spec(mode="open", rate=20_000), s, [starved])
+    assert bound and "needs 1.60 cores for 20000 req/s at 80 us" in why
+    assert generator_verdict(spec(mode="open", rate=300), s, [starved]) == (False, None)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,20 @@
+"""This project's SLOs, asserted in its own test suite (run with `pytest --wsgi-matrix`)."""
+
+import pytest
+
+
+@pytest.mark.wsgi_slo("p99<500ms", "kills==0")
+def test_matrix_meets_slo(wsgi_cell_run):
+    """One test per cell of wsgi-matrix.toml, at the session's load (--wsgi-duration, --wsgi-rate ...)."""
+    wsgi_cell_run.assert_slo()
+
+
+@pytest.mark.wsgi_matrix
+@pytest.mark.skipif("not config.getoption('wsgi502_matrix')", reason="starts servers: run with --wsgi-matrix")
+def test_open_loop_at_production_rate(wsgi_server, wsgi_load):
+    """gunicorn sync with 4 workers at 100 req/s, open loop: the production target, asserted directly."""
+    target = wsgi_server({"server": "gunicorn", "workers": 4})
+    result = wsgi_load(target, mode="open", rate=100, duration=3, slo=["error_rate<1e-3", "p99<300ms"])
+    assert result.requests >= 250
+    assert result.status_counts["200"] == result.requests
+    result.assert_slo()

@@ -1,0 +1,86 @@
+"""Downstream use: the plugin in other Django projects, the way a user would run it."""
+
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from .conftest import ROOT, wait_gone
+
+EXAMPLE = ROOT / "examples" / "mysite"
+
+
+def pytest_in(project: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    keep = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", f"--wsgi-keep-dir={keep}",
+                        *args], cwd=project, capture_output=True, text=True, timeout=600)
+    assert not wait_gone(keep, 10), "processes left behind"
+    return r
+
+
+def test_example_project_passes_its_slos(tmp_path):
+    r = pytest_in(EXAMPLE, tmp_path, "--wsgi-matrix", "--wsgi-duration=2s")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "3 passed" in out
+    assert re.search(r"gunicorn-sync-4w\s+\d+\s+0\s+0", out) and re.search(r"uwsgi-4w\s+\d+\s+0\s+0", out), out
+
+
+def test_example_breached_slo_fails_with_the_measured_value(tmp_path):
+    r = pytest_in(EXAMPLE, tmp_path, "--wsgi-matrix", "--wsgi-duration=1s", "--wsgi-slo=rps>1000000",
+                  "-k", "gunicorn-sync-4w")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    pattern = r"cell gunicorn-sync-4w: SLO breached\n\s+rps>1000000: measured \d+(\.\d+)?, limit > 1000000"
+    assert re.search(pattern, out), out
+
+
+README_INI = """\
+[pytest]
+wsgi_app = {project}.wsgi:application
+wsgi_django_settings = {project}.settings
+wsgi_matrix_file = wsgi-matrix.toml
+wsgi_path = /admin/login/
+"""
+README_MATRIX = """\
+[defaults]
+slo = ["error_rate<1e-3", "p99<1s"]
+[cells.gunicorn]
+server = "gunicorn"
+workers = 2
+[cells.uwsgi]
+server = "uwsgi"
+workers = 2
+[cells.uwsgi.options]
+add-header = "Connection: close"
+"""
+README_TEST = """\
+def test_slo(wsgi_cell_run):
+    wsgi_cell_run.assert_slo()
+"""
+
+
+def test_fresh_startproject_with_the_documented_lines(tmp_path):
+    """`django-admin startproject`, then only the files the README shows: one SLO test per server."""
+    django_admin = Path(sys.executable).parent / "django-admin"
+    subprocess.run([str(django_admin), "startproject", "shop"], cwd=tmp_path, check=True)
+    project = tmp_path / "shop"
+    (project / "pytest.ini").write_text(README_INI.format(project="shop"))
+    (project / "wsgi-matrix.toml").write_text(README_MATRIX)
+    (project / "test_slo.py").write_text(README_TEST)
+    r = pytest_in(project, tmp_path, "--wsgi-matrix", "--wsgi-duration=2s")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "2 passed" in out and re.search(r"uwsgi\s+\d{3,}\s+0\s+0", out), out
+    # and a breach fails that test with the measured values
+    r = pytest_in(project, tmp_path, "--wsgi-matrix", "--wsgi-duration=1s", "--wsgi-slo=p50<1us", "-k", "gunicorn")
+    assert r.returncode == 1 and re.search(r"p50<1us: measured [\d.]+ms, limit < 0\.001ms", r.stdout), r.stdout
+    shutil.rmtree(project)
+
+
+def test_readme_shows_the_lines_this_test_uses():
+    readme = (ROOT / "README.md").read_text()
+    for block in (README_INI.format(project="mysite"), README_MATRIX, README_TEST):
+        assert textwrap.dedent(block).strip() in readme, block
