@@ -6,6 +6,7 @@ Latency metrics take ms (default), us, or s; rates are fractions (``1e-3``) or p
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Iterable, Mapping
@@ -94,15 +95,57 @@ def measured(result: Mapping[str, Any], metric: str) -> float | None:
     return None if node is None else float(node)
 
 
+def error_rate_upper_bound(errors: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound on a rate seen as ``errors`` in ``n`` trials.
+
+    0 errors: the rule of three, -ln(1-confidence)/n (2.996/n at 95 %). Otherwise the exact Poisson bound
+    (rates here are small, n large): the lambda whose P(X <= errors) is 1-confidence, found by bisection."""
+    if n <= 0:
+        return 1.0
+    alpha = 1 - confidence
+    if errors == 0:
+        return min(1.0, -math.log(alpha) / n)
+    if errors > 1000:  # normal approximation is exact enough here
+        return min(1.0, (errors + 1.645 * math.sqrt(errors) + 1) / n)
+
+    def cdf(lam: float) -> float:
+        term = total = math.exp(-lam)
+        for i in range(1, errors + 1):
+            term *= lam / i
+            total += term
+        return total
+
+    lo, hi = float(errors), float(errors) * 3 + 10
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > alpha else (lo, mid)
+    return min(1.0, hi / n)
+
+
 def verdict(slos: Iterable[SLO], result: Mapping[str, Any]) -> dict[str, Any]:
-    """{"passed": bool, "checks": [...], "failures": [...]} where each failure is a readable line."""
+    """{"passed": bool, "checks": [...], "failures": [...]} where each failure is a readable line.
+
+    Error-rate ceilings are judged on the 95 % upper bound, not the point estimate: "0 errors in 7,000
+    requests" only shows a rate below 4.3e-4, so ``error_rate<1e-4`` needs at least 30,000 clean requests."""
     checks, failures = [], []
     for slo in slos:
         ok, value = slo.evaluate(result)
         unit = "ms" if METRICS[slo.metric][0] == "latency" else ""
         shown = "not measured" if value is None else f"{_fmt(value)}{unit}"
         line = f"{slo.text}: measured {shown}, limit {slo.op} {_fmt(slo.limit)}{unit}"
-        checks.append({"slo": slo.text, "value": value, "limit": slo.limit, "op": slo.op, "passed": ok})
+        check: dict[str, Any] = {"slo": slo.text, "value": value, "limit": slo.limit, "op": slo.op}
+        if slo.metric == "error_rate" and slo.op in ("<", "<=") and value is not None:
+            n = int(result.get("requests") or 0)
+            k = int(result.get("error_count") or round(value * n))
+            upper = error_rate_upper_bound(k, n)
+            check["upper_95"] = upper
+            if ok and not (upper < slo.limit or (slo.op == "<=" and upper <= slo.limit)):
+                ok = False
+                need = math.ceil(-math.log(0.05) / slo.limit) if slo.limit else None
+                line = (f"{slo.text}: {k} errors in {n} requests shows only < {upper:.2g} at 95 %"
+                        + (f"; proving < {_fmt(slo.limit)} needs >= {need:,} requests with 0 errors" if need else ""))
+        check["passed"] = ok
+        checks.append(check)
         if not ok:
             failures.append(line)
     return {"passed": not failures, "checks": checks, "failures": failures}

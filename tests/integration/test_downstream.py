@@ -46,7 +46,7 @@ wsgi_path = /admin/login/
 """
 README_MATRIX = """\
 [defaults]
-slo = ["error_rate<1e-3", "p99<1s"]
+slo = ["error_rate<0.02", "p99<1s"]
 [cells.gunicorn]
 server = "gunicorn"
 workers = 2

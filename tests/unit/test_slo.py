@@ -72,3 +72,17 @@ def test_verdict_missing_measurement_fails():
 
 def test_http_502_absent_means_zero():
     assert verdict(parse_slos("http_502==0"), {"status_counts": {"200": 5}})["passed"]
+
+
+def test_error_rate_is_judged_at_95_percent_confidence():
+    from pytest_wsgi502.slo import error_rate_upper_bound
+
+    assert error_rate_upper_bound(0, 30_000) == pytest.approx(3 / 30_000, rel=0.01)  # rule of three
+    assert error_rate_upper_bound(1, 1000) == pytest.approx(4.744e-3, rel=1e-3)  # exact Poisson bound
+    assert error_rate_upper_bound(5, 10_000) == pytest.approx(10.51e-4, rel=1e-3)
+    few = verdict(parse_slos("error_rate<1e-4"), {"requests": 7000, "error_count": 0, "error_rate": 0.0})
+    assert not few["passed"]
+    assert few["failures"] == ["error_rate<1e-4: 0 errors in 7000 requests shows only < 0.00043 at 95 %; "
+                               "proving < 0.0001 needs >= 29,958 requests with 0 errors"]
+    enough = verdict(parse_slos("error_rate<1e-4"), {"requests": 31_000, "error_count": 0, "error_rate": 0.0})
+    assert enough["passed"] and enough["checks"][0]["upper_95"] < 1e-4

@@ -14,7 +14,8 @@ def test_matrix_meets_slo(wsgi_cell_run):
 def test_open_loop_at_production_rate(wsgi_server, wsgi_load):
     """gunicorn sync with 4 workers at 100 req/s, open loop: the production target, asserted directly."""
     target = wsgi_server({"server": "gunicorn", "workers": 4})
-    result = wsgi_load(target, mode="open", rate=100, duration=3, slo=["error_rate<1e-3", "p99<300ms"])
+    # 300 requests can show an error rate below 1e-2 at 95 % confidence, not below 1e-3
+    result = wsgi_load(target, mode="open", rate=100, duration=3, slo=["error_rate<0.02", "p99<300ms"])
     assert result.requests >= 250
     assert result.status_counts["200"] == result.requests
     result.assert_slo()
