@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502 import slo as slo_mod
+from pytest_wsgi502.attribution import attribute_cell
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
@@ -160,6 +161,8 @@ class Target:
         result["telemetry"] = telemetry
         result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),
                            "error_reasons": parse_error_log(self.dir / "proxy-error.log")}
+        attributed = attribute_cell(self.dir, telemetry.get("events", []), since)
+        result["attribution"], result["attribution_matches"] = attributed["counts"], attributed["matches"]
         result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
         result["slo"] = verdict = slo_mod.verdict(slos, result)
         # a run the engine could not drive, or that ended early, says nothing about the server: never a pass

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_wsgi502.config.matrix import Cell, load_matrix, select
+from pytest_wsgi502.config.matrix import BUILTIN, Cell, load_matrix, select
 from pytest_wsgi502.config.settings import SETTINGS, EffectiveSettings, env_snapshot, resolve
 
 pytest_plugins = ["pytest_wsgi502.fixtures"]
@@ -32,7 +32,8 @@ class State:
     @property
     def cells(self) -> list[Cell]:
         if self._cells is None:
-            matrix = load_matrix(self.path("matrix_file") if self.settings.matrix_file else None)
+            name = self.settings.matrix_file
+            matrix = load_matrix(BUILTIN.get(name) or self.path("matrix_file") if name else None)
             self._cells = select(matrix, self.settings.cells)
         return self._cells
 

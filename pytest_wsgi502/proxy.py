@@ -20,7 +20,7 @@ from typing import Any
 from pytest_wsgi502.services.process import LocalProcess, find_binary, free_port
 
 _LOG_FORMAT = (
-    '{"t":$msec,"status":$status,"upstream_status":"$upstream_status","upstream_addr":"$upstream_addr",'
+    '{"t":$msec,"status":$status,"conn":$connection,"upstream_status":"$upstream_status","upstream_addr":"$upstream_addr",'
     '"request_time":$request_time,"upstream_time":"$upstream_response_time","uri":"$request_uri"}'
 )
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ("cell", "requests", "502", "5xx", "conn", "reset", "tmout", "verify", "err rate", "p50", "p95", "p99",
-           "max", "req/s", "respawns", "kills", "SLO")
+           "max", "req/s", "respawns", "kills", "502/504 causes", "SLO")
 
 
 def _ms(value: float | None) -> str:
@@ -23,8 +23,17 @@ def row(r: dict[str, Any]) -> list[str]:
         str(err.get("reset", 0)), str(err.get("timeout", 0)), str(err.get("verify", 0)),
         f"{r['error_rate']:.2e}" if r["error_rate"] else "0", _ms(lat.get("p50")), _ms(lat.get("p95")),
         _ms(lat.get("p99")), _ms(lat.get("max")), f"{r['rps']:.0f}", str(r.get("respawns", "-")),
-        str(r.get("kills", "-")), "pass" if r["slo"]["passed"] else "FAIL",
+        str(r.get("kills", "-")), causes(r.get("attribution") or {}), "pass" if r["slo"]["passed"] else "FAIL",
     ]
+
+
+SHORT = {"keepalive_race": "race", "worker_killed": "killed", "recycle": "recycle", "backlog": "backlog",
+         "server_down": "down", "timeout": "timeout", "db": "db", "unknown": "unknown"}
+
+
+def causes(counts: dict[str, int]) -> str:
+    shown = [f"{SHORT.get(k, k)}:{v}" for k, v in counts.items() if v]
+    return " ".join(shown) or "-"
 
 
 def render_table(results: Sequence[dict[str, Any]]) -> list[str]:

@@ -58,7 +58,7 @@ class LocalServer:
         self.config_path.write_text(self.render())
         self.process = LocalProcess(
             f"{self.kind} ({self.spec.cell.name})", self.argv(), self.log, cwd=self.spec.chdir, env=env,
-            stop_signal=self.stop_signal, ledger=self.ledger,
+            stop_signal=self.stop_signal, ledger=self.ledger, stamp=True,
         ).start()
         self.process.wait_ready(ready, timeout, f"answering HTTP on {self.address}")
         return self

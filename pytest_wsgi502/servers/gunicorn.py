@@ -95,7 +95,11 @@ class Gunicorn(LocalServer):
         if hooks:  # the hooks are the primary channel; the log lines cross-check them
             out["respawns"] = max(0, forks - self.spec.cell.workers)
         out["hook_counts"] = {k: sum(1 for h in hooks if h["hook"] == k) for k in sorted({h["hook"] for h in hooks})}
-        out["events"] = [e.as_dict() for e in events if e.kind != "spawn"]
+        # hook events carry exact times: a worker_abort is gunicorn's timeout kill (SIGABRT, then SIGKILL)
+        out["events"] = [e.as_dict() for e in events if e.kind != "spawn"] + [
+            {"kind": h["hook"], "t": h["t"], "pid": h["pid"], "worker": None, "line": ""}
+            for h in hooks if h["hook"] in ("worker_abort", "worker_exit")
+        ]
         return out
 
 

@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-_TS = r"^(?P<ts>\d{16}) "  # the microsecond stamp our uWSGI log-encoder writes on every line
+_TS = r"^(?P<ts>\d{9,11}\.\d{6}) "  # the arrival stamp the harness writes on every server log line
+_GUNICORN_TS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ([+-]\d{4})\]")  # gunicorn: whole seconds
 
 UWSGI_PATTERNS: dict[str, re.Pattern[str]] = {
     "spawn": re.compile(r"spawned uWSGI worker (?P<worker>\d+) \(pid: (?P<pid>\d+)"),
@@ -59,7 +60,7 @@ def parse_events(text: str, patterns: dict[str, re.Pattern[str]]) -> list[Event]
     ts_re = re.compile(_TS)
     for line in text.splitlines():
         m_ts = ts_re.match(line)
-        t = int(m_ts["ts"]) / 1e6 if m_ts else None
+        t = float(m_ts["ts"]) if m_ts else _gunicorn_time(line)
         for kind, pat in patterns.items():
             m = pat.search(line)
             if m is None:
@@ -73,6 +74,16 @@ def parse_events(text: str, patterns: dict[str, re.Pattern[str]]) -> list[Event]
                                 int(g["worker"]) if g.get("worker") else None, line.strip()[:300]))
             break
     return events
+
+
+def _gunicorn_time(line: str) -> float | None:
+    m = _GUNICORN_TS.match(line)
+    if not m:
+        return None
+    from datetime import datetime
+
+    # the line's second started at this instant; +0.5 puts it mid-second (attribution allows 1 s of slack)
+    return datetime.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H:%M:%S %z").timestamp() + 0.5
 
 
 def summarize(events: list[Event], initial_workers: int) -> dict[str, Any]:

@@ -45,8 +45,8 @@ class UWSGI(LocalServer):
             "die-on-term": True,
             "no-orphans": True,  # workers die with the master
             "disable-logging": True,  # no per-request lines; the proxy's access log has them
-            "log-master": True,  # worker output (tracebacks) goes through the master's encoder too
-            "log-encoder": "format ${micros} ${msgnl}",  # microsecond unix stamp on every line
+            # no log-master: with it, lines are written (and stamped) when the master drains its log pipe, up
+            # to 2 s after the event; the harness stamps each line as it arrives instead
         }
         if cell.max_requests:
             s["max-requests"] = cell.max_requests

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -89,11 +90,14 @@ class LocalProcess:
         env: Mapping[str, str] | None = None,
         stop_signal: int = signal.SIGTERM,
         ledger: Path | None = None,
+        stamp: bool = False,
     ) -> None:
         self.name, self.argv, self.log, self.cwd = name, list(argv), log, cwd
         self.env = dict(env) if env is not None else None
         self.stop_signal = stop_signal
         self.ledger = ledger
+        self.stamp = stamp  # prefix every output line with its arrival time (unix s, 6 decimals)
+        self._pump: threading.Thread | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -105,16 +109,29 @@ class LocalProcess:
         with open(self.log, "ab") as out:
             try:
                 self.proc = subprocess.Popen(
-                    self.argv, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig,
+                    self.argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE if self.stamp else out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    preexec_fn=_pdeathsig,
                 )
             except OSError as exc:
                 raise ServiceError(f"{self.name}: cannot run {self.argv[0]}: {exc.strerror}") from None
+        if self.stamp:
+            self._pump = threading.Thread(target=self._stamp_lines, daemon=True, name=f"wsgi502-log-{self.name}")
+            self._pump.start()
         _LIVE.append(self)
         if self.ledger is not None:
             with open(self.ledger, "a") as fh:
                 fh.write(f"{self.proc.pid} {_start_time(self.proc.pid)}\n")
         return self
+
+    def _stamp_lines(self) -> None:
+        """Copy the child's output to its log, each line prefixed with when it arrived. Servers stamp their
+        lines in whole seconds (gunicorn) or late (uWSGI's log-master stamps when the master drains its
+        pipe, seen 2 s after the event); arrival time is what attribution needs."""
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.log, "ab", buffering=0) as out:
+            for line in self.proc.stdout:
+                out.write(b"%.6f " % time.time() + line)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -157,6 +174,8 @@ class LocalProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)  # workers the leader left behind
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+        if self._pump is not None:
+            self._pump.join(5)
         if self in _LIVE:
             _LIVE.remove(self)
         return self.proc.returncode

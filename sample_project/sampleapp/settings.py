@@ -47,7 +47,13 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = ["sampleapp"]
-MIDDLEWARE: list[str] = []
+# none: responses carry no Content-Length, so a proxy cannot keep the upstream connection alive.
+# common: Django's CommonMiddleware, as in most real projects, sets Content-Length: keep-alive to the backend
+# becomes possible, and with it the keep-alive race against servers that close silently (uWSGI http-socket).
+MIDDLEWARE: list[str] = {
+    "none": [],
+    "common": ["django.middleware.common.CommonMiddleware"],
+}[env_choice("MIDDLEWARE", "none", ("none", "common"))]
 ROOT_URLCONF = "sampleapp.urls"
 WSGI_APPLICATION = "sampleapp.wsgi.application"
 

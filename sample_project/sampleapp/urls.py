@@ -6,4 +6,5 @@ urlpatterns = [
     path("health", views.health),
     path("api/counter/<int:counter_id>", views.counter),
     path("api/slow", views.slow),
+    path("api/die", views.die),
 ]

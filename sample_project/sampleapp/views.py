@@ -1,4 +1,5 @@
 import os
+import signal
 
 from django.db import connection, transaction
 from django.db.models import F
@@ -38,3 +39,13 @@ def slow(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT SLEEP(%s)", [ms / 1000])
     return JsonResponse({"slept_ms": ms, "pid": os.getpid()})
+
+
+@require_GET
+def die(request):
+    """Fault injection (only with WSGI502_FAULTS=1): the worker SIGKILLs itself mid-request, so the proxy
+    gets a closed connection and answers 502. Tests compare the 502 count with the number of these requests."""
+    if os.environ.get("WSGI502_FAULTS") != "1":
+        return JsonResponse({"error": "fault injection is off (WSGI502_FAULTS=1 turns it on)"}, status=404)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return JsonResponse({"error": "unreachable"}, status=500)  # pragma: no cover

@@ -1,0 +1,112 @@
+"""Match every 502/504 the proxy returned to its cause (pure: parsed logs in, counts and matches out).
+
+Inputs: the proxy's access log (ms timestamps, status, client connection number), its error log (the reason
+nginx gives, tagged with the same connection number ``*N``), and the server's own lifecycle events with
+timestamps (uWSGI: our microsecond log stamps; gunicorn: log-line seconds and server-hook times).
+
+Pairing is exact, not by time: nginx handles the requests of one client connection in order, so the k-th
+failed request of connection N gets the k-th error line of connection N. The cause then comes from nginx's
+reason and the server events around the request:
+
+- ``backlog``: the connect never completed (listen queue full: EAGAIN on a unix socket, a connect timeout on
+  TCP, as the kernel drops SYNs).
+- ``server_down``: connection refused: nothing listened at all.
+- ``worker_killed``: the upstream closed or reset mid-request while a worker was SIGKILLed (harakiri, worker
+  timeout, reload-mercy, OOM) within the request's time span (plus 1 s of log slack).
+- ``recycle``: same, with a worker exiting on its own (max-requests, lifetime) instead.
+- ``keepalive_race``: reset or closed at once on a reused connection with no worker event nearby: the backend
+  had closed that idle keep-alive connection just as the proxy sent on it.
+- ``timeout``: a 504 after the proxy's read timeout.
+- ``unknown``: anything else, reported, never hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "timeout", "db", "unknown")
+KILL_EVENTS = {"no_mercy", "harakiri", "died_signal", "timeout", "worker_abort"}
+EXIT_EVENTS = {"recycle", "lifetime", "exit", "died", "died_code", "worker_exit", "died_other_signal"}
+_ERR = re.compile(r"\[(?:error|crit)\] \d+#\d+: \*(?P<conn>\d+) (?P<msg>.*?), client:")
+
+
+@dataclass(frozen=True)
+class Failure:
+    t: float  # when the proxy logged the response (s)
+    status: int
+    conn: int
+    request_time: float
+    uri: str
+
+
+def read_access_failures(path: Path, since: float = 0.0) -> list[Failure]:
+    out = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("t", 0) >= since and rec.get("status") in (502, 503, 504):
+            out.append(Failure(rec["t"], rec["status"], int(rec.get("conn", 0)), float(rec.get("request_time", 0)),
+                               rec.get("uri", "")))
+    return out
+
+
+def read_error_reasons(path: Path) -> dict[int, deque[str]]:
+    """Connection number -> nginx's failure reasons for it, in order."""
+    by_conn: dict[int, deque[str]] = defaultdict(deque)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return by_conn
+    for m in _ERR.finditer(text):
+        by_conn[int(m["conn"])].append(m["msg"])
+    return by_conn
+
+
+def classify(reason: str, status: int, start: float, end: float, events: Iterable[dict[str, Any]]) -> str:
+    if status == 504 or ("timed out" in reason and "while reading" in reason):
+        return "timeout"
+    if "Resource temporarily unavailable" in reason or ("timed out" in reason and "while connecting" in reason):
+        return "backlog"
+    if "Connection refused" in reason or "(111:" in reason:
+        return "server_down"
+    if "prematurely closed" in reason or "reset by peer" in reason or "(104:" in reason:
+        near = [e for e in events if e.get("t") is not None and start - 1.0 <= e["t"] <= end + 1.0]
+        if any(e["kind"] in KILL_EVENTS for e in near):
+            return "worker_killed"
+        if any(e["kind"] in EXIT_EVENTS for e in near):
+            return "recycle"
+        if end - start < 0.05:  # failed the moment it was sent: the connection was already closed
+            return "keepalive_race"
+    return "unknown"
+
+
+def attribute(failures: list[Failure], reasons: dict[int, deque[str]],
+              events: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"counts": {cause: n, ...}, "matches": [...first 50...]} for every 502/503/504 in ``failures``."""
+    counts: Counter[str] = Counter({c: 0 for c in CAUSES})
+    matches = []
+    for f in failures:
+        queue = reasons.get(f.conn)
+        reason = queue.popleft() if queue else ""
+        cause = classify(reason, f.status, f.t - f.request_time, f.t, events)
+        counts[cause] += 1
+        if len(matches) < 50:
+            matches.append({"t": f.t, "status": f.status, "uri": f.uri, "cause": cause, "reason": reason[:200]})
+    return {"counts": dict(counts), "matches": matches}
+
+
+def attribute_cell(workdir: Path, events: list[dict[str, Any]], since: float) -> dict[str, Any]:
+    return attribute(read_access_failures(workdir / "proxy-access.log", since),
+                     read_error_reasons(workdir / "proxy-error.log"), events)

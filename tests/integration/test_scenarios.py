@@ -1,0 +1,44 @@
+"""Each 502 mechanism shows up for its real reason, is attributed to it, and its fix removes it."""
+
+import json
+
+import pytest
+
+SCENARIOS = ["keepalive-race", "harakiri", "gunicorn-timeout"]
+
+
+@pytest.fixture(scope="module")
+def scenario_run(tmp_path_factory):
+    """One run of the scenario pairs and the injected fault (12 s a cell), shared by the tests below."""
+    from .conftest import Matrix, wait_gone
+
+    m = Matrix(tmp_path_factory.mktemp("scenarios"))
+    cells = ",".join([*SCENARIOS, *(f"{s}-fixed" for s in SCENARIOS), "injected-kill"])
+    r = m.run("--wsgi-matrix-file=scenarios", f"--wsgi-cells={cells}", "--wsgi-duration=12s")
+    assert not wait_gone(m.keep, 10)
+    assert m.json.exists(), r.stdout + r.stderr
+    return m, m.cells(), r.stdout
+
+
+@pytest.mark.parametrize("mechanism", SCENARIOS)
+def test_mechanism_gives_502s_attributed_to_it_and_the_fix_removes_them(scenario_run, mechanism):
+    _, cells, out = scenario_run
+    broken, fixed = cells[mechanism], cells[f"{mechanism}-fixed"]
+    cause = {"keepalive-race": "keepalive_race"}.get(mechanism, "worker_killed")
+    n502 = broken["status_counts"].get("502", 0)
+    assert n502 > 0, broken["status_counts"]
+    assert broken["attribution"][cause] >= 0.8 * n502, broken["attribution"]
+    assert not broken["slo"]["passed"] and f"{mechanism}: SLO breached: http_502==0" in out
+    assert fixed["status_counts"].get("502", 0) == 0 and fixed["slo"]["passed"], fixed["status_counts"]
+    assert fixed["requests"] >= 0.5 * broken["requests"]  # the same load reached it
+
+
+def test_injected_faults_are_counted_exactly(scenario_run):
+    m, cells, _ = scenario_run
+    cell = cells["injected-kill"]
+    access = (m.cell_dir("injected-kill") / "proxy-access.log").read_text().splitlines()
+    injected = sum(1 for line in access if json.loads(line)["uri"] == "/api/die")
+    assert injected > 0
+    assert cell["status_counts"].get("502", 0) == injected
+    assert cell["attribution"]["worker_killed"] == injected
+    assert cell["kills"] == injected  # each one a "killed by signal 9" line in uWSGI's own log

@@ -1,0 +1,46 @@
+from collections import deque
+
+from pytest_wsgi502.attribution import Failure, attribute, classify, read_error_reasons
+
+RESET = "recv() failed (104: Connection reset by peer) while reading response header from upstream"
+CLOSED = "upstream prematurely closed connection while reading response header from upstream"
+
+
+def test_error_log_lines_are_keyed_by_connection(tmp_path):
+    log = tmp_path / "e.log"
+    log.write_text(
+        f'2026/11/25 14:34:30 [error] 14477#14477: *3 {RESET}, client: 127.0.0.1, server: , request: "GET /a"\n'
+        "2026/11/25 14:34:30 [info] 14477#14477: *3 client 127.0.0.1 closed keepalive connection\n"
+        f'2026/11/25 14:34:31 [error] 14477#14477: *3 {CLOSED}, client: 127.0.0.1, server: , request: "GET /b"\n'
+        '2026/11/25 14:34:31 [error] 1#1: *9 connect() failed (111: Connection refused) while connecting to '
+        'upstream, client: 127.0.0.1, server: \n'
+    )
+    reasons = read_error_reasons(log)
+    assert list(reasons[3]) == [RESET, CLOSED]
+    assert "Connection refused" in reasons[9][0]
+
+
+def test_causes():
+    kill = [{"kind": "no_mercy", "t": 100.5}]
+    recycle = [{"kind": "recycle", "t": 100.5}]
+    assert classify(CLOSED, 502, 100.0, 100.2, kill) == "worker_killed"
+    assert classify(CLOSED, 502, 100.0, 100.2, recycle) == "recycle"
+    assert classify(RESET, 502, 100.0, 100.001, []) == "keepalive_race"
+    assert classify(RESET, 502, 100.0, 100.3, []) == "unknown"  # reset mid-request, no event: not proven
+    assert classify(CLOSED, 502, 100.0, 100.2, [{"kind": "recycle", "t": 105.0}]) == "unknown"  # too far away
+    assert classify("connect() failed (11: Resource temporarily unavailable) while connecting to upstream",
+                    502, 1, 1, []) == "backlog"
+    assert classify("upstream timed out (110: Connection timed out) while connecting to upstream", 504, 1, 11,
+                    []) == "timeout"
+    assert classify("connect() failed (111: Connection refused) while connecting", 502, 1, 1, []) == "server_down"
+    assert classify("", 502, 1, 1, []) == "unknown"
+
+
+def test_failures_pair_with_reasons_in_order_per_connection():
+    failures = [Failure(100.0, 502, 3, 0.001, "/a"), Failure(101.0, 502, 3, 0.2, "/b"),
+                Failure(200.0, 502, 7, 0.001, "/c")]
+    reasons = {3: deque([RESET, CLOSED]), 7: deque([RESET])}
+    out = attribute(failures, reasons, [{"kind": "harakiri", "t": 101.1}])
+    assert out["counts"]["keepalive_race"] == 2 and out["counts"]["worker_killed"] == 1
+    assert sum(out["counts"].values()) == 3
+    assert [m["cause"] for m in out["matches"]] == ["keepalive_race", "worker_killed", "keepalive_race"]
