@@ -49,6 +49,7 @@ class CellContext:
     path: str = "/"
     verify_contains: str = ""
     django_settings: str | None = None
+    strict: bool = False
 
 
 class _Sampler(threading.Thread):
@@ -140,6 +141,13 @@ class Target:
         self.proxy.stop()  # graceful: flushes the access log
         self.server.stop()
 
+    def lint(self) -> list[dict[str, str]]:
+        from pytest_wsgi502.lint import lint, somaxconn, uwsgi_options
+
+        known = uwsgi_options(self.server.binary) if self.cell.server == "uwsgi" else ()
+        return lint(self.cell, self.server.settings(), idle_timeout=self.ctx.idle_timeout,
+                    default_path=self.ctx.path, known_uwsgi=known, max_backlog=somaxconn())
+
     def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None) -> dict[str, Any]:
         """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
         since = time.time()
@@ -186,13 +194,19 @@ def effective_slos(*layers: Any) -> list[slo_mod.SLO]:
 def run_cell(
     cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    target = Target(cell, ctx, base_env).start()
+    target = Target(cell, ctx, base_env)
+    findings = target.lint()
+    if findings and ctx.strict:
+        raise ValueError("config lint (--wsgi-strict): " + "; ".join(f"[{f['code']}] {f['message']}" for f in findings))
+    target.start()
     try:
         since = time.time()
         load = run_load(load_spec(cell, ctx, target.url))
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
-    return target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos))
+    result = target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos))
+    result["lint"] = findings
+    return result
 
 
 _OVERLAY = '''"""Rendered by pytest-wsgi502: {module} with its database pointed at the harness's MySQL.

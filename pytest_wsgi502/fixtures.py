@@ -162,7 +162,7 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> An
         max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
         session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
-        django_settings=s.django_settings,
+        django_settings=s.django_settings, strict=s.strict,
     )
 
 
@@ -191,6 +191,10 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
         result = Result(run_cell(wsgi_cell, ctx, _base_env(), _marker_slos(request)))
     except (ServiceError, ValueError, pytest.UsageError) as exc:
         _fail(exc)
+    import warnings
+
+    for finding in result.get("lint", []):
+        warnings.warn(f"wsgi502 lint [{finding['code']}] {finding['message']}", UserWarning, stacklevel=1)
     _report(request, result)
     return CellRun(wsgi_cell, result)
 

@@ -65,6 +65,15 @@ def _mode(text: str) -> str:
     return text
 
 
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
 def _backend(text: str) -> str:
     if text not in BACKENDS:
         raise ValueError(f"unknown backend {text!r}; choose one of: {', '.join(BACKENDS)}")
@@ -151,6 +160,7 @@ SETTINGS: tuple[Setting, ...] = (
             "its MySQL (no change to your settings needed)", None, _str, "MODULE"),
     Setting("setup_command", "command run once after the database is up (DB settings in WSGI502_DB_* env)",
             "python manage.py migrate --noinput", _str, "CMD"),
+    Setting("strict", "fail a cell whose config has a lint finding (default: a warning)", "false", _bool, "BOOL"),
     Setting("keep_dir", "keep the run directory (configs, logs) after the session", None, _str, "DIR"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -47,6 +47,10 @@ class LocalServer:
     def config_path(self) -> Path:
         return self.spec.workdir / self.config_name
 
+    def settings(self) -> dict[str, Any]:
+        """The server's settings as rendered (uWSGI ini keys / gunicorn settings), for the config and lint."""
+        raise NotImplementedError
+
     def render(self) -> str:
         raise NotImplementedError
 

@@ -1,0 +1,86 @@
+"""Config lint: the traps behind the 502 mechanisms, found before a cell starts (pure but for two probes).
+
+Each finding is {"code", "message"}; ``--wsgi-strict`` turns findings into a failed cell, otherwise they are
+pytest warnings and are kept in the cell's JSON (``lint``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pytest_wsgi502.config.matrix import Cell
+
+_OPT = re.compile(r"^\s+(?:-\w\|)?--([a-z0-9][a-z0-9-]*)", re.M)
+_SLOW = re.compile(r"[?&]ms=(\d+)")
+
+
+@cache
+def uwsgi_options(binary: str) -> frozenset[str]:
+    """Every option the installed uWSGI knows (from ``uwsgi --help``)."""
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(_OPT.findall(out))
+
+
+def somaxconn() -> int | None:
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _slowest_ms(cell: Cell, default_path: str) -> int:
+    paths = [m["path"] for m in cell.mix] or [cell.path or default_path]
+    return max((int(m[1]) for p in paths if (m := _SLOW.search(p))), default=0)
+
+
+def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_path: str = "/",
+         known_uwsgi: Iterable[str] = (), max_backlog: int | None = None) -> list[dict[str, str]]:
+    """Findings for one cell. ``settings`` are the server settings as rendered (uWSGI ini keys or gunicorn
+    settings), so defaults the harness adds are judged too."""
+    out: list[dict[str, str]] = []
+
+    def add(code: str, message: str) -> None:
+        out.append({"code": code, "message": f"{cell.name}: {message}"})
+
+    known = set(known_uwsgi)
+    if cell.server == "uwsgi" and known:
+        for key in sorted(k for k in settings if k not in known):
+            add("uwsgi-unknown-option",
+                f"this uWSGI does not know '{key}' (without strict = true uWSGI silently ignores unknown ini "
+                "keys: max-requests-delta needs >= 2.0.29)")
+    if cell.server == "uwsgi" and "http-socket" in settings:
+        header = settings.get("add-header", "")
+        headers = header if isinstance(header, list) else [header]
+        if not any("connection: close" in str(h).lower() for h in headers):
+            add("keepalive-race",
+                "uWSGI http-socket closes every connection after the response without 'Connection: close'; behind a "
+                "keep-alive proxy, responses with Content-Length race and get 502 (add-header = Connection: close)")
+    if cell.server == "gunicorn" and settings.get("worker_class") in ("gthread", "gevent"):
+        keepalive = float(settings.get("keepalive", 2))
+        if 0 < keepalive <= idle_timeout:
+            add("keepalive-shorter-than-lb",
+                f"gunicorn keep-alive {keepalive:g}s <= the proxy's idle timeout {idle_timeout:g}s: the backend may "
+                "close a connection the proxy is about to reuse (keep-alive race); set keepalive above it")
+    listen = settings.get("listen", settings.get("backlog"))
+    if listen is not None and max_backlog is not None and int(listen) > max_backlog:
+        add("listen-above-somaxconn",
+            f"listen backlog {listen} > net.core.somaxconn {max_backlog}: the kernel silently caps it")
+    if cell.effective_worker_class == "gevent" and cell.driver == "mysqlclient":
+        add("gevent-mysqlclient",
+            "gevent workers with mysqlclient (a C extension gevent cannot patch): one slow query blocks the worker")
+    slowest = _slowest_ms(cell, default_path)
+    limit_s = settings.get("harakiri") if cell.server == "uwsgi" else (
+        settings.get("timeout", 30) if cell.effective_worker_class == "sync" else None)
+    if slowest and limit_s and float(limit_s) * 1000 < slowest:
+        what = "harakiri" if cell.server == "uwsgi" else "timeout"
+        add(f"{what}-below-slowest",
+            f"{what} {float(limit_s):g}s is below the slowest request ({slowest} ms): workers die mid-request (502)")
+    return out

@@ -1,0 +1,61 @@
+"""Config lint: each trap behind a 502 mechanism, fed as a bad config."""
+
+import pytest
+
+from pytest_wsgi502.config.matrix import expand
+from pytest_wsgi502.lint import lint, uwsgi_options
+from pytest_wsgi502.servers.base import ServerSpec, make_server
+
+
+def findings(table, idle=60.0, known=None, max_backlog=4096):
+    cell = expand({"cells": {"c": table}})[0]
+    server = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None), binary="x")  # type: ignore[arg-type]
+    if known is None:
+        known = set(server.settings()) if cell.server == "uwsgi" else ()
+    return {f["code"] for f in lint(cell, server.settings(), idle_timeout=idle, known_uwsgi=known,
+                                    max_backlog=max_backlog, default_path="/api/counter/{n}")}
+
+
+def test_clean_configs_have_no_findings():
+    assert findings({"server": "gunicorn"}) == set()
+    assert findings({"server": "uwsgi", "options": {"add-header": "Connection: close"}}) == set()
+
+
+@pytest.mark.parametrize(
+    ("table", "code"),
+    [
+        ({"server": "uwsgi"}, "keepalive-race"),
+        ({"server": "gunicorn", "worker_class": "gthread"}, "keepalive-shorter-than-lb"),
+        ({"server": "gunicorn", "worker_class": "gevent", "keepalive": 75, "driver": "mysqlclient"},
+         "gevent-mysqlclient"),
+        ({"server": "uwsgi", "listen": 65535}, "listen-above-somaxconn"),
+        ({"server": "gunicorn", "listen": 8192}, "listen-above-somaxconn"),
+        ({"server": "uwsgi", "options": {"harakiri": 2}, "mix": [{"path": "/api/slow?ms=3000"}]},
+         "harakiri-below-slowest"),
+        ({"server": "gunicorn", "options": {"timeout": 2}, "path": "/api/slow?ms=3000"}, "timeout-below-slowest"),
+    ],
+)
+def test_each_trap_is_flagged(table, code):
+    assert code in findings(table)
+
+
+def test_gunicorn_keepalive_above_the_lb_is_fine():
+    ok = findings({"server": "gunicorn", "worker_class": "gthread", "keepalive": 75})
+    assert "keepalive-shorter-than-lb" not in ok
+
+
+def test_unknown_uwsgi_option_for_the_installed_version():
+    """max-requests-delta on a uWSGI that predates it: the seed's "delta had no effect"."""
+    old_uwsgi = {"master", "processes", "http-socket", "max-requests"}
+    assert "uwsgi-unknown-option" in findings({"server": "uwsgi", "max_requests": 5, "max_requests_delta": 2},
+                                              known=old_uwsgi)
+
+
+def test_the_installed_uwsgi_knows_max_requests_delta():
+    from pytest_wsgi502.servers.base import binary_for
+
+    binary = binary_for("uwsgi")
+    if binary is None:
+        pytest.fail("uwsgi is not installed: bash bin/dev setup")
+    opts = uwsgi_options(binary)
+    assert {"max-requests-delta", "http-socket", "harakiri", "stats-http", "add-header"} <= opts
