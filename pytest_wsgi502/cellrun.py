@@ -52,6 +52,9 @@ class CellContext:
     strict: bool = False
 
 
+TELEMETRY_SLACK = 0.5  # server events up to this long after the load still count (then the harness stops it)
+
+
 class _Sampler(threading.Thread):
     """Polls the server's telemetry channel about once a second while the load runs."""
 
@@ -164,7 +167,7 @@ class Target:
         result["generator_bound"] = load["generator_bound"]
         result["generator_bound_reason"] = load["generator_bound_reason"]
         result["aborted"] = load["aborted"]
-        telemetry = self.server.telemetry()
+        telemetry = self.server.telemetry(until=load["stats"].ended + TELEMETRY_SLACK)
         result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
         result["telemetry"] = telemetry
         result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),

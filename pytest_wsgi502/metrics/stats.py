@@ -147,6 +147,8 @@ class Stats:
             "latency_ms": latency,
             "rps": round(n / self.duration, 1) if self.duration else 0.0,
             "duration_s": round(self.duration, 3),
+            "started_at": self.started,
+            "ended_at": self.ended,
             "latency_clamped": self.clamped,
             "timeline": self.timeline(),
         }

@@ -71,9 +71,16 @@ class LocalServer:
         if self.process is not None:
             self.process.stop()
 
-    def telemetry(self) -> dict[str, Any]:
-        """{"respawns": int, "kills": int, "events": [...], ...} from the server's own logs/stats."""
+    def telemetry(self, until: float | None = None) -> dict[str, Any]:
+        """{"respawns": int, "kills": int, "events": [...], ...} from the server's own logs/stats, counting
+        only events up to ``until`` (the end of the load: the harness's own stop is not the server's doing)."""
         raise NotImplementedError
+
+    def events(self, patterns: Any, until: float | None) -> list[Any]:
+        from pytest_wsgi502.servers.telemetry import parse_events
+
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [e for e in parse_events(text, patterns) if until is None or e.t is None or e.t <= until]
 
     def sample(self) -> None:
         """Called about once a second during load (e.g. to poll a stats server). Default: nothing."""

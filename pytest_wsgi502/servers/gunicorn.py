@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from pytest_wsgi502.servers.base import LocalServer
-from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, parse_events, summarize
+from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, summarize
 
 _HOOKS = '''
 # --- telemetry hooks (pytest-wsgi502): one JSON line per worker lifecycle event ---
@@ -86,10 +86,10 @@ class Gunicorn(LocalServer):
         except (OSError, ValueError):
             return []
 
-    def telemetry(self) -> dict[str, Any]:
-        events = parse_events(self.log.read_text(errors="replace") if self.log.exists() else "", GUNICORN_PATTERNS)
+    def telemetry(self, until: float | None = None) -> dict[str, Any]:
+        events = self.events(GUNICORN_PATTERNS, until)
         out = summarize(events, self.spec.cell.workers)
-        hooks = self.hook_events()
+        hooks = [h for h in self.hook_events() if until is None or h["t"] <= until]
         forks = sum(1 for h in hooks if h["hook"] == "post_fork")
         out["respawns_from_log"] = out["respawns"]
         if hooks:  # the hooks are the primary channel; the log lines cross-check them

@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from pytest_wsgi502.servers.base import LocalServer
-from pytest_wsgi502.servers.telemetry import UWSGI_PATTERNS, parse_events, summarize
+from pytest_wsgi502.servers.telemetry import UWSGI_PATTERNS, summarize
 
 
 def _ini_value(value: Any) -> str:
@@ -97,8 +97,8 @@ class UWSGI(LocalServer):
             ],
         })
 
-    def telemetry(self) -> dict[str, Any]:
-        events = parse_events(self.log.read_text(errors="replace") if self.log.exists() else "", UWSGI_PATTERNS)
+    def telemetry(self, until: float | None = None) -> dict[str, Any]:
+        events = self.events(UWSGI_PATTERNS, until)
         out = summarize(events, self.spec.cell.workers)
         out["events"] = [e.as_dict() for e in events if e.kind != "spawn"]
         if self.stats_samples:

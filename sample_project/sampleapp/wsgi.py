@@ -9,6 +9,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sampleapp.settings")
 application = get_wsgi_application()
 
 
+def _background_thread():
+    # Opt-in (WSGI502_BG_THREAD): a thread started at import, like a metrics or log shipper. Non-daemon, it keeps
+    # a recycling worker from finishing Python's shutdown when the app was imported before the fork (uWSGI's
+    # default): the master then SIGKILLs the worker after worker-reload-mercy ("NO MERCY").
+    import threading
+    import time
+
+    kind = os.environ.get("WSGI502_BG_THREAD", "none")
+    if kind in ("daemon", "nondaemon"):
+        threading.Thread(target=time.sleep, args=(3600,), daemon=kind == "daemon", name="shipper").start()
+
+
+_background_thread()
+
+
 def _preload_db_backend():
     # Django imports the DB backend on first use; for the SQLAlchemy pool that
     # is ~130 ms of imports, which would otherwise land on each worker's first

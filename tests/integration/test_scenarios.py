@@ -13,7 +13,8 @@ def scenario_run(tmp_path_factory):
     from .conftest import Matrix, wait_gone
 
     m = Matrix(tmp_path_factory.mktemp("scenarios"))
-    cells = ",".join([*SCENARIOS, *(f"{s}-fixed" for s in SCENARIOS), "injected-kill"])
+    cells = ",".join([*SCENARIOS, *(f"{s}-fixed" for s in SCENARIOS), "injected-kill", "recycle-hang",
+                      "recycle-hang-fixed"])
     r = m.run("--wsgi-matrix-file=scenarios", f"--wsgi-cells={cells}", "--wsgi-duration=12s")
     assert not wait_gone(m.keep, 10)
     assert m.json.exists(), r.stdout + r.stderr
@@ -42,3 +43,16 @@ def test_injected_faults_are_counted_exactly(scenario_run):
     assert cell["status_counts"].get("502", 0) == injected
     assert cell["attribution"]["worker_killed"] == injected
     assert cell["kills"] == injected  # each one a "killed by signal 9" line in uWSGI's own log
+
+
+def test_recycle_hang_turns_every_recycle_into_a_sigkill(scenario_run):
+    """The seed's "workers killed by signal 9 around max-requests, memory fine": a non-daemon thread started
+    at import keeps each recycling worker alive until uWSGI's reload mercy runs out (NO MERCY, SIGKILL)."""
+    _, cells, _ = scenario_run
+    hang, fixed = cells["recycle-hang"], cells["recycle-hang-fixed"]
+    events = hang["telemetry"]["event_counts"]
+    assert events.get("recycle", 0) >= 2
+    assert hang["kills"] == events["no_mercy"] >= events["recycle"] - 1  # the last one may outlive the load
+    assert hang["latency_ms"]["p99"] > 1000  # both workers stuck for the mercy: the service stalls
+    assert fixed["kills"] == 0 and fixed["telemetry"]["event_counts"].get("recycle", 0) >= 2
+    assert fixed["slo"]["passed"]
