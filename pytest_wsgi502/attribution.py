@@ -46,7 +46,7 @@ class Failure:
 
 
 def read_access_failures(path: Path, since: float = 0.0) -> list[Failure]:
-    out = []
+    out: list[Failure] = []
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -96,7 +96,7 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[str]],
               events: list[dict[str, Any]]) -> dict[str, Any]:
     """{"counts": {cause: n, ...}, "matches": [...first 50...]} for every 502/503/504 in ``failures``."""
     counts: Counter[str] = Counter({c: 0 for c in CAUSES})
-    matches = []
+    matches: list[dict[str, Any]] = []
     for f in failures:
         queue = reasons.get(f.conn)
         reason = queue.popleft() if queue else ""

@@ -130,7 +130,7 @@ class MatrixReporter:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
-            self.state.results.extend(v for k, v in report.user_properties if k == RESULT_KEY)
+            self.state.results.extend(dict(v) for k, v in report.user_properties if k == RESULT_KEY)  # type: ignore[call-overload]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.results:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def check(settings: EffectiveSettings, cells: list[Cell], chdir: Path) -> None:
     for server in sorted({c.server for c in cells}):
         if binary_for(server) is None:
             raise pytest.UsageError(
-                f"{server} not found next to {Path(__import__('sys').executable).parent} or on PATH: "
+                f"{server} not found next to {Path(sys.executable).parent} or on PATH: "
                 f"pip install 'pytest-wsgi502[servers]'"
             )
     if not chdir.is_dir():

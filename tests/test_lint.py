@@ -23,6 +23,11 @@ def test_ruff():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_mypy():
+    r = subprocess.run([sys.executable, "-m", "mypy", "pytest_wsgi502"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_workflow_lints_clean_and_runs_the_ci_command():
     workflow = ROOT / ".github" / "workflows" / "ci.yml"
     r = subprocess.run([_tool("zizmor"), "--offline", "--no-progress", str(workflow)], cwd=ROOT,

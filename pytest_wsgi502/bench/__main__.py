@@ -83,10 +83,11 @@ def _run_client(kind: str, url: str, connections: int, duration: float) -> dict[
         cpu = (usage.ru_utime + usage.ru_stime) / max(duration, time.monotonic() - t0 - 0.2)
         return {"rps": float(m.group(1)), "client_cpu": cpu}
     code = [sys.executable, "-m", "pytest_wsgi502.bench", "_client", kind, url, str(connections), str(duration)]
-    out = subprocess.run([*_pin(1), *code], capture_output=True, text=True, timeout=duration + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} client failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+    done = subprocess.run([*_pin(1), *code], capture_output=True, text=True, timeout=duration + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} client failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def _client_main(kind: str, url: str, connections: int, duration: float) -> None:
@@ -195,7 +196,9 @@ def bench_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # moderate load: 50 req/s open loop over 5 connections; 4 closed-loop users (~80 req/s);
         # the median of --reps runs, since one run's p99 is its 3 slowest samples
-        for mode, kw in (("open", {"rate": 50.0, "concurrency": 5}), ("closed", {"concurrency": 4})):
+        profiles: tuple[tuple[str, dict[str, Any]], ...] = (("open", {"rate": 50.0, "concurrency": 5}),
+                                                             ("closed", {"concurrency": 4}))
+        for mode, kw in profiles:
             rs = [run(LoadSpec(base_url=f"http://127.0.0.1:{port}", mode=mode, duration=args.duration, **kw))
                   for _ in range(args.reps)]
             lats = [r["stats"].to_dict()["latency_ms"] for r in rs]
@@ -208,9 +211,9 @@ def bench_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         proc.kill()
     proc, port = _target("stall", "--every", "5", "--stall", "1")
     try:
-        for mode, kw in (("open", {"rate": 200.0}), ("closed", {})):
-            r = run(LoadSpec(base_url=f"http://127.0.0.1:{port}", mode=mode, concurrency=10,
-                             duration=max(args.duration, 6.0), **kw))
+        for mode, rate in (("open", 200.0), ("closed", 0.0)):
+            r = run(LoadSpec(base_url=f"http://127.0.0.1:{port}", mode=mode, rate=rate, concurrency=10,
+                             duration=max(args.duration, 6.0)))
             lat = r["stats"].to_dict()["latency_ms"]
             out[f"stall_1s_every_5s_{mode}"] = {"p99_ms": lat["p99"], "max_ms": lat["max"],
                                                 "requests": r["stats"].requests}

@@ -100,7 +100,7 @@ def check_loopback(url: str) -> None:
     """Load is only ever aimed at this machine unless the caller opts in explicitly."""
     host = httpx.URL(url).host
     try:
-        addrs = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as exc:
         raise RemoteTargetError(f"cannot resolve load target host {host!r}: {exc}") from None
     remote = [a for a in addrs if not ipaddress.ip_address(str(a).split("%")[0]).is_loopback]
@@ -329,7 +329,8 @@ def _run_processes(spec: LoadSpec) -> tuple[Stats, list[dict[str, Any]]]:
              for p in range(spec.processes)]
     for p in procs:
         p.start()
-    stats, engines, errors = Stats(), [{} for _ in procs], []
+    stats, errors = Stats(), []
+    engines: list[dict[str, Any]] = [{} for _ in procs]
     try:
         for _ in procs:  # every process imported and ready: start together
             kind, p_idx, _, err = out.get(timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from importlib import metadata
@@ -30,7 +31,7 @@ def environment(config: pytest.Config) -> dict[str, Any]:
         "backend": settings.backend,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "versions": {d: _version(d) for d in ("pytest-wsgi502", "pytest", "uwsgi", "gunicorn", "django", "httpx",
                                               "gevent", "mysqlclient", "pymysql", "sqlalchemy")},
         "settings": {name: {"value": r.raw, "source": r.source} for name, r in settings.values.items()},
