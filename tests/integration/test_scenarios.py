@@ -14,7 +14,7 @@ def scenario_run(tmp_path_factory):
 
     m = Matrix(tmp_path_factory.mktemp("scenarios"))
     cells = ",".join([*SCENARIOS, *(f"{s}-fixed" for s in SCENARIOS), "injected-kill", "recycle-hang",
-                      "recycle-hang-fixed"])
+                      "recycle-hang-fixed", "gevent-mysqlclient", "gevent-mysqlclient-fixed"])
     r = m.run("--wsgi-matrix-file=scenarios", f"--wsgi-cells={cells}", "--wsgi-duration=12s")
     assert not wait_gone(m.keep, 10)
     assert m.json.exists(), r.stdout + r.stderr
@@ -56,3 +56,13 @@ def test_recycle_hang_turns_every_recycle_into_a_sigkill(scenario_run):
     assert hang["latency_ms"]["p99"] > 1000  # both workers stuck for the mercy: the service stalls
     assert fixed["kills"] == 0 and fixed["telemetry"]["event_counts"].get("recycle", 0) >= 2
     assert fixed["slo"]["passed"]
+
+
+def test_gevent_with_mysqlclient_blocks_the_worker(scenario_run):
+    """No 502s here: the documented error is the stall. mysqlclient's C calls block gevent's hub, so every
+    greenlet of a worker waits for each 200 ms query; PyMySQL yields and the same load flows."""
+    _, cells, _ = scenario_run
+    blocked, fixed = cells["gevent-mysqlclient"], cells["gevent-mysqlclient-fixed"]
+    assert blocked["latency_ms"]["p99"] > 2 * fixed["latency_ms"]["p99"], (blocked["latency_ms"], fixed["latency_ms"])
+    assert blocked["rps"] < fixed["rps"] / 2
+    assert not blocked["slo"]["passed"] and fixed["slo"]["passed"], (blocked["slo"], fixed["slo"])
