@@ -17,6 +17,8 @@ reason and the server events around the request:
 - ``keepalive_race``: reset or closed at once on a reused connection with no worker event nearby: the backend
   had closed that idle keep-alive connection just as the proxy sent on it.
 - ``timeout``: a 504 after the proxy's read timeout.
+- ``db``: not a 502 but a 500 the app answered because the database refused or failed (max_connections, a
+  pool's limit): counted from the server's own log, one ``django.db.utils.OperationalError`` line per error.
 - ``unknown``: anything else, reported, never hidden.
 """
 
@@ -107,6 +109,10 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[str]],
     return {"counts": dict(counts), "matches": matches}
 
 
-def attribute_cell(workdir: Path, events: list[dict[str, Any]], since: float) -> dict[str, Any]:
-    return attribute(read_access_failures(workdir / "proxy-access.log", since),
-                     read_error_reasons(workdir / "proxy-error.log"), events)
+def attribute_cell(workdir: Path, events: list[dict[str, Any]], since: float, http_500: int = 0) -> dict[str, Any]:
+    out = attribute(read_access_failures(workdir / "proxy-access.log", since),
+                    read_error_reasons(workdir / "proxy-error.log"), events)
+    # 500s the app answered because its database refused or failed (the server logged a DB error for each)
+    db_errors = sum(1 for e in events if e.get("kind") == "db_error" and (e.get("t") or since) >= since)
+    out["counts"]["db"] = min(http_500, db_errors)
+    return out

@@ -114,6 +114,7 @@ class Target:
         if ctx.django_settings:
             self.env.update(django_overlay(ctx.run_dir, ctx.django_settings, self.env))
         self._sampler: _Sampler | None = None
+        self._restore_max_connections: int | None = None
         self.stopped = False
 
     @property
@@ -124,6 +125,8 @@ class Target:
         import httpx
 
         try:
+            if self.cell.mysql_max_connections is not None:
+                self._restore_max_connections = self._max_connections(self.cell.mysql_max_connections)
             ready = f"http://{self.server.address}/health"  # any answer below 500 means the app is up
             self.server.start(self.env, lambda: httpx.get(ready, timeout=5).status_code < 500)
             self.proxy.start("/health")
@@ -143,6 +146,22 @@ class Target:
             self._sampler.join(5)
         self.proxy.stop()  # graceful: flushes the access log
         self.server.stop()
+        if self._restore_max_connections is not None:
+            self._max_connections(self._restore_max_connections)
+
+    def _max_connections(self, value: int) -> int:
+        """Set MySQL's global max_connections (the session's private server); return the previous value."""
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=self.ctx.db_env["WSGI502_DB_SOCKET"], user="root", connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@GLOBAL.max_connections")
+                row = cur.fetchone()
+                cur.execute("SET GLOBAL max_connections = %s", (int(value),))
+            return int(row[0]) if row else 151
+        finally:
+            conn.close()
 
     def lint(self) -> list[dict[str, str]]:
         from pytest_wsgi502.lint import lint, somaxconn, uwsgi_options
@@ -172,7 +191,8 @@ class Target:
         result["telemetry"] = telemetry
         result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),
                            "error_reasons": parse_error_log(self.dir / "proxy-error.log")}
-        attributed = attribute_cell(self.dir, telemetry.get("events", []), since)
+        attributed = attribute_cell(self.dir, telemetry.get("events", []), since,
+                                    http_500=int(result["status_counts"].get("500", 0)))
         result["attribution"], result["attribution_matches"] = attributed["counts"], attributed["matches"]
         result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
         result["slo"] = verdict = slo_mod.verdict(slos, result)

@@ -57,6 +57,7 @@ class Cell:
     pool_size: int = 5
     max_overflow: int = 10
     conn_max_age: int = 0
+    mysql_max_connections: int | None = None  # SET GLOBAL max_connections for this cell (restored after it)
     # load: a cell's own values win over the session's (--wsgi-mode, --wsgi-rate, ...)
     load_mode: str = ""  # closed | open | ramp ("" = the session's --wsgi-mode)
     rate: float | None = None

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ("cell", "requests", "502", "5xx", "conn", "reset", "tmout", "verify", "err rate", "p50", "p95", "p99",
-           "max", "req/s", "respawns", "kills", "502/504 causes", "SLO")
+           "max", "req/s", "respawns", "kills", "5xx causes", "SLO")
 
 
 def _ms(value: float | None) -> str:

@@ -29,6 +29,7 @@ UWSGI_PATTERNS: dict[str, re.Pattern[str]] = {
     "died": re.compile(r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died(?!, killed)"),
     "listen_queue_full": re.compile(r"listen queue of socket .* full"),
     "respawning_too_fast": re.compile(r"worker respawning too fast"),
+    "db_error": re.compile(r"django\.db\.utils\.OperationalError: \((?P<code>\d+)"),
 }
 
 GUNICORN_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -38,6 +39,7 @@ GUNICORN_PATTERNS: dict[str, re.Pattern[str]] = {
     "timeout": re.compile(r"WORKER TIMEOUT \(pid:(?P<pid>\d+)\)"),
     "died_signal": re.compile(r"Worker \(pid:(?P<pid>\d+)\) was sent (?P<signame>SIG[A-Z]+)"),
     "died_code": re.compile(r"Worker \(pid:(?P<pid>\d+)\) exited with code (?P<code>\d+)"),
+    "db_error": UWSGI_PATTERNS["db_error"],
 }
 
 _KILL_KINDS = {"no_mercy", "harakiri"}

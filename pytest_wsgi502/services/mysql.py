@@ -28,6 +28,7 @@ class MySQLInfo:
         return {
             "WSGI502_DB_HOST": self.host, "WSGI502_DB_PORT": str(self.port), "WSGI502_DB_NAME": self.name,
             "WSGI502_DB_USER": self.user, "WSGI502_DB_PASSWORD": self.password,
+            "WSGI502_DB_SOCKET": self.socket,  # root over this socket administers the server (not for the app)
         }
 
 
@@ -77,7 +78,10 @@ class LocalMySQL:
         self._query(
             f"CREATE DATABASE IF NOT EXISTS {DB_NAME} CHARACTER SET utf8mb4",
             f"CREATE USER IF NOT EXISTS '{DB_USER}'@'%' IDENTIFIED BY '{DB_PASSWORD}'",
-            f"GRANT ALL ON *.* TO '{DB_USER}'@'%'",  # ALL ON *.*: Django's test-database creation needs it
+            # the app's database (and Django's test_ one) only: no SUPER / CONNECTION ADMIN, which would let the
+            # app ignore max_connections (the db-exhaustion scenario lowers it)
+            f"GRANT ALL ON `{DB_NAME}`.* TO '{DB_USER}'@'%'",
+            f"GRANT ALL ON `test_{DB_NAME}`.* TO '{DB_USER}'@'%'",
         )
         return MySQLInfo("127.0.0.1", self.port, DB_NAME, DB_USER, DB_PASSWORD, self.socket, self.version)
 

@@ -14,7 +14,8 @@ def scenario_run(tmp_path_factory):
 
     m = Matrix(tmp_path_factory.mktemp("scenarios"))
     cells = ",".join([*SCENARIOS, *(f"{s}-fixed" for s in SCENARIOS), "injected-kill", "recycle-hang",
-                      "recycle-hang-fixed", "gevent-mysqlclient", "gevent-mysqlclient-fixed"])
+                      "recycle-hang-fixed", "gevent-mysqlclient", "gevent-mysqlclient-fixed", "db-exhaustion",
+                      "db-exhaustion-fixed"])
     r = m.run("--wsgi-matrix-file=scenarios", f"--wsgi-cells={cells}", "--wsgi-duration=12s")
     assert not wait_gone(m.keep, 10)
     assert m.json.exists(), r.stdout + r.stderr
@@ -66,3 +67,14 @@ def test_gevent_with_mysqlclient_blocks_the_worker(scenario_run):
     assert blocked["latency_ms"]["p99"] > 2 * fixed["latency_ms"]["p99"], (blocked["latency_ms"], fixed["latency_ms"])
     assert blocked["rps"] < fixed["rps"] / 2
     assert not blocked["slo"]["passed"] and fixed["slo"]["passed"], (blocked["slo"], fixed["slo"])
+
+
+def test_db_exhaustion_is_500s_attributed_to_the_database(scenario_run):
+    """More persistent DB connections (16 workers, CONN_MAX_AGE) than MySQL allows (10): the workers left
+    without one answer 500 (1040 Too many connections), each counted from its line in the server's log."""
+    _, cells, _ = scenario_run
+    broken, fixed = cells["db-exhaustion"], cells["db-exhaustion-fixed"]
+    n500 = broken["status_counts"].get("500", 0)
+    assert n500 > 0 and broken["attribution"]["db"] == n500, (broken["status_counts"], broken["attribution"])
+    assert broken["status_counts"].get("502", 0) == 0
+    assert fixed["status_counts"].get("500", 0) == 0 and fixed["slo"]["passed"]
