@@ -22,6 +22,7 @@ from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
 from pytest_wsgi502.proxy import LocalProxy, parse_access_log, parse_error_log
 from pytest_wsgi502.servers.base import ServerSpec, make_server
+from pytest_wsgi502.services.process import free_ports
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,10 @@ class Target:
         self.cell, self.ctx = cell, ctx
         self.dir = ctx.run_dir / "cells" / cell.name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.server = make_server(ServerSpec(cell, self.dir, ctx.app, ctx.chdir), ctx.server_binaries[cell.server],
-                                  ctx.ledger)
-        self.proxy = LocalProxy(self.dir, self.server.address, ctx.idle_timeout, ctx.nginx, ctx.ledger)
+        port, stats_port, proxy_port = free_ports(3)
+        self.server = make_server(ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port),
+                                  ctx.server_binaries[cell.server], ctx.ledger)
+        self.proxy = LocalProxy(self.dir, self.server.address, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port)
         self.env = cell_env(cell, ctx, base_env)
         if ctx.django_settings:
             self.env.update(django_overlay(ctx.run_dir, ctx.django_settings, self.env))

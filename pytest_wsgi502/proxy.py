@@ -81,9 +81,9 @@ http {{
 
 class LocalProxy:
     def __init__(self, workdir: Path, upstream: str, idle_timeout: float, binary: str,
-                 ledger: Path | None = None) -> None:
+                 ledger: Path | None = None, port: int = 0) -> None:
         self.dir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.cfg = ProxyConfig(self.port, upstream, idle_timeout,
                                user=getpass.getuser() if os.geteuid() == 0 else None)
         self.binary, self.ledger = binary, ledger
@@ -104,10 +104,11 @@ class LocalProxy:
         # SIGQUIT: graceful stop, which also flushes the buffered access log
         self.process = LocalProcess("nginx", argv, self.dir / "proxy-stdout.log", stop_signal=signal.SIGQUIT,
                                     ledger=self.ledger).start()
-        self.process.wait_ready(
-            lambda: httpx.get(self.url + ready_path, timeout=2).status_code < 500, timeout,
-            f"answering GET {ready_path} through the proxy",
-        )
+        def ready() -> bool:  # nginx itself must answer: a port clash could put another server there
+            r = httpx.get(self.url + ready_path, timeout=2)
+            return r.status_code < 500 and r.headers.get("server", "").startswith("nginx")
+
+        self.process.wait_ready(ready, timeout, f"answering GET {ready_path} through the proxy")
         return self
 
     def stop(self) -> None:

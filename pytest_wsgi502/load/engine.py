@@ -176,8 +176,9 @@ class _Run:
         self.stats.record(status, end - start, self.wall0 + end - self.t0, error)
         if status is not None:
             self.last_ok = end
-        elif error == "connect" and end - self.last_ok > DEAD_TARGET_S and self.abort_reason is None:
-            self.abort_reason = f"target refused every connection for {DEAD_TARGET_S:.0f}s: {self.spec.base_url}"
+        elif end - self.last_ok > DEAD_TARGET_S and self.abort_reason is None:
+            what = "refused every connection" if error == "connect" else f"gave no response ({error})"
+            self.abort_reason = f"target {what} for {DEAD_TARGET_S:.0f}s: {self.spec.base_url}"
 
 
 async def _send(transport: httpx.AsyncBaseTransport, fast: bool, request: httpx.Request, raw: bytes,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config.matrix import Cell
-from pytest_wsgi502.services.process import LocalProcess, find_binary, free_port
+from pytest_wsgi502.services.process import LocalProcess, find_binary, free_ports
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ def make_server(spec: ServerSpec, binary: str, ledger: Path | None = None) -> Lo
     from pytest_wsgi502.servers.uwsgi import UWSGI
 
     cls = {"uwsgi": UWSGI, "gunicorn": Gunicorn}[spec.cell.server]
-    spec = ServerSpec(spec.cell, spec.workdir, spec.app, spec.chdir, spec.env,
-                      spec.port or free_port(), spec.stats_port or free_port())
+    if not (spec.port and spec.stats_port):
+        port, stats_port = free_ports(2)
+        spec = ServerSpec(spec.cell, spec.workdir, spec.app, spec.chdir, spec.env, spec.port or port,
+                          spec.stats_port or stats_port)
     return cls(spec, binary, ledger)

@@ -31,7 +31,8 @@ def test_mechanism_gives_502s_attributed_to_it_and_the_fix_removes_them(scenario
     assert n502 > 0, broken["status_counts"]
     assert broken["attribution"][cause] >= 0.8 * n502, broken["attribution"]
     assert not broken["slo"]["passed"] and f"{mechanism}: SLO breached: http_502==0" in out
-    assert fixed["status_counts"].get("502", 0) == 0 and fixed["slo"]["passed"], fixed["status_counts"]
+    assert fixed["status_counts"].get("502", 0) == 0 and fixed["slo"]["passed"], (
+        fixed["status_counts"], fixed["errors"], fixed["slo"]["failures"])
     assert fixed["requests"] >= 0.5 * broken["requests"]  # the same load reached it
 
 

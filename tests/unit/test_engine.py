@@ -194,3 +194,20 @@ def test_remote_targets_are_refused_unless_allowed():
         check_loopback("http://10.1.2.3:80")
     with pytest.raises(RemoteTargetError):
         run(LoadSpec(base_url="http://10.1.2.3"))
+
+
+def test_target_that_resets_everything_ends_the_run():
+    def reset(request):
+        raise httpx.ReadError("reset")
+
+    stats, engine = asyncio.run(drive(spec(duration=30, max_requests=10**9), lambda: httpx.MockTransport(reset)))
+    assert engine["aborted"] and "gave no response (reset)" in engine["aborted"]
+    assert stats.duration < 10
+
+
+def test_free_ports_are_distinct():
+    from pytest_wsgi502.services.process import free_ports
+
+    for _ in range(50):
+        ports = free_ports(3)
+        assert len(set(ports)) == 3
