@@ -107,7 +107,11 @@ class Target:
     def __init__(self, cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> None:
         self.cell, self.ctx = cell, ctx
         self.dir = ctx.run_dir / "cells" / cell.name
-        self.dir.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while self.dir.exists():  # the same config started again (another test): keep both sets of logs
+            n += 1
+            self.dir = ctx.run_dir / "cells" / f"{cell.name}-{n}"
+        self.dir.mkdir(parents=True)
         port, stats_port, proxy_port = free_ports(3)
         self.server = make_server(ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port),
                                   ctx.server_binaries[cell.server], ctx.ledger)

@@ -213,7 +213,9 @@ def _as_cell(config: Any, state: Any, overrides: dict[str, Any]) -> Cell:
             raise pytest.UsageError(f"wsgi_server: no cell {config!r} in the matrix; known: {', '.join(by_name)}")
         return dataclasses.replace(by_name[config], **overrides) if overrides else by_name[config]
     table = {**dict(config or {}), **overrides}
-    name = table.pop("name", None) or f"{table.get('server', 'server')}-{len(table)}"
+    name = table.pop("name", None) or "-".join(
+        str(p) for p in (table.get("server", "server"), table.get("worker_class"), f"{table.get('workers', 2)}w") if p
+    )
     return expand({"cells": {name: table}}, "wsgi_server()")[0]
 
 
