@@ -97,20 +97,6 @@ class LocalMySQL:
         finally:
             conn.close()
 
-    def status(self) -> dict[str, int]:
-        """A few SHOW GLOBAL STATUS counters for the report."""
-        import pymysql
-
-        names = ("Threads_connected", "Max_used_connections", "Aborted_clients", "Aborted_connects")
-        conn = pymysql.connect(unix_socket=self.socket, user="root", connect_timeout=2)
-        try:
-            with conn.cursor() as cur:
-                placeholders = ",".join(["%s"] * len(names))
-                cur.execute(f"SHOW GLOBAL STATUS WHERE Variable_name IN ({placeholders})", names)
-                return {k: int(v) for k, v in cur.fetchall()}
-        finally:
-            conn.close()
-
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=20)
