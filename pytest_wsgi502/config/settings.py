@@ -25,28 +25,27 @@ def parse_duration(text: str) -> float:
     return value * {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}[unit]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(str(text).replace("_", ""))
-    except ValueError:
-        raise ValueError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
-    return value
+def _positive(cast: type, what: str) -> Callable[[str], Any]:
+    """A converter for numbers > 0 (underscores allowed: 1_000_000)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = cast(str(text).replace("_", ""))
+        except ValueError:
+            raise ValueError(f"not {what}: {text!r}") from None
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {text!r}")
+        return value
+
+    return convert
+
+
+_positive_int = _positive(int, "an integer")
+_rate = _positive(float, "a rate in requests/s")
 
 
 def _positive_duration(text: str) -> float:
     value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {text!r}")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(str(text).replace("_", ""))
-    except ValueError:
-        raise ValueError(f"not a rate in requests/s: {text!r}") from None
     if value <= 0:
         raise ValueError(f"must be > 0, got {text!r}")
     return value
