@@ -6,7 +6,8 @@ Versioned by ``"schema"``; later versions add keys, never remove or rename them.
 - context: versions, machine, git commit, backend, settings, the cell's config, rendered server/proxy configs
   (run directory and ports replaced by placeholders), load profile and seed, lint findings, SLOs asked for;
 - measurements: what the run observed (``MEASURED_CELL_KEYS``);
-- timestamps and run-local allocations: when and where it ran (``VOLATILE_KEYS``: times, run directory, ports).
+- timestamps and run-local allocations: when and where it ran (``VOLATILE_KEYS``: times, run directory, ports),
+  and the settings that only say where results go (``OUTPUT_SETTINGS``: --wsgi-json, --wsgi-save, ...).
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ MEASURED_CELL_KEYS = frozenset({
     "duration_s", "latency_clamped", "timeline", "histogram", "engine", "generator_bound", "generator_bound_reason",
     "aborted", "respawns", "kills", "telemetry", "proxy", "attribution", "attribution_matches", "files", "slo",
 })
-# when and where it ran
-VOLATILE_KEYS = frozenset({"started_at", "ended_at", "timeline_t0", "dir", "ports", "created", "run_dir"})
+# when and where it ran; "compare" is derived from measurements (this run's vs a saved one's)
+VOLATILE_KEYS = frozenset({"started_at", "ended_at", "timeline_t0", "dir", "ports", "created", "run_dir",
+                           "compare"})
+# settings that choose where results go, not what is measured
+OUTPUT_SETTINGS = frozenset({"json", "html", "png", "storage", "save", "compare", "compare_fail", "keep_dir"})
 
 PACKAGES = ("pytest-wsgi502", "pytest", "pytest-benchmark", "uwsgi", "gunicorn", "django", "httpx", "gevent",
             "mysqlclient", "pymysql", "sqlalchemy", "django-db-connection-pool", "hdrhistogram", "testcontainers")
@@ -122,5 +126,8 @@ def comparable(doc: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k not in VOLATILE_KEYS and k not in extra}
 
     out = strip(doc)
+    if "environment" in out:
+        env = out["environment"] = dict(out["environment"])
+        env["settings"] = {k: v for k, v in env.get("settings", {}).items() if k not in OUTPUT_SETTINGS}
     out["cells"] = [strip(c, MEASURED_CELL_KEYS) for c in doc.get("cells", [])]
     return out
