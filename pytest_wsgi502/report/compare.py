@@ -137,6 +137,22 @@ def _seconds(us: float) -> float:
     return us / 1e6
 
 
+def _outliers(h: Any, mean: float, q1: float, q3: float) -> dict[str, Any]:
+    """pytest-benchmark's outlier fields, counted over the histogram's recorded values (at its resolution)."""
+    sd, lo, hi = h.get_stddev(), q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+    sd_out = iqr_out = 0
+    inside = []
+    for item in h.get_recorded_iterator():
+        v, n = item.value_iterated_to, item.count_at_value_iterated_to
+        sd_out += n if abs(v - mean) > sd else 0
+        if lo <= v <= hi:
+            inside.append(v)
+        else:
+            iqr_out += n
+    return {"stddev_outliers": sd_out, "iqr_outliers": iqr_out, "outliers": f"{sd_out};{iqr_out}",
+            "ld15iqr": _seconds(min(inside, default=q1)), "hd15iqr": _seconds(max(inside, default=q3))}
+
+
 def benchmark_entry(cell: dict[str, Any]) -> dict[str, Any]:
     """One cell as a pytest-benchmark "benchmark" (latency stats in seconds) with our summary in extra_info."""
     from hdrh.histogram import HdrHistogram
@@ -149,7 +165,7 @@ def benchmark_entry(cell: dict[str, Any]) -> dict[str, Any]:
         stats.update(min=_seconds(h.get_min_value()), max=_seconds(h.get_max_value()), mean=_seconds(mean),
                      stddev=_seconds(h.get_stddev()), median=_seconds(h.get_value_at_percentile(50)),
                      q1=_seconds(q1), q3=_seconds(q3), iqr=_seconds(q3 - q1), ops=1e6 / mean if mean else 0.0,
-                     total=_seconds(mean * h.get_total_count()))
+                     total=_seconds(mean * h.get_total_count()), **_outliers(h, mean, q1, q3))
     return {
         "group": "wsgi502", "name": cell["name"], "fullname": f"wsgi502::{cell['name']}", "params": None,
         "param": None, "stats": stats,

@@ -36,6 +36,7 @@ def test_save_then_compare_fail_passes_unchanged_and_fails_slowed(project, monke
     saved = json.loads(next(project.path.glob("store/*/0001_base.json")).read_text())
     # pytest-benchmark's file format: its CLI can list our runs
     assert saved["benchmarks"][0]["name"] == "fake" and saved["benchmarks"][0]["stats"]["rounds"] == 1000
+    assert saved["benchmarks"][0]["extra_info"]["wsgi502"]["latency_ms"]["p50"] == 40.0
 
     r = project.runpytest("--wsgi-compare-fail=p50:20%", "--wsgi-storage=store")
     assert r.ret == 0, r.stdout.str()
