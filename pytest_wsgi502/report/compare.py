@@ -157,7 +157,10 @@ def benchmark_entry(cell: dict[str, Any]) -> dict[str, Any]:
     """One cell as a pytest-benchmark "benchmark" (latency stats in seconds) with our summary in extra_info."""
     from hdrh.histogram import HdrHistogram
 
-    stats: dict[str, Any] = {"rounds": cell.get("requests", 0), "iterations": 1}
+    nan = float("nan")  # no response, no latency: pytest-benchmark's table shows nan rather than a made-up 0
+    stats: dict[str, Any] = {"rounds": cell.get("requests", 0), "iterations": 1, "outliers": "0;0", "total": 0.0,
+                             **dict.fromkeys(("min", "max", "mean", "stddev", "median", "q1", "q3", "iqr", "ops",
+                                              "ld15iqr", "hd15iqr"), nan)}
     if cell.get("histogram") and cell.get("responses"):
         h = HdrHistogram.decode(cell["histogram"])
         q1, q3 = h.get_value_at_percentile(25), h.get_value_at_percentile(75)

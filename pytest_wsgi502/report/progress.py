@@ -7,6 +7,7 @@ is an xdist worker (its output goes nowhere).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -33,6 +34,9 @@ class LiveProgress:
         quiet = config.get_verbosity() < 0 or hasattr(config, "workerinput")
         self.tr = None if quiet or tr is None else tr
         self.tty = bool(self.tr is not None and self.tr.isatty)
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        # the test's output is being captured while the cell runs: step around it, as pytest's live logging does
+        self._uncaptured = capman.global_and_fixture_disabled if capman is not None else contextlib.nullcontext
         self._lock = threading.Lock()
         self._last_plain = clock()
         self._live = False
@@ -41,7 +45,7 @@ class LiveProgress:
         if self.tr is None:
             return
         line = format_line(self.name, p)
-        with self._lock:
+        with self._lock, self._uncaptured():
             if self.tty:
                 if not self._live:
                     self.tr.ensure_newline()
@@ -52,7 +56,7 @@ class LiveProgress:
                 self.tr.write_line(line)
 
     def finish(self) -> None:
-        with self._lock:
+        with self._lock, self._uncaptured():
             if self.tr is not None and self._live:
                 self.tr.rewrite("", erase=True)  # pytest re-prints the test's location on its next line
                 self._live = False

@@ -11,6 +11,7 @@ FAKE_CELL = """
 import os
 from pytest_wsgi502.fixtures import Result, _report
 from pytest_wsgi502 import slo
+from hdrh.histogram import HdrHistogram
 
 def test_cell(request):
     p50 = float(os.environ.get("FAKE_P50", "40"))
@@ -18,6 +19,9 @@ def test_cell(request):
          "status_counts": {"200": 1000}, "http_5xx": 0, "errors": {}, "error_count": 0, "error_rate": 0.0,
          "latency_ms": {"p50": p50, "p95": p50 * 1.5, "p99": p50 * 2, "max": p50 * 3, "mean": p50},
          "rps": 100.0, "respawns": 1, "kills": 0, "attribution": {}, "timeline": []}
+    h = HdrHistogram(1, 60_000_000, 3)
+    h.record_value(int(p50 * 1000), 1000)
+    r["histogram"] = h.encode().decode()
     r["slo"] = slo.verdict(slo.parse_slos(["p50<1000ms", "error_rate<0.01"]), r)
     _report(request, Result(r))
 """
@@ -85,3 +89,16 @@ def test_junit_properties_and_step_summary(project, monkeypatch):
     assert text.startswith("### pytest-wsgi502") and "| fake | 1000 |" in text and "| pass |" in text
     doc = json.loads((project.path / "out.json").read_text())
     assert doc["schema"] == 1 and doc["cells"][0]["name"] == "fake"
+
+
+def test_pytest_benchmark_cli_reads_a_saved_run(project):
+    import subprocess
+    import sys
+
+    assert project.runpytest("--wsgi-save=base", "--wsgi-storage=store").ret == 0
+    cli = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()",
+                          "--storage", f"file://{project.path / 'store'}", "compare", "0001"],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    row = next((line for line in cli.stdout.splitlines() if line.startswith("fake")), cli.stdout + cli.stderr)
+    assert row.split()[-2:] == ["1000", "1"]  # rounds = requests, iterations = 1

@@ -111,7 +111,7 @@ class FakeConfig:
         self.pluginmanager = self
 
     def get_plugin(self, name):
-        return self.tr
+        return self.tr if name == "terminalreporter" else None
 
     def get_verbosity(self):
         return self.verbosity
