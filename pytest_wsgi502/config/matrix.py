@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 
 SEED_MATRIX = Path(__file__).resolve().parent.parent / "seed_matrix.toml"
-BUILTIN = {"seed": SEED_MATRIX, "scenarios": SEED_MATRIX.parent / "scenarios.toml"}  # --wsgi-matrix-file=NAME
+BUILTIN = {"seed": SEED_MATRIX, "seed-unix": SEED_MATRIX.parent / "seed_unix.toml",
+           "scenarios": SEED_MATRIX.parent / "scenarios.toml"}  # --wsgi-matrix-file=NAME
 
 SERVERS = ("uwsgi", "gunicorn")
 WORKER_CLASSES = {"uwsgi": ("prefork", "gevent"), "gunicorn": ("sync", "gthread", "gevent")}

@@ -121,3 +121,17 @@ def test_unix_socket_cell_renders_a_socket_file_for_server_and_proxy():
     (tcp,) = expand({"cells": {"a": {"server": "uwsgi"}}})
     srv = make_server(ServerSpec(tcp, workdir=None, app="a:b", chdir=None, port=4321), binary="x")  # type: ignore[arg-type]
     assert srv.unix_socket is None and srv.upstream == srv.address == "127.0.0.1:4321"
+
+
+def test_seed_unix_is_the_seed_story_over_a_unix_socket_at_the_production_rate():
+    from pytest_wsgi502.config.matrix import BUILTIN
+
+    cells = load_matrix(BUILTIN["seed-unix"])
+    seed = {c.name: c for c in load_matrix()}
+    assert [c.name for c in cells] == SEED_CELLS
+    for c in cells:
+        assert (c.socket, c.load_mode, c.rate) == ("unix", "open", 317)
+        s = seed[c.name]
+        assert (c.server, c.workers, c.effective_worker_class, c.driver, c.pool, c.max_requests,
+                c.max_requests_delta) == (s.server, s.workers, s.effective_worker_class, s.driver, s.pool,
+                                          s.max_requests, s.max_requests_delta)
