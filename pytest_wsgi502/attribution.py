@@ -10,7 +10,7 @@ reason and the server events around the request:
 
 - ``backlog``: the connect never completed (listen queue full: EAGAIN on a unix socket, a connect timeout on
   TCP, as the kernel drops SYNs) while no worker was exiting: more requests than workers plus queue.
-  The same overflow within 2 s after workers exited is ``recycle`` (or ``worker_killed``): the queue filled
+  The same overflow within 5 s after workers exited is ``recycle`` (or ``worker_killed``): the queue filled
   because every worker was down at once.
 - ``server_down``: connection refused: nothing listened at all.
 - ``worker_killed``: the upstream closed or reset mid-request while a worker was SIGKILLed (harakiri, worker
@@ -37,7 +37,9 @@ from typing import Any
 CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "timeout", "db", "unknown")
 KILL_EVENTS = {"no_mercy", "harakiri", "died_signal", "timeout", "worker_abort"}
 EXIT_EVENTS = {"recycle", "lifetime", "exit", "died", "died_code", "worker_exit", "died_other_signal"}
-QUEUE_SLACK = 2.0  # a worker exit this long before a refused connect counts as its cause (uWSGI respawns <= 1 s)
+# a worker exit this long before a refused connect counts as its cause: uWSGI's master reaps a dead worker when it
+# next wakes (about once a second), a lazy-apps worker then loads the app, and the queue still has to drain
+QUEUE_SLACK = 5.0
 _ERR = re.compile(r"\[(?:error|crit)\] \d+#\d+: \*(?P<conn>\d+) (?P<msg>.*?), client:")
 
 
