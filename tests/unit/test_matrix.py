@@ -128,8 +128,9 @@ def test_seed_unix_is_the_seed_story_over_a_unix_socket_at_the_production_rate()
 
     cells = load_matrix(BUILTIN["seed-unix"])
     seed = {c.name: c for c in load_matrix()}
-    assert [c.name for c in cells] == SEED_CELLS
-    for c in cells:
+    assert [c.name for c in cells] == [*SEED_CELLS, "uwsgi-2w-listen2048"]
+    assert cells[-1].listen == 2048
+    for c in cells[:-1]:
         assert (c.socket, c.load_mode, c.rate) == ("unix", "open", 317)
         s = seed[c.name]
         assert (c.server, c.workers, c.effective_worker_class, c.driver, c.pool, c.max_requests,
