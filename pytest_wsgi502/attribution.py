@@ -9,7 +9,9 @@ failed request of connection N gets the k-th error line of connection N. The cau
 reason and the server events around the request:
 
 - ``backlog``: the connect never completed (listen queue full: EAGAIN on a unix socket, a connect timeout on
-  TCP, as the kernel drops SYNs).
+  TCP, as the kernel drops SYNs) while no worker was exiting: more requests than workers plus queue.
+  The same overflow within 5 s after workers exited is ``recycle`` (or ``worker_killed``): the queue filled
+  because every worker was down at once.
 - ``server_down``: connection refused: nothing listened at all.
 - ``worker_killed``: the upstream closed or reset mid-request while a worker was SIGKILLed (harakiri, worker
   timeout, reload-mercy, OOM) within the request's time span (plus 1 s of log slack).
@@ -35,6 +37,9 @@ from typing import Any
 CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "timeout", "db", "unknown")
 KILL_EVENTS = {"no_mercy", "harakiri", "died_signal", "timeout", "worker_abort"}
 EXIT_EVENTS = {"recycle", "lifetime", "exit", "died", "died_code", "worker_exit", "died_other_signal"}
+# a worker exit this long before a refused connect counts as its cause: uWSGI's master reaps a dead worker when it
+# next wakes (about once a second), a lazy-apps worker then loads the app, and the queue still has to drain
+QUEUE_SLACK = 5.0
 _ERR = re.compile(r"\[(?:error|crit)\] \d+#\d+: \*(?P<conn>\d+) (?P<msg>.*?), client:")
 
 
@@ -80,6 +85,13 @@ def classify(reason: str, status: int, start: float, end: float, events: Iterabl
     if status == 504 or ("timed out" in reason and "while reading" in reason):
         return "timeout"
     if "Resource temporarily unavailable" in reason or ("timed out" in reason and "while connecting" in reason):
+        # the listen queue overflowed; when the workers were recycling or being killed just before, that is
+        # why nobody accepted (a joint recycle stalls every worker at once), otherwise plain overload
+        near = [e for e in events if e.get("t") is not None and start - QUEUE_SLACK <= e["t"] <= end + 0.5]
+        if any(e["kind"] in KILL_EVENTS for e in near):
+            return "worker_killed"
+        if any(e["kind"] in EXIT_EVENTS for e in near):
+            return "recycle"
         return "backlog"
     if "Connection refused" in reason or "(111:" in reason:
         return "server_down"

@@ -97,8 +97,8 @@ def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
         mode=mode, rate=rate or 0.0,
         start_rate=(cell.start_rate if cell.start_rate is not None else ctx.start_rate) or 0.0,
         think_time=cell.think_time if cell.think_time is not None else ctx.think_time,
-        concurrency=cell.concurrency or ctx.concurrency, duration=ctx.duration, max_requests=ctx.max_requests,
-        timeout=ctx.timeout, processes=ctx.processes,
+        concurrency=cell.concurrency or ctx.concurrency, duration=cell.duration or ctx.duration,
+        max_requests=ctx.max_requests, timeout=ctx.timeout, processes=ctx.processes,
     )
 
 
@@ -116,7 +116,7 @@ class Target:
         port, stats_port, proxy_port = free_ports(3)
         self.server = make_server(ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port),
                                   ctx.server_binaries[cell.server], ctx.ledger)
-        self.proxy = LocalProxy(self.dir, self.server.address, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port)
+        self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port)
         self.env = cell_env(cell, ctx, base_env)
         if ctx.django_settings:
             self.env.update(django_overlay(ctx.run_dir, ctx.django_settings, self.env))
@@ -129,13 +129,11 @@ class Target:
         return self.proxy.url
 
     def start(self) -> Target:
-        import httpx
-
         try:
             if self.cell.mysql_max_connections is not None:
                 self._restore_max_connections = self._max_connections(self.cell.mysql_max_connections)
-            ready = f"http://{self.server.address}/health"  # any answer below 500 means the app is up
-            self.server.start(self.env, lambda: httpx.get(ready, timeout=5).status_code < 500)
+            # any answer below 500 means the app is up
+            self.server.start(self.env, lambda: self.server.http_status("/health") < 500)
             self.proxy.start("/health")
         except BaseException:
             self.stop()

@@ -73,6 +73,23 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
     if listen is not None and max_backlog is not None and int(listen) > max_backlog:
         add("listen-above-somaxconn",
             f"listen backlog {listen} > net.core.somaxconn {max_backlog}: the kernel silently caps it")
+    workers = int(settings.get("processes", settings.get("workers", 1)) or 1)
+    if cell.server == "uwsgi" and settings.get("max-requests") and workers > 1 and not settings.get(
+            "max-requests-delta"):
+        add("recycle-lockstep",
+            f"{workers} workers share max-requests {settings['max-requests']} and no max-requests-delta: workers "
+            "spawned together recycle together (min-worker-lifetime, default 10 s, holds each one that reached "
+            "max-requests until it is that old), and while all are down nobody accepts")
+    if cell.server == "gunicorn" and settings.get("max_requests") and workers > 1 and not settings.get(
+            "max_requests_jitter"):
+        add("recycle-lockstep",
+            f"{workers} workers share max_requests {settings['max_requests']} with no max_requests_jitter: "
+            "they can recycle together")
+    queue = int(listen) if listen is not None else (100 if cell.server == "uwsgi" else 2048)
+    if cell.socket == "unix" and queue <= 128:
+        add("unix-listen-queue",
+            f"listen queue {queue} on a unix socket: when it is full a connect fails at "
+            "once (EAGAIN, a 502 at the proxy) instead of waiting; size it for the peak of concurrent requests")
     if cell.effective_worker_class == "gevent" and cell.driver == "mysqlclient":
         add("gevent-mysqlclient",
             "gevent workers with mysqlclient (a C extension gevent cannot patch): one slow query blocks the worker")

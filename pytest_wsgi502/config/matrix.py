@@ -29,12 +29,14 @@ from typing import Any
 import pytest
 
 SEED_MATRIX = Path(__file__).resolve().parent.parent / "seed_matrix.toml"
-BUILTIN = {"seed": SEED_MATRIX, "scenarios": SEED_MATRIX.parent / "scenarios.toml"}  # --wsgi-matrix-file=NAME
+BUILTIN = {"seed": SEED_MATRIX, "seed-unix": SEED_MATRIX.parent / "seed_unix.toml",
+           "scenarios": SEED_MATRIX.parent / "scenarios.toml"}  # --wsgi-matrix-file=NAME
 
 SERVERS = ("uwsgi", "gunicorn")
 WORKER_CLASSES = {"uwsgi": ("prefork", "gevent"), "gunicorn": ("sync", "gthread", "gevent")}
 DRIVERS = ("mysqlclient", "pymysql")
 POOLS = ("none", "sqlalchemy")
+SOCKETS = ("tcp", "unix")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -52,6 +54,7 @@ class Cell:
     max_requests_jitter: int = 0  # gunicorn: random 0..jitter added per worker
     keepalive: int | None = None  # gunicorn keep-alive seconds (None: gunicorn's default)
     listen: int | None = None  # listen backlog (None: the server's default, uWSGI 100, gunicorn 2048)
+    socket: str = "tcp"  # how the proxy reaches the server: tcp (127.0.0.1:port) or unix (a socket file)
     driver: str = "mysqlclient"
     pool: str = "none"
     pool_size: int = 5
@@ -64,6 +67,7 @@ class Cell:
     start_rate: float | None = None
     think_time: float | None = None
     concurrency: int | None = None
+    duration: float | None = None  # seconds of load for this cell (None: the session's --wsgi-duration)
     mix: tuple[Mapping[str, Any], ...] = ()  # [{path, weight, verify_contains, method}], replaces path
     path: str | None = None  # request path, {n}: a random integer in 1..n_max (None: the session's --wsgi-path)
     n_max: int = 1000
@@ -181,7 +185,7 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
         raise pytest.UsageError(
             f"{at}: worker_class {wc!r} is not a {server} worker; choose one of {', '.join(WORKER_CLASSES[server])}"
         )
-    for key, allowed in (("driver", DRIVERS), ("pool", POOLS)):
+    for key, allowed in (("driver", DRIVERS), ("pool", POOLS), ("socket", SOCKETS)):
         if key in raw and raw[key] not in allowed:
             raise pytest.UsageError(f"{at}: {key} {raw[key]!r} unknown; choose one of {', '.join(allowed)}")
     if raw.get("workers", 1) < 1:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,34 @@ class LocalServer:
         self.process: LocalProcess | None = None
 
     @property
+    def unix_socket(self) -> Path | None:
+        """The socket file of a ``socket = "unix"`` cell. Kept short (a unix socket path has ~107 bytes), in
+        the temp directory, named by this cell's port so that concurrent cells never share one."""
+        if self.spec.cell.socket != "unix":
+            return None
+        return Path(tempfile.gettempdir()) / f"wsgi502-{self.spec.port}.sock"
+
+    @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.spec.port}"
+        """What the server binds: host:port, or the socket file's path."""
+        sock = self.unix_socket
+        return str(sock) if sock else f"127.0.0.1:{self.spec.port}"
+
+    @property
+    def upstream(self) -> str:
+        """The address as nginx's ``upstream { server ...; }`` writes it."""
+        sock = self.unix_socket
+        return f"unix:{sock}" if sock else self.address
+
+    def http_status(self, path: str, timeout: float = 5.0) -> int:
+        """GET ``path`` from the server itself (not through the proxy), over TCP or its unix socket."""
+        import httpx
+
+        sock = self.unix_socket
+        transport = httpx.HTTPTransport(uds=str(sock)) if sock else None
+        with httpx.Client(transport=transport, timeout=timeout) as client:
+            host = "localhost" if sock else self.address
+            return client.get(f"http://{host}{path}").status_code
 
     @property
     def log(self) -> Path:
@@ -70,6 +98,9 @@ class LocalServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self.unix_socket is not None:
+            with contextlib.suppress(OSError):
+                self.unix_socket.unlink()
 
     def telemetry(self, until: float | None = None) -> dict[str, Any]:
         """{"respawns": int, "kills": int, "events": [...], ...} from the server's own logs/stats, counting

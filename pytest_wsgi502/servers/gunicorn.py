@@ -46,7 +46,7 @@ class Gunicorn(LocalServer):
     def settings(self) -> dict[str, Any]:
         cell, spec = self.spec.cell, self.spec
         s: dict[str, Any] = {
-            "bind": [self.address],
+            "bind": [f"unix:{self.address}" if self.unix_socket else self.address],
             "wsgi_app": spec.app,
             "chdir": str(spec.chdir),
             "workers": cell.workers,

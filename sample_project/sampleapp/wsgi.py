@@ -9,6 +9,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sampleapp.settings")
 application = get_wsgi_application()
 
 
+def _app_load_time():
+    # Opt-in (WSGI502_APP_LOAD_MS): the app takes this long to load, like a larger project's imports and warm-up
+    # (this sample loads in ~0.15 s, a real Django project often in 1-3 s). Each worker pays it when it imports
+    # the app itself (uWSGI lazy-apps, gunicorn without --preload), e.g. after every recycle.
+    import time
+
+    time.sleep(int(os.environ.get("WSGI502_APP_LOAD_MS", "0")) / 1000)
+
+
+_app_load_time()
+
+
 def _background_thread():
     # Opt-in (WSGI502_BG_THREAD): a thread started at import, like a metrics or log shipper. Non-daemon, it keeps
     # a recycling worker from finishing Python's shutdown when the app was imported before the fork (uWSGI's

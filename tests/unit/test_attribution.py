@@ -44,3 +44,12 @@ def test_failures_pair_with_reasons_in_order_per_connection():
     assert out["counts"]["keepalive_race"] == 2 and out["counts"]["worker_killed"] == 1
     assert sum(out["counts"].values()) == 3
     assert [m["cause"] for m in out["matches"]] == ["keepalive_race", "worker_killed", "keepalive_race"]
+
+
+def test_a_full_listen_queue_is_the_recycle_when_workers_just_exited():
+    eagain = "connect() to unix:/tmp/w.sock failed (11: Resource temporarily unavailable) while connecting to upstream"
+    assert classify(eagain, 502, 100.0, 100.001, []) == "backlog"
+    assert classify(eagain, 502, 100.0, 100.001, [{"kind": "recycle", "t": 98.6}]) == "recycle"
+    assert classify(eagain, 502, 100.0, 100.001, [{"kind": "worker_abort", "t": 99.5}]) == "worker_killed"
+    assert classify(eagain, 502, 100.0, 100.001, [{"kind": "recycle", "t": 94.0}]) == "backlog"  # long before
+    assert classify(eagain, 502, 100.0, 100.001, [{"kind": "respawn", "t": 99.5}]) == "backlog"  # not an exit

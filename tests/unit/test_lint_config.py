@@ -33,6 +33,10 @@ def test_clean_configs_have_no_findings():
         ({"server": "uwsgi", "options": {"harakiri": 2}, "mix": [{"path": "/api/slow?ms=3000"}]},
          "harakiri-below-slowest"),
         ({"server": "gunicorn", "options": {"timeout": 2}, "path": "/api/slow?ms=3000"}, "timeout-below-slowest"),
+        ({"server": "uwsgi", "max_requests": 200}, "recycle-lockstep"),
+        ({"server": "gunicorn", "max_requests": 200}, "recycle-lockstep"),
+        ({"server": "uwsgi", "socket": "unix"}, "unix-listen-queue"),
+        ({"server": "gunicorn", "socket": "unix", "listen": 64}, "unix-listen-queue"),
     ],
 )
 def test_each_trap_is_flagged(table, code):
@@ -59,3 +63,34 @@ def test_the_installed_uwsgi_knows_max_requests_delta():
         pytest.fail("uwsgi is not installed: bash bin/dev setup")
     opts = uwsgi_options(binary)
     assert {"max-requests-delta", "http-socket", "harakiri", "stats-http", "add-header"} <= opts
+
+
+def test_the_fixes_silence_their_findings():
+    assert "recycle-lockstep" not in findings({"server": "uwsgi", "max_requests": 200, "max_requests_delta": 100})
+    assert "recycle-lockstep" not in findings({"server": "uwsgi", "max_requests": 200, "workers": 1})
+    assert "recycle-lockstep" not in findings({"server": "gunicorn", "max_requests": 200, "max_requests_jitter": 50})
+    assert "unix-listen-queue" not in findings({"server": "uwsgi", "socket": "unix", "listen": 1024})
+    assert "unix-listen-queue" not in findings({"server": "gunicorn", "socket": "unix"})  # gunicorn: 2048
+
+
+def test_every_scenario_cell_lints_to_its_trap():
+    """The built-in scenario pairs: each broken cell is flagged for its mechanism where lint can see it."""
+    from pytest_wsgi502.config.matrix import BUILTIN, load_matrix
+
+    cells = {c.name: c for c in load_matrix(BUILTIN["scenarios"])}
+
+    def codes(name):
+        cell = cells[name]
+        server = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None), binary="x")  # type: ignore[arg-type]
+        known = set(server.settings()) if cell.server == "uwsgi" else ()
+        return {f["code"] for f in lint(cell, server.settings(), idle_timeout=60.0, known_uwsgi=known,
+                                        max_backlog=4096, default_path="/api/counter/{n}")}
+
+    assert "keepalive-race" in codes("keepalive-race") and "keepalive-race" not in codes("keepalive-race-fixed")
+    assert "harakiri-below-slowest" in codes("harakiri") and not codes("harakiri-fixed") & {"harakiri-below-slowest"}
+    assert "timeout-below-slowest" in codes("gunicorn-timeout")
+    assert "timeout-below-slowest" not in codes("gunicorn-timeout-fixed")
+    assert "recycle-lockstep" in codes("recycle") and "recycle-lockstep" not in codes("recycle-fixed")
+    assert "unix-listen-queue" in codes("backlog") and "unix-listen-queue" not in codes("backlog-fixed")
+    assert "gevent-mysqlclient" in codes("gevent-mysqlclient")
+    assert "gevent-mysqlclient" not in codes("gevent-mysqlclient-fixed")

@@ -54,6 +54,8 @@ def test_defaults_apply_and_cells_override():
         ({"cells": {"a": {"server": "uwsgi", "worker_class": "gthread"}}}, "not a uwsgi worker"),
         ({"cells": {"a": {"server": "gunicorn", "max_requests_delta": 5}}}, "max_requests_delta is a uwsgi setting"),
         ({"cells": {"a": {"server": "uwsgi", "driver": "psycopg"}}}, "driver 'psycopg' unknown"),
+        ({"cells": {"a": {"server": "uwsgi", "socket": "udp"}}}, "socket 'udp' unknown"),
+        ({"cells": {"a": {"server": "uwsgi", "duration": "long"}}}, "duration must be a number"),
         ({"cells": {"a": {"server": "uwsgi", "slo": ["p99<<3"]}}}, "bad SLO"),
         ({"cells": {"a": {"server": "uwsgi", "extends": "zz"}}}, "extends unknown cell 'zz'"),
         ({"cells": {"a": {"server": "uwsgi", "extends": "b"}, "b": {"server": "uwsgi", "extends": "a"}}}, "cycle"),
@@ -102,3 +104,35 @@ def test_select_keeps_order_and_rejects_unknown():
     assert select(cells, None) == cells
     with pytest.raises(pytest.UsageError, match=r"unknown cell.*nope.*known: uwsgi-2w"):
         select(cells, "uwsgi-2w,nope")
+
+
+def test_unix_socket_cell_renders_a_socket_file_for_server_and_proxy():
+    from pytest_wsgi502.servers.base import ServerSpec, make_server
+
+    for server in ("uwsgi", "gunicorn"):
+        (cell,) = expand({"cells": {"a": {"server": server, "socket": "unix", "duration": 25}}})
+        srv = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None, port=4321), binary="x")  # type: ignore[arg-type]
+        sock = str(srv.unix_socket)
+        assert sock.endswith("wsgi502-4321.sock") and len(sock) < 100  # sun_path holds ~107 bytes
+        assert srv.upstream == f"unix:{sock}"
+        rendered = srv.settings()
+        assert (rendered["http-socket"] == sock) if server == "uwsgi" else (rendered["bind"] == [f"unix:{sock}"])
+        assert cell.duration == 25
+    (tcp,) = expand({"cells": {"a": {"server": "uwsgi"}}})
+    srv = make_server(ServerSpec(tcp, workdir=None, app="a:b", chdir=None, port=4321), binary="x")  # type: ignore[arg-type]
+    assert srv.unix_socket is None and srv.upstream == srv.address == "127.0.0.1:4321"
+
+
+def test_seed_unix_is_the_seed_story_over_a_unix_socket_at_the_production_rate():
+    from pytest_wsgi502.config.matrix import BUILTIN
+
+    cells = load_matrix(BUILTIN["seed-unix"])
+    seed = {c.name: c for c in load_matrix()}
+    assert [c.name for c in cells] == [*SEED_CELLS, "uwsgi-2w-listen2048"]
+    assert cells[-1].listen == 2048
+    for c in cells[:-1]:
+        assert (c.socket, c.load_mode, c.rate) == ("unix", "open", 317)
+        s = seed[c.name]
+        assert (c.server, c.workers, c.effective_worker_class, c.driver, c.pool, c.max_requests,
+                c.max_requests_delta) == (s.server, s.workers, s.effective_worker_class, s.driver, s.pool,
+                                          s.max_requests, s.max_requests_delta)
