@@ -137,7 +137,7 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("backend", "where services run: local processes", "local", _backend, "NAME"),
-    Setting("matrix_file", "TOML file with the cell matrix, or a built-in one: seed (default), scenarios", None,
+    Setting("matrix_file", "TOML file with the cell matrix, or a built-in one: seed (default), seed-unix, scenarios", None,
             _str, "PATH"),
     Setting("cells", "comma-separated cell names to run (default: all; -k also works)", None, _str, "NAMES"),
     Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m", "10s", _positive_duration, "TIME"),
