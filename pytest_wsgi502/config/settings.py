@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +94,7 @@ def _slo_list(text: str) -> tuple[str, ...]:
 
 
 MODES = ("closed", "open", "ramp")
-BACKENDS = ("local",)  # "containers" arrives with the Testcontainers backend
+BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-compatible engine answers
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("backend", "where services run: local processes", "local", _backend, "NAME"),
+    Setting("backend", "where services run: local processes, containers (a Docker-compatible engine), or auto "
+            "(containers when an engine answers)", "local", _backend, "NAME"),
     Setting("matrix_file", "TOML file with the cell matrix, or a built-in one: seed (default), scenarios", None,
             _str, "PATH"),
     Setting("cells", "comma-separated cell names to run (default: all; -k also works)", None, _str, "NAMES"),
@@ -161,6 +163,11 @@ SETTINGS: tuple[Setting, ...] = (
             "python manage.py migrate --noinput", _str, "CMD"),
     Setting("strict", "fail a cell whose config has a lint finding (default: a warning)", "false", _bool, "BOOL"),
     Setting("keep_dir", "keep the run directory (configs, logs) after the session", None, _str, "DIR"),
+    # containers backend (README "Containers backend")
+    Setting("mysql_image", "containers: MySQL image for testcontainers' MySqlContainer", "mysql:8.4", _str, "IMAGE"),
+    Setting("base_image", "containers: base image of the app image (its python3 must match this Python's "
+            "major.minor: wheels are built here)", f"python:{sys.version_info[0]}.{sys.version_info[1]}-slim-bookworm",
+            _str, "IMAGE"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
