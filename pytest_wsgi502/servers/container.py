@@ -103,6 +103,7 @@ class _InContainer(LocalServer):
             with contextlib.suppress(Exception):
                 if ready():
                     self.start_s = round(time.monotonic() - t0, 2)
+                    self._record_applied()
                     return self
             self.container.reload()
             if self.container.status in ("exited", "dead", "stopped"):
@@ -114,6 +115,15 @@ class _InContainer(LocalServer):
                 raise ServiceError(f"{self.kind} ({self.spec.cell.name}) not ready after {timeout:.0f}s ({what}); "
                                    f"last lines of {self.log}:\n{tail(self.log)}")
             time.sleep(0.1)
+
+    def _record_applied(self) -> None:
+        """The limits as the engine applied them (read back, not what we asked for)."""
+        with contextlib.suppress(Exception):
+            self.container.reload()
+            hc = self.container.attrs.get("HostConfig", {})
+            nano = hc.get("NanoCpus") or 0
+            self.state["applied"] = {"memory_bytes": hc.get("Memory") or None,
+                                     "cpus": nano / 1e9 if nano else None, "id": self.container.short_id}
 
     def _follow(self) -> None:
         """The container's output into server.log, each line stamped with its arrival time."""
@@ -145,10 +155,9 @@ class _InContainer(LocalServer):
             st = c.attrs.get("State", {})
             # Podman reports OOMKilled false even when the kernel OOM killer acted: exit 137 / signal 9 lines
             # in the log are the evidence (telemetry counts those as kills)
-            self.state = {"exit_code": st.get("ExitCode"), "oom_killed_flag": st.get("OOMKilled")}
+            self.state.update({"exit_code": st.get("ExitCode"), "oom_killed_flag": st.get("OOMKilled")})
         with contextlib.suppress(Exception):
             c.remove(force=True, v=True)
-        self._id = getattr(c, "short_id", "")
 
     def describe(self) -> dict[str, Any]:
         """The container part of the cell's JSON: image, limits, engine, phase timings, exit state."""

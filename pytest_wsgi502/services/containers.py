@@ -377,6 +377,7 @@ class ContainerSession:
         except Exception as exc:
             raise ServiceError(f"container engine at {self.docker_host}: {str(exc).splitlines()[0]}") from None
         _SESSIONS.append(self)
+        (self.run_dir / "container-session").write_text(self.id + "\n")  # for tests and humans: the label value
         self.reaped = reap_leftovers(self.client)
         self._start_watchdog()
         self.network = self.client.networks.create(f"wsgi502-{self.id}", labels=self.labels)
