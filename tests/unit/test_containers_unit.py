@@ -1,0 +1,161 @@
+"""The containers backend's pure parts: engine choice, labels and cleanup (fake engine client), content hashes,
+the container's environment and limits. No engine needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_wsgi502.config.matrix import expand
+from pytest_wsgi502.servers.container import container_env, mem_bytes
+from pytest_wsgi502.services import containers as ctr
+from pytest_wsgi502.services.engine import candidates, choose
+
+
+def test_local_is_chosen_without_probing():
+    def probe(url):
+        raise AssertionError("local must not touch an engine")
+
+    assert choose("local", {}, probe=probe).name == "local"
+
+
+def test_auto_uses_docker_host_when_it_answers():
+    c = choose("auto", {"DOCKER_HOST": "unix:///run/x.sock"}, probe=lambda url: None, exists=lambda p: False)
+    assert (c.name, c.docker_host) == ("containers", "unix:///run/x.sock")
+    assert c.reason == "auto: engine at unix:///run/x.sock (DOCKER_HOST) answered"
+
+
+def test_auto_falls_back_to_local_and_says_why():
+    c = choose("auto", {"DOCKER_HOST": "tcp://127.0.0.1:1"}, probe=lambda url: "Connection refused")
+    assert c.name == "local" and "tcp://127.0.0.1:1: Connection refused" in c.reason
+
+
+def test_auto_tries_only_default_sockets_that_exist():
+    probed = []
+    c = choose("auto", {"HOME": "/h", "XDG_RUNTIME_DIR": "/x"},
+               probe=lambda url: probed.append(url), exists=lambda p: p == "/run/podman/podman.sock")
+    assert probed == ["unix:///run/podman/podman.sock"]
+    assert c.name == "containers" and "(default socket)" in c.reason
+
+
+def test_forced_containers_without_engine_is_one_line():
+    with pytest.raises(ValueError) as info:
+        choose("containers", {"HOME": "/h"}, probe=lambda url: "nope", exists=lambda p: False)
+    msg = str(info.value)
+    assert msg.startswith("--wsgi-backend=containers: no Docker-compatible engine answers")
+    assert "\n" not in msg and "/var/run/docker.sock" in msg
+
+
+def test_default_socket_candidates_follow_the_environment():
+    assert candidates({"DOCKER_HOST": "unix:///a"}) == ["unix:///a"]
+    got = candidates({"XDG_RUNTIME_DIR": "/run/user/7", "HOME": "/home/u"})
+    assert "unix:///run/user/7/podman/podman.sock" in got and "unix:///home/u/.docker/run/docker.sock" in got
+
+
+class FakeObj:
+    def __init__(self, name, labels, store):
+        self.name, self.attrs, self.store = name, {"Labels": labels}, store
+
+    def remove(self, **kwargs):
+        self.store.remove(self)
+
+
+class FakeCollection:
+    def __init__(self):
+        self.items: list[FakeObj] = []
+
+    def add(self, name, labels):
+        self.items.append(FakeObj(name, labels, self.items))
+
+    def list(self, all=False, filters=None):
+        key, _, value = filters["label"].partition("=")
+        return [o for o in self.items if key in o.attrs["Labels"] and (not value or o.attrs["Labels"][key] == value)]
+
+
+class FakeClient:
+    def __init__(self):
+        self.containers, self.networks = FakeCollection(), FakeCollection()
+
+
+def _client():
+    c = FakeClient()
+    live, dead = ctr.session_labels("live", "h 1 a"), ctr.session_labels("dead", "h 2 b")
+    for name, labels in (("live-mysql", live), ("live-app", live), ("dead-mysql", dead), ("dead-app", dead),
+                         ("stranger", {"other": "x"})):
+        c.containers.add(name, labels)
+    c.networks.add("net-live", live)
+    c.networks.add("net-dead", dead)
+    return c
+
+
+def test_remove_session_removes_only_that_session():
+    c = _client()
+    removed = ctr.remove_session(c, "dead")
+    assert removed == ["container dead-mysql", "container dead-app", "network net-dead"]
+    assert [o.name for o in c.containers.items] == ["live-mysql", "live-app", "stranger"]
+
+
+def test_reap_removes_sessions_whose_owner_is_gone():
+    c = _client()
+    removed = ctr.reap_leftovers(c, alive=lambda owner: owner == "h 1 a")
+    assert sorted(removed) == ["container dead-app", "container dead-mysql", "network net-dead"]
+    assert [o.name for o in c.networks.items] == ["net-live"]
+
+
+def test_owner_alive_is_true_for_this_process_and_other_hosts():
+    assert ctr.owner_alive(ctr.owner_id())
+    assert not ctr.owner_alive(ctr.owner_id().rsplit(" ", 1)[0] + " not-its-start-time")
+    assert ctr.owner_alive("some-other-host 1 1")  # cannot tell: never touched
+    assert not ctr.owner_alive("garbage")
+
+
+def test_content_hash_changes_with_any_input(tmp_path: Path):
+    f = tmp_path / "a.py"
+    f.write_text("x = 1\n")
+    h1 = ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+    assert h1 == ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+    assert h1 != ctr.content_hash(["base-id2", "dockerfile"], [("app/a.py", f)])
+    assert h1 != ctr.content_hash(["base-iddockerfile"], [("app/a.py", f)])  # parts are length-prefixed
+    f.write_text("x = 2\n")
+    assert h1 != ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+
+
+def test_project_files_leave_out_caches_and_vcs(tmp_path: Path):
+    for rel in ("app/x.py", "app/__pycache__/x.cpython-311.pyc", ".git/HEAD", ".venv/bin/python", "y.pyc", "m.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    assert [p.relative_to(tmp_path).as_posix() for p in ctr.project_files(tmp_path)] == ["m.txt", "app/x.py"]
+
+
+def test_requirements_pin_installed_versions_and_add_the_projects(tmp_path: Path):
+    (tmp_path / "requirements.txt").write_text("# comment\nrequests>=2\n-e .\n")
+    reqs = ctr.requirements(tmp_path)
+    assert any(r.startswith("django==") for r in reqs) and reqs[-1] == "requests>=2"
+    assert not any(r.startswith("-e") for r in reqs)
+
+
+def test_container_env_points_the_app_at_mysql_on_the_network_and_keeps_the_host_out():
+    env = {"PATH": "/host/bin", "HOME": "/root", "WSGI502_DB_HOST": "127.0.0.1", "WSGI502_DB_PORT": "4321",
+           "WSGI502_DB_SOCKET": "/tmp/s", "WSGI502_DB_ROOT_PASSWORD": "r", "WSGI502_DB_DRIVER": "pymysql",
+           "DJANGO_SETTINGS_MODULE": "s", "PYTHONPATH": "/tmp/run/django-overlay"}
+    out = container_env(env, {"WSGI502_FAULTS": "1"}, "10.88.0.5")
+    assert out == {"WSGI502_DB_HOST": "10.88.0.5", "WSGI502_DB_PORT": "3306", "WSGI502_DB_DRIVER": "pymysql",
+                   "DJANGO_SETTINGS_MODULE": "s", "PYTHONPATH": "/wsgi502/overlay", "WSGI502_FAULTS": "1",
+                   "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.parametrize(("text", "value"), [("256m", 256 << 20), ("1g", 1 << 30), ("512k", 512 << 10),
+                                             ("1000", 1000), ("1.5g", 3 << 29)])
+def test_mem_bytes(text, value):
+    assert mem_bytes(text) == value
+
+
+def test_matrix_accepts_limits_and_rejects_bad_ones():
+    (cell,) = expand({"cells": {"a": {"server": "uwsgi", "cpus": 1.5, "mem_limit": "256m"}}})
+    assert (cell.cpus, cell.mem_limit) == (1.5, "256m")
+    assert cell.as_dict()["mem_limit"] == "256m"
+    for bad, msg in (({"mem_limit": "lots"}, "mem_limit must look like"), ({"cpus": 0}, "cpus must be > 0"),
+                     ({"cpus": "two"}, "cpus must be a number")):
+        with pytest.raises(pytest.UsageError, match=msg):
+            expand({"cells": {"a": {"server": "uwsgi", **bad}}})
