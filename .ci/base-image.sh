@@ -5,10 +5,22 @@
 #   bash .ci/base-image.sh IMAGE     (e.g. localhost/wsgi502-ctr-base:bookworm)
 # The rootfs tarball is cached in $WSGI502_CACHE (default /var/cache/wsgi502), which survives between CI runs on
 # the same machine; the mirror is the one apt uses here, read at run time.
+#   bash .ci/base-image.sh --from-distro IMAGE PYTHON
+# With a registry (GitHub's runners): FROM the host's own distribution (/etc/os-release) plus python3 and
+# libpythonX.Y of PYTHON's version, so the wheels built on the host run in it.
 set -euo pipefail
-image=${1:?usage: base-image.sh IMAGE}
-engine=${CONTAINER_CLI:-podman}
 log() { printf '[base-image] %s\n' "$*" >&2; }
+engine=${CONTAINER_CLI:-$(command -v podman >/dev/null && echo podman || echo docker)}
+if [ "${1:-}" = --from-distro ]; then
+  image=${2:?usage: base-image.sh --from-distro IMAGE PYTHON}
+  pyver=$("${3:?usage: base-image.sh --from-distro IMAGE PYTHON}" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  . /etc/os-release
+  log "building $image FROM $ID:$VERSION_ID with python3 and libpython$pyver"
+  printf 'FROM %s:%s\nRUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \\\n    --no-install-recommends python3 libpython%s ca-certificates && rm -rf /var/lib/apt/lists/*\n' \
+    "$ID" "$VERSION_ID" "$pyver" | "$engine" build -q -t "$image" - >/dev/null
+  exit 0
+fi
+image=${1:?usage: base-image.sh IMAGE}
 if "$engine" image inspect "$image" >/dev/null 2>&1; then log "$image exists"; exit 0; fi
 cache=${WSGI502_CACHE:-/var/cache/wsgi502}
 suite=bookworm
@@ -29,4 +41,4 @@ if [ ! -s "$tarball" ]; then
   tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
 fi
 log "importing $tarball as $image"
-"$engine" import "$tarball" "$image" >/dev/null
+"$engine" import -q "$tarball" "$image" >/dev/null
