@@ -206,7 +206,8 @@ def test_interrupted_run_leaves_no_container(matrix, engine, sig):
         if proc.poll() is None:
             proc.kill()
     if sig == signal.SIGINT:
-        assert proc.returncode == 2  # pytest's "interrupted"
+        out = proc.stdout.read()
+        assert proc.returncode == 2, out  # pytest's "interrupted"
         assert left_behind(engine, session, timeout=10) == []
     else:
         # nobody ran pytest's teardown: the session's watchdog saw the pipe close and removed everything
