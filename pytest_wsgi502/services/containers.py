@@ -84,25 +84,29 @@ def session_labels(session_id: str, owner: str) -> dict[str, str]:
 
 
 def remove_session(client: Any, session_id: str) -> list[str]:
-    """Remove every container, then every network, labelled with this session. Returns what was removed."""
+    """Remove every container, then every network, labelled with this session. Returns what was removed.
+
+    Low-level list calls (one request, no per-container inspect): a container that disappears meanwhile (the
+    watchdog and a teardown racing) is not an error."""
     removed: list[str] = []
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL}={session_id}"}):
+    flt = {"label": f"{LABEL}={session_id}"}
+    for c in client.api.containers(all=True, filters=flt):
         with contextlib.suppress(Exception):
-            c.remove(force=True, v=True)
-            removed.append(f"container {c.name}")
-    for n in client.networks.list(filters={"label": f"{LABEL}={session_id}"}):
+            client.api.remove_container(c["Id"], force=True, v=True)
+            removed.append(f"container {_name(c)}")
+    for n in client.api.networks(filters=flt):
         with contextlib.suppress(Exception):
-            n.remove()
-            removed.append(f"network {n.name}")
+            client.api.remove_network(n["Id"])
+            removed.append(f"network {_name(n)}")
     return removed
 
 
 def reap_leftovers(client: Any, alive: Callable[[str], bool] = owner_alive) -> list[str]:
     """Remove the containers and networks of sessions whose owner process is gone (killed sessions)."""
     sessions: dict[str, str] = {}
-    for obj in [*client.containers.list(all=True, filters={"label": LABEL}),
-                *client.networks.list(filters={"label": LABEL})]:
-        labels = _labels(obj)
+    flt = {"label": LABEL}
+    for obj in [*client.api.containers(all=True, filters=flt), *client.api.networks(filters=flt)]:
+        labels = obj.get("Labels") or {}
         sessions.setdefault(labels.get(LABEL, ""), labels.get(OWNER_LABEL, ""))
     removed: list[str] = []
     for session_id, owner in sessions.items():
@@ -111,10 +115,16 @@ def reap_leftovers(client: Any, alive: Callable[[str], bool] = owner_alive) -> l
     return removed
 
 
-def _labels(obj: Any) -> dict[str, str]:
-    attrs = getattr(obj, "attrs", {}) or {}
-    labels = attrs.get("Labels") or (attrs.get("Config") or {}).get("Labels") or getattr(obj, "labels", None)
-    return dict(labels or {})
+def session_objects(client: Any, session_id: str) -> list[str]:
+    """What the engine still has of a session (containers with their state, networks): `podman ps -a` by label."""
+    flt = {"label": f"{LABEL}={session_id}"}
+    return ([f"container {_name(c)} ({c.get('State')})" for c in client.api.containers(all=True, filters=flt)]
+            + [f"network {_name(n)}" for n in client.api.networks(filters=flt)])
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    names = obj.get("Names") or [obj.get("Name") or obj.get("Id", "?")[:12]]
+    return str(names[0]).lstrip("/")
 
 
 # --- content hashes ---------------------------------------------------------------------------------------------

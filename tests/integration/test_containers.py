@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_wsgi502.services.containers import LABEL, OWNER_LABEL
+from pytest_wsgi502.services.containers import LABEL, OWNER_LABEL, session_objects
 from pytest_wsgi502.services.engine import choose
 
 from .conftest import SAMPLE, wait_gone
@@ -55,9 +55,7 @@ def left_behind(engine, session: str, timeout: float = 0.0) -> list[str]:
     """Containers and networks of ``session`` the engine still has (what `podman ps -a` would list)."""
     deadline = time.monotonic() + timeout
     while True:
-        flt = {"label": f"{LABEL}={session}"}
-        left = [f"container {c.name} ({c.status})" for c in engine.containers.list(all=True, filters=flt)]
-        left += [f"network {n.name}" for n in engine.networks.list(filters=flt)]
+        left = session_objects(engine, session)
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.5)
@@ -185,8 +183,14 @@ def test_failing_run_leaves_no_container_and_reaps_a_dead_sessions_leftovers(mat
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_interrupted_run_leaves_no_container(matrix, engine, sig):
-    proc = matrix.popen("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
-                        "--wsgi-concurrency=4")
+    import subprocess
+
+    # SIGINT as a terminal sends it, also when this test runs from a shell that ignores it (background jobs of
+    # a non-interactive shell inherit SIG_IGN, and Python then never raises KeyboardInterrupt)
+    proc = subprocess.Popen(matrix.argv("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
+                                        "--wsgi-concurrency=4"), cwd=SAMPLE.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # wait until MySQL and the server run and load flows
@@ -198,7 +202,7 @@ def test_interrupted_run_leaves_no_container(matrix, engine, sig):
         else:
             pytest.fail("the cell never started")
         session = session_id(matrix)
-        running = engine.containers.list(filters={"label": f"{LABEL}={session}"})
+        running = engine.api.containers(filters={"label": f"{LABEL}={session}"})
         assert len(running) >= 2, running  # MySQL and the server
         proc.send_signal(sig)
         proc.wait(120)
@@ -255,3 +259,31 @@ def test_limited_cell_is_skipped_on_the_local_backend(matrix, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "cell limited sets cpus/mem_limit: it runs with --wsgi-backend=containers" in r.stdout
     assert list(matrix.cells()) == ["plain"]
+
+
+def test_crashed_xdist_worker_leaves_no_container(matrix, engine):
+    """An xdist worker SIGKILLed mid-cell: the controller carries on, the worker's watchdog removes its containers."""
+    proc = matrix.popen("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
+                        "--wsgi-concurrency=4", "-n", "1")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            logs = list(matrix.keep.glob("run-*/cells/uwsgi-2w/proxy-access.log"))
+            if logs and logs[0].stat().st_size > 0:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the cell never started")
+        (run,) = [p.parent for p in matrix.keep.glob("run-*/cells")]
+        worker = int((run / "owner.pid").read_text().split()[0])
+        assert worker != proc.pid  # the run directory belongs to the xdist worker
+        session = (run / "container-session").read_text().strip()
+        assert engine.api.containers(filters={"label": f"{LABEL}={session}"})
+        os.kill(worker, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "crashed" in out, out
+    assert left_behind(engine, session, timeout=60) == []

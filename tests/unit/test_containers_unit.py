@@ -53,29 +53,36 @@ def test_default_socket_candidates_follow_the_environment():
     assert "unix:///run/user/7/podman/podman.sock" in got and "unix:///home/u/.docker/run/docker.sock" in got
 
 
-class FakeObj:
-    def __init__(self, name, labels, store):
-        self.name, self.attrs, self.store = name, {"Labels": labels}, store
+class FakeAPI:
+    """The docker SDK's low-level API, as far as cleanup uses it."""
 
-    def remove(self, **kwargs):
-        self.store.remove(self)
-
-
-class FakeCollection:
     def __init__(self):
-        self.items: list[FakeObj] = []
+        self.items: dict[str, dict] = {}
 
-    def add(self, name, labels):
-        self.items.append(FakeObj(name, labels, self.items))
+    def add(self, kind, name, labels):
+        self.items[name] = {"Id": name, "kind": kind, "Names": ["/" + name], "Name": name, "Labels": labels}
 
-    def list(self, all=False, filters=None):
+    def _list(self, kind, filters):
         key, _, value = filters["label"].partition("=")
-        return [o for o in self.items if key in o.attrs["Labels"] and (not value or o.attrs["Labels"][key] == value)]
+        return [dict(o) for o in self.items.values()
+                if o["kind"] == kind and key in o["Labels"] and (not value or o["Labels"][key] == value)]
+
+    def containers(self, all=False, filters=None):
+        return self._list("container", filters)
+
+    def networks(self, filters=None):
+        return self._list("network", filters)
+
+    def remove_container(self, cid, **kwargs):
+        self.items.pop(cid)
+
+    def remove_network(self, nid):
+        self.items.pop(nid)
 
 
 class FakeClient:
     def __init__(self):
-        self.containers, self.networks = FakeCollection(), FakeCollection()
+        self.api = FakeAPI()
 
 
 def _client():
@@ -83,9 +90,9 @@ def _client():
     live, dead = ctr.session_labels("live", "h 1 a"), ctr.session_labels("dead", "h 2 b")
     for name, labels in (("live-mysql", live), ("live-app", live), ("dead-mysql", dead), ("dead-app", dead),
                          ("stranger", {"other": "x"})):
-        c.containers.add(name, labels)
-    c.networks.add("net-live", live)
-    c.networks.add("net-dead", dead)
+        c.api.add("container", name, labels)
+    c.api.add("network", "net-live", live)
+    c.api.add("network", "net-dead", dead)
     return c
 
 
@@ -93,14 +100,17 @@ def test_remove_session_removes_only_that_session():
     c = _client()
     removed = ctr.remove_session(c, "dead")
     assert removed == ["container dead-mysql", "container dead-app", "network net-dead"]
-    assert [o.name for o in c.containers.items] == ["live-mysql", "live-app", "stranger"]
+    assert list(c.api.items) == ["live-mysql", "live-app", "stranger", "net-live"]
+    assert ctr.session_objects(c, "dead") == []
+    assert ctr.session_objects(c, "live") == ["container live-mysql (None)", "container live-app (None)",
+                                              "network net-live"]
 
 
 def test_reap_removes_sessions_whose_owner_is_gone():
     c = _client()
     removed = ctr.reap_leftovers(c, alive=lambda owner: owner == "h 1 a")
     assert sorted(removed) == ["container dead-app", "container dead-mysql", "network net-dead"]
-    assert [o.name for o in c.networks.items] == ["net-live"]
+    assert [k for k, o in c.api.items.items() if o["kind"] == "network"] == ["net-live"]
 
 
 def test_owner_alive_is_true_for_this_process_and_other_hosts():
