@@ -51,6 +51,7 @@ class CellContext:
     verify_contains: str = ""
     django_settings: str | None = None
     strict: bool = False
+    db_version: str = ""
     server_factory: Any = None  # containers backend: makes servers that run in containers (default: local)
 
 
@@ -183,11 +184,30 @@ class Target:
         return lint(self.cell, self.server.settings(), idle_timeout=self.ctx.idle_timeout,
                     default_path=self.ctx.path, known_uwsgi=known, max_backlog=somaxconn())
 
-    def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None) -> dict[str, Any]:
+    def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None,
+                progress: Any = None) -> dict[str, Any]:
         """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
         since = time.time()
-        load = run_load(spec, verify=verify)
-        return self.result(load, since, slos)
+        load = run_load(spec, verify=verify, progress=progress)
+        result = self.result(load, since, slos)
+        result["load"]["spec"] = spec_dict(spec)
+        return result
+
+    def rendered(self) -> dict[str, Any]:
+        """The server's and the proxy's config files as rendered, with this run's directory and ports replaced
+        by placeholders (${RUN_DIR}, ${PORT}, ${STATS_PORT}, ${PROXY_PORT}): two runs of a cell render the same
+        text, and the text says how to reproduce the cell by hand."""
+        subst = [(str(self.ctx.run_dir), "${RUN_DIR}"), (f":{self.server.spec.port}", ":${PORT}"),
+                 (f":{self.server.spec.stats_port}", ":${STATS_PORT}"), (f" {self.proxy.port}", " ${PROXY_PORT}"),
+                 (f":{self.proxy.port}", ":${PROXY_PORT}")]
+        out: dict[str, Any] = {}
+        for role, path in (("server", self.server.config_path), ("proxy", self.dir / "nginx.conf")):
+            if path.is_file():
+                text = path.read_text()
+                for old, new in subst:
+                    text = text.replace(old, new)
+                out[role] = {"file": path.name, "text": text}
+        return out
 
     def result(self, load: dict[str, Any], since: float, slos: list[slo_mod.SLO]) -> dict[str, Any]:
         cell = self.cell
@@ -208,6 +228,14 @@ class Target:
                                     http_500=int(result["status_counts"].get("500", 0)))
         result["attribution"], result["attribution_matches"] = attributed["counts"], attributed["matches"]
         result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
+        from pytest_wsgi502.report.manifest import program_version
+
+        result["services"] = {"mysql": self.ctx.db_version or None, "nginx": program_version(self.ctx.nginx),
+                              cell.server: program_version(self.server.binary)}
+        result["histogram"] = load["stats"].histogram.encode().decode("ascii")  # HdrHistogram V2, base64
+        result["rendered"] = self.rendered()
+        result["ports"] = {"server": self.server.spec.port, "stats": self.server.spec.stats_port,
+                           "proxy": self.proxy.port}
         if hasattr(self.server, "describe"):  # containers backend: image, limits, engine
             result["container"] = self.server.describe()
         result["slo"] = verdict = slo_mod.verdict(slos, result)
@@ -229,8 +257,17 @@ def effective_slos(*layers: Any) -> list[slo_mod.SLO]:
     return list(merged.values())
 
 
+def spec_dict(spec: LoadSpec) -> dict[str, Any]:
+    """The load profile as run (seed included), minus the run-local target URL."""
+    import dataclasses
+
+    out = dataclasses.asdict(spec)
+    out.pop("base_url")
+    return out
+
+
 def run_cell(
-    cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = ()
+    cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = (), progress: Any = None
 ) -> dict[str, Any]:
     target = Target(cell, ctx, base_env)
     findings = target.lint()
@@ -239,10 +276,12 @@ def run_cell(
     target.start()
     try:
         since = time.time()
-        load = run_load(load_spec(cell, ctx, target.url))
+        spec = load_spec(cell, ctx, target.url)
+        load = run_load(spec, progress=progress)
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
     result = target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos))
+    result["load"]["spec"] = spec_dict(spec)
     result["lint"] = findings
     return result
 

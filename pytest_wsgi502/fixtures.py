@@ -201,7 +201,8 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> An
         max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
         session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
-        django_settings=s.django_settings, strict=s.strict, server_factory=_server_factory(request),
+        django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""),
+        server_factory=_server_factory(request),
     )
 
 
@@ -223,9 +224,35 @@ def _marker_slos(request: pytest.FixtureRequest) -> tuple[str, ...]:
 
 
 def _report(request: pytest.FixtureRequest, result: Result) -> None:
-    from pytest_wsgi502.plugin import RESULT_KEY
+    """Hand the result to the reporter (via the test's report) and record the SLO values and verdicts as JUnit
+    XML properties (``record_property``): ``wsgi502.<cell>.<metric>`` and ``wsgi502.<cell>.slo.<slo>``."""
+    from pytest_wsgi502.plugin import RESULTS
 
-    request.node.user_properties.append((RESULT_KEY, dict(result)))
+    request.node.stash.setdefault(RESULTS, []).append(dict(result))
+    for name, value in junit_properties(result):
+        request.node.user_properties.append((name, value))
+
+
+def junit_properties(result: dict[str, Any]) -> list[tuple[str, str]]:
+    prefix = f"wsgi502.{result['name']}"
+    lat = result.get("latency_ms") or {}
+    props = [(f"{prefix}.{k}", str(v)) for k, v in (
+        ("requests", result.get("requests")), ("error_rate", result.get("error_rate")),
+        ("http_502", (result.get("status_counts") or {}).get("502", 0)), ("p50_ms", lat.get("p50")),
+        ("p99_ms", lat.get("p99")), ("rps", result.get("rps")), ("respawns", result.get("respawns")),
+        ("kills", result.get("kills")))]
+    for check in result["slo"]["checks"]:
+        measured = "not measured" if check["value"] is None else f"{check['value']:.6g}"
+        props.append((f"{prefix}.slo.{check['slo']}",
+                      f"{'pass' if check['passed'] else 'FAIL'} (measured {measured})"))
+    props.append((f"{prefix}.slo", "pass" if result["slo"]["passed"] else "FAIL"))
+    return props
+
+
+def _progress(request: pytest.FixtureRequest, name: str) -> Any:
+    from pytest_wsgi502.report.progress import LiveProgress
+
+    return LiveProgress(request.config, name)
 
 
 @pytest.fixture
@@ -237,10 +264,13 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
     if (wsgi_cell.cpus or wsgi_cell.mem_limit) and request.getfixturevalue("wsgi_containers") is None:
         pytest.skip(f"cell {wsgi_cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers")
     ctx = _context(request, wsgi_run_dir, wsgi_database)
+    live = _progress(request, wsgi_cell.name)
     try:
-        result = Result(run_cell(wsgi_cell, ctx, _base_env(), _marker_slos(request)))
+        result = Result(run_cell(wsgi_cell, ctx, _base_env(), _marker_slos(request), progress=live.callback))
     except (ServiceError, ValueError, pytest.UsageError) as exc:
         _fail(exc)
+    finally:
+        live.finish()
     import warnings
 
     for finding in result.get("lint", []):
@@ -325,7 +355,11 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> An
             raise pytest.UsageError(f"wsgi_load: {exc}") from None
         slos = effective_slos(target.cell.slo, target.ctx.session_slos, _marker_slos(request),
                               [slo] if isinstance(slo, str) else slo)
-        result = Result(target.measure(spec, slos, verify))
+        live = _progress(request, target.cell.name)
+        try:
+            result = Result(target.measure(spec, slos, verify, progress=live.callback))
+        finally:
+            live.finish()
         _report(request, result)
         return result
 

@@ -7,6 +7,7 @@ every project that has the plugin installed.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from pytest_wsgi502.config.settings import SETTINGS, EffectiveSettings, env_snap
 
 pytest_plugins = ["pytest_wsgi502.fixtures"]
 
-RESULT_KEY = "wsgi502_result"  # user_properties key carrying a cell result to the controller
+REPORT_ATTR = "wsgi502_results"  # TestReport attribute carrying cell results (xdist ships it to the controller)
+RESULTS = pytest.StashKey[list[dict[str, Any]]]()  # results a test's fixtures produced, on its item
 
 
 @dataclass
@@ -28,6 +30,8 @@ class State:
     rootdir: Path
     _cells: list[Cell] | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
+    compare: dict[str, Any] | None = None  # the comparison with a saved run, once computed
+    written: list[str] = field(default_factory=list)  # "what: path" lines for the summary
 
     @property
     def cells(self) -> list[Cell]:
@@ -56,8 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the server matrix: MySQL + each server cell behind an ELB-like proxy, under load")
     for s in SETTINGS:
         default = f"; default {s.default}" if s.default else ""
+        extra: dict[str, Any] = {"nargs": "?", "const": s.const} if s.const is not None else {}
         group.addoption(s.option, dest=s.dest, metavar=s.metavar, default=None,
-                        help=f"{s.help} [env {s.env}, ini {s.ini}{default}]")
+                        help=f"{s.help} [env {s.env}, ini {s.ini}{default}]", **extra)
         parser.addini(s.ini, s.help, default=None)
 
 
@@ -78,11 +83,31 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_wsgi502.services.engine import resolve_backend
 
         check(state.settings, state.cells, state.path("chdir"), backend=resolve_backend(config, settings.backend))
+    _check_reports(state)
     config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
 
 
 _PATH_OPTIONS = ("--wsgi-json", "--wsgi-matrix-file", "--wsgi-keep-dir", "--wsgi-mysqld", "--wsgi-nginx",
-                 "--wsgi-chdir")
+                 "--wsgi-chdir", "--wsgi-html", "--wsgi-png", "--wsgi-storage", "--wsgi-compare")
+
+
+def _check_reports(state: State) -> None:
+    """Report options that cannot work are usage errors now, not a lost report at the end of a long run."""
+    s = state.settings
+    if s.html or s.png:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            what = "--wsgi-html" if s.html else "--wsgi-png"
+            raise pytest.UsageError(f"{what} draws with matplotlib: pip install 'pytest-wsgi502[report]'")
+    if s.compare or s.compare_fail:
+        from pytest_wsgi502.report.compare import find_run, storage
+
+        try:
+            find_run(storage(state.path("storage")), s.compare or "latest")
+        except LookupError as exc:
+            option = "--wsgi-compare" if s.compare else "--wsgi-compare-fail"
+            raise pytest.UsageError(f"{option}: {exc}") from None
 
 
 def _check_path_options(args: list[str]) -> None:
@@ -125,35 +150,86 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if call.when == "call" and item.stash.get(RESULTS, None):
+        setattr(report, REPORT_ATTR, item.stash[RESULTS])
+    return report
+
+
 class MatrixReporter:
-    """Collects each cell's result from its test report (xdist ships user_properties to the controller),
-    prints the summary table and writes the JSON manifest once, on the controller."""
+    """Collects each cell's result from its test report, and on the controller only: prints the table and the
+    comparison, writes JSON / HTML / PNG / GitHub step summary, saves the run, fails the session on regression."""
 
     def __init__(self, config: pytest.Config, state: State) -> None:
         self.config, self.state = config, state
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
-            self.state.results.extend(dict(v) for k, v in report.user_properties if k == RESULT_KEY)  # type: ignore[call-overload]
+            self.state.results.extend(dict(r) for r in getattr(report, REPORT_ATTR, None) or ())
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        state, s = self.state, self.state.settings
+        if hasattr(self.config, "workerinput") or not state.results:
+            return
+        from pytest_wsgi502.report import manifest
+
+        doc = manifest.build(state.results, s, state.rootdir)
+        if s.compare or s.compare_fail:
+            from pytest_wsgi502.report import compare
+
+            store = compare.storage(state.path("storage"))
+            path = compare.find_run(store, s.compare or "latest")
+            saved_doc, saved = compare.load(path)
+            result = compare.compare(state.results, saved, s.compare_fail or ())
+            commit = ((saved_doc.get("commit_info") or {}).get("id") or "")[:12]
+            label = f"{path.stem} ({saved_doc.get('datetime', '?')[:19]}, commit {commit or '?'})"
+            state.compare = {**result, "lines": compare.render(result, label)}
+            doc["compare"] = {"against": str(path), "checks": [c.text for c in s.compare_fail or ()],
+                              "rows": result["rows"], "failures": result["failures"]}
+            if result["failures"] and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if s.save:
+            from pytest_wsgi502.report import compare
+
+            saved_path = compare.save(compare.storage(state.path("storage")), s.save, state.results,
+                                      doc["environment"])
+            state.written.append(f"run saved as {saved_path}")
+        if s.json:
+            manifest.write_json(state.path("json"), doc)
+            state.written.append(f"results written to {state.path('json')}")
+        if s.html or s.png:
+            from pytest_wsgi502.report import html
+
+            if s.html:
+                state.written.append(f"HTML report: {html.write_html(doc, state.path('html'))}")
+            if s.png:
+                pngs = html.write_png(doc, state.path("png"))
+                state.written.append(f"{len(pngs)} PNG charts in {state.path('png')}")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            from pytest_wsgi502.report.table import render_markdown
+
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(render_markdown(state.results, (state.compare or {}).get("lines", ())))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.state.results:
+        state = self.state
+        if not state.results:
             return
         from pytest_wsgi502.report.table import render_table
 
         terminalreporter.section("wsgi502 matrix")
-        for line in render_table(self.state.results):
+        for line in render_table(state.results):
             terminalreporter.write_line(line)
-        path = self.state.settings.json
-        if path:
-            terminalreporter.write_line(f"wsgi502: results written to {path}")
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        path = self.state.settings.json
-        if path and not hasattr(self.config, "workerinput"):
-            from pytest_wsgi502.report.manifest import write_json
-
-            write_json(self.state.path("json"), self.state.results, self.config)
+        if state.compare is not None:
+            terminalreporter.section("wsgi502 compare")
+            for line in state.compare["lines"]:
+                terminalreporter.write_line(line, red=line.startswith("regression"))
+        for line in state.written:
+            terminalreporter.write_line(f"wsgi502: {line}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -93,6 +93,19 @@ def _slo_list(text: str) -> tuple[str, ...]:
         raise ValueError(str(exc)) from None
 
 
+def _checks(text: str) -> tuple[Any, ...]:
+    from pytest_wsgi502.report.compare import parse_checks  # pure, stdlib only
+
+    return parse_checks(text)
+
+
+def _save_name(text: str) -> str:
+    name = str(text).strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"not a run name: {text!r} (letters, digits, '.', '_', '-')")
+    return name
+
+
 MODES = ("closed", "open", "ramp")
 BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-compatible engine answers
 
@@ -104,6 +117,7 @@ class Setting:
     default: str | None
     convert: Callable[[str], Any] = _str
     metavar: str = "VALUE"
+    const: str | None = None  # the option may be given without a value: it then means this
 
     @property
     def ini(self) -> str:
@@ -163,6 +177,16 @@ SETTINGS: tuple[Setting, ...] = (
             "python manage.py migrate --noinput", _str, "CMD"),
     Setting("strict", "fail a cell whose config has a lint finding (default: a warning)", "false", _bool, "BOOL"),
     Setting("keep_dir", "keep the run directory (configs, logs) after the session", None, _str, "DIR"),
+    Setting("html", "write a self-contained HTML report (timelines with worker events, matrix overview)", None,
+            _str, "PATH"),
+    Setting("png", "write the report's charts as PNG files into this directory (CI artifacts)", None, _str, "DIR"),
+    Setting("storage", "where saved runs live (pytest-benchmark's file storage layout)", ".benchmarks/wsgi502",
+            _str, "DIR"),
+    Setting("save", "save this run's results under NAME in the storage", None, _save_name, "NAME"),
+    Setting("compare", "compare with a saved run: latest (no value), a number, a name or a file", None, _str,
+            "RUN", const="latest"),
+    Setting("compare_fail", "fail the session on regression vs the compared run (default latest), e.g. "
+            "'p99:10%,error_rate:0.0001'", None, _checks, "CHECKS"),
     # containers backend (README "Containers backend")
     Setting("mysql_image", "containers: MySQL image for testcontainers' MySqlContainer", "mysql:8.4", _str, "IMAGE"),
     Setting("base_image", "containers: base image of the app image (its python3 must match this Python's "

@@ -248,12 +248,28 @@ async def _lag_probe(run: _Run, lag: Any) -> None:
         lag.record_value(max(1, int((run.clock() - before - 0.01) * 1e6)))
 
 
+Progress = Callable[[dict[str, Any]], None]
+
+
+async def _progress(run: _Run, report: Progress, every: float) -> None:
+    """Calls ``report`` every ``every`` seconds with what the run has done so far (never raises into the run)."""
+    while True:
+        await asyncio.sleep(every)
+        stats = run.stats
+        elapsed = run.clock() - run.t0
+        with contextlib.suppress(Exception):
+            report({"elapsed": elapsed, "duration": run.spec.duration, "requests": stats.requests,
+                    "errors": stats.error_count, "rps": stats.requests / elapsed if elapsed > 0 else 0.0})
+
+
 async def drive(
     spec: LoadSpec,
     transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
     verify: Callable[[httpx.Response], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
     process: int = 0,
+    progress: Progress | None = None,
+    progress_every: float = 1.0,
 ) -> tuple[Stats, dict[str, Any]]:
     """Run ``spec`` (one process's share) on the running loop. Returns stats and the engine's self-report."""
     spec.validate()
@@ -264,15 +280,17 @@ async def drive(
     run = _Run(spec, clock)
     lag = new_histogram(2)
     probe = asyncio.ensure_future(_lag_probe(run, lag))
+    ticker = asyncio.ensure_future(_progress(run, progress, progress_every)) if progress else None
     cpu0 = time.process_time()
     tasks = [asyncio.ensure_future(_connection(run, templates, factory(), verify, k, process))
              for k in range(spec.concurrency)]
     _, pending = await asyncio.wait(tasks, timeout=spec.duration + spec.drain)
     for _ in pending:  # stuck past the drain window: a timeout, counted, then cancelled
         run.stats.record(None, 0.0, time.time(), "timeout")
-    for task in (*pending, probe):
+    helpers = [t for t in (probe, ticker) if t is not None]
+    for task in (*pending, *helpers):
         task.cancel()
-    await asyncio.gather(*pending, probe, return_exceptions=True)
+    await asyncio.gather(*pending, *helpers, return_exceptions=True)
     wall = clock() - run.t0
     run.stats.ended = run.wall0 + wall
     engine = {
@@ -355,6 +373,29 @@ def _run_processes(spec: LoadSpec) -> tuple[Stats, list[dict[str, Any]]]:
     return stats, engines
 
 
+@contextlib.contextmanager
+def _elapsed_ticker(spec: LoadSpec, progress: Progress | None, every: float) -> Iterator[None]:
+    if progress is None:
+        yield
+        return
+    import threading
+
+    stop, t0 = threading.Event(), time.monotonic()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):
+                progress({"elapsed": time.monotonic() - t0, "duration": spec.duration})
+
+    thread = threading.Thread(target=tick, daemon=True, name="wsgi502-progress")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(2)
+
+
 def intended_rate(spec: LoadSpec) -> float:
     """The mean rate an open/ramp spec asks for (0 for closed loop)."""
     if spec.mode == "open":
@@ -386,18 +427,25 @@ def generator_verdict(spec: LoadSpec, stats: Stats, engines: Sequence[dict[str, 
 
 
 def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
-        verify: Callable[[httpx.Response], bool] | None = None) -> dict[str, Any]:
-    """Run a load on fresh event loops (uvloop), in ``spec.processes`` processes; merge; judge the engine."""
+        verify: Callable[[httpx.Response], bool] | None = None, progress: Progress | None = None,
+        progress_every: float = 1.0) -> dict[str, Any]:
+    """Run a load on fresh event loops (uvloop), in ``spec.processes`` processes; merge; judge the engine.
+
+    ``progress`` (one process only) is called every ``progress_every`` seconds with elapsed, duration, requests,
+    errors and req/s so far; with several processes it gets elapsed and duration only (the counts live in the
+    children until the end)."""
     spec.validate()
     if not spec.allow_remote:
         check_loopback(spec.base_url)
     if spec.processes > 1:
         if transport_factory is not None or verify is not None:
             raise ValueError("a custom transport or verify callable runs in one process only (processes=1)")
-        stats, engines = _run_processes(spec)
+        with _elapsed_ticker(spec, progress, progress_every):
+            stats, engines = _run_processes(spec)
     else:
         with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            stats, engine = runner.run(drive(spec, transport_factory, verify))
+            stats, engine = runner.run(drive(spec, transport_factory, verify, progress=progress,
+                                             progress_every=progress_every))
         engines = [engine]
     bound, reason = generator_verdict(spec, stats, engines)
     intended = intended_rate(spec) or None

@@ -151,4 +151,5 @@ class Stats:
             "ended_at": self.ended,
             "latency_clamped": self.clamped,
             "timeline": self.timeline(),
+            "timeline_t0": min(self.windows) if self.windows else None,  # wall second of the series' t=0
         }

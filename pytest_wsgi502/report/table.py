@@ -50,3 +50,20 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
         for failure in r["slo"]["failures"]:
             lines.append(f"{r['name']}: SLO breached: {failure}")
     return lines
+
+
+def render_markdown(results: Sequence[dict[str, Any]], compare_lines: Sequence[str] = ()) -> str:
+    """The same table as GitHub-flavoured Markdown (for $GITHUB_STEP_SUMMARY), breached SLOs listed below."""
+    out = ["### pytest-wsgi502", "", "| " + " | ".join(COLUMNS) + " |",
+           "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(COLUMNS))) + "|"]
+    for r in results:
+        cells = [c.replace("|", "\\|") for c in row(r)]
+        if not r["slo"]["passed"]:
+            cells[-1] = "**FAIL**"
+        out.append("| " + " | ".join(cells) + " |")
+    failures = [f"- `{r['name']}`: {f}" for r in results for f in r["slo"]["failures"]]
+    if failures:
+        out += ["", "SLO breaches:", *failures]
+    if compare_lines:
+        out += ["", "Comparison with the saved run:", "", "```", *compare_lines, "```"]
+    return "\n".join(out) + "\n"

@@ -99,6 +99,9 @@ class Gunicorn(LocalServer):
         out["events"] = [e.as_dict() for e in events if e.kind != "spawn"] + [
             {"kind": h["hook"], "t": h["t"], "pid": h["pid"], "worker": None, "line": ""}
             for h in hooks if h["hook"] in ("worker_abort", "worker_exit")
+        ] + [  # forks after the initial workers: respawns, with their exact time (for timelines)
+            {"kind": "respawn", "t": h["t"], "pid": h["pid"], "worker": None, "line": ""}
+            for h in [h for h in hooks if h["hook"] == "post_fork"][self.spec.cell.workers:]
         ]
         return out
 

@@ -72,7 +72,8 @@ def test_two_cells_in_containers_same_json_keys_as_local_plus_container(matrix, 
     assert r.returncode == 0, out
     assert "wsgi502: backend containers: engine at" in out
     doc = json.loads(matrix.json.read_text())
-    assert doc["environment"]["backend"] == "containers"
+    assert doc["environment"]["backend"] == "containers" and doc["environment"]["backend_used"] == "containers"
+    assert doc["environment"]["container_engine"]["name"] in ("podman", "docker")
     cells = {c["name"]: c for c in doc["cells"]}
     assert list(cells) == ["uwsgi-2w", "gunicorn-sync"]
     for name, c in cells.items():
