@@ -184,14 +184,8 @@ def test_failing_run_leaves_no_container_and_reaps_a_dead_sessions_leftovers(mat
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_interrupted_run_leaves_no_container(matrix, engine, sig):
-    import subprocess
-
-    # SIGINT as a terminal sends it, also when this test runs from a shell that ignores it (background jobs of
-    # a non-interactive shell inherit SIG_IGN, and Python then never raises KeyboardInterrupt)
-    proc = subprocess.Popen(matrix.argv("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
-                                        "--wsgi-concurrency=4"), cwd=SAMPLE.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = matrix.popen("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
+                        "--wsgi-concurrency=4")
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # wait until MySQL and the server run and load flows

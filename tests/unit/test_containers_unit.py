@@ -169,3 +169,35 @@ def test_matrix_accepts_limits_and_rejects_bad_ones():
                      ({"cpus": "two"}, "cpus must be a number")):
         with pytest.raises(pytest.UsageError, match=msg):
             expand({"cells": {"a": {"server": "uwsgi", **bad}}})
+
+
+def _spec(tmp_path: Path, server: str):
+    from pytest_wsgi502.servers.base import ServerSpec
+
+    (cell,) = expand({"cells": {"c": {"server": server, "max_requests": 100}}})
+    return ServerSpec(cell, tmp_path / "cell", "sampleapp.wsgi:application", tmp_path / "project", port=18001,
+                      stats_port=18002)
+
+
+def test_uwsgi_config_is_rewritten_for_the_container(tmp_path: Path):
+    from pytest_wsgi502.servers.container import ContainerUWSGI
+
+    server = ContainerUWSGI(_spec(tmp_path, "uwsgi"), "uwsgi", session=None)  # type: ignore[arg-type]
+    s = server.settings()
+    assert (s["http-socket"], s["stats"], s["chdir"], s["virtualenv"]) == ("0.0.0.0:8000", "0.0.0.0:9191", "/app",
+                                                                           "/opt/venv")
+    assert s["max-requests"] == 100 and s["strict"] is True  # the cell's own settings are untouched
+    assert server.address == "127.0.0.1:18001"  # what the proxy on the host targets (published there)
+    assert server.container_argv() == ["/opt/venv/bin/uwsgi", "--ini", "/wsgi502/cell/uwsgi.ini"]
+    assert str(tmp_path) not in server.render()
+
+
+def test_gunicorn_config_is_rewritten_for_the_container(tmp_path: Path):
+    from pytest_wsgi502.servers.container import ContainerGunicorn
+
+    server = ContainerGunicorn(_spec(tmp_path, "gunicorn"), "gunicorn", session=None)  # type: ignore[arg-type]
+    text = server.render()
+    assert "bind = ['0.0.0.0:8000']" in text and "chdir = '/app'" in text
+    assert "_WSGI502_EVENTS = '/wsgi502/cell/gunicorn-events.jsonl'" in text  # written where the host reads it
+    assert server.events_path == tmp_path / "cell" / "gunicorn-events.jsonl"
+    assert str(tmp_path) not in text
