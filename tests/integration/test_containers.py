@@ -147,9 +147,13 @@ def test_oom_kill_scenario_counts_the_kernels_kills(matrix, engine):
     assert [a["status"] for a in allocs] == [502] * len(allocs)
     assert broken["kills"] == broken["status_counts"]["502"] == len(allocs), (broken["kills"], broken["status_counts"])
     assert broken["attribution"]["worker_killed"] == len(allocs)
-    assert "killed by signal 9" in (matrix.cell_dir("oom-kill") / "server.log").read_text()
-    # ... while the container itself (the uWSGI master) survived: no exit 137
-    assert broken["container"]["exit_code"] != 137
+    log = (matrix.cell_dir("oom-kill") / "server.log").read_text()
+    assert "killed by signal 9" in log
+    # ... while the uWSGI master (the container's process) survived until the harness stopped it. Its exit code
+    # says nothing either way: a master sleeping in "respawning too fast" backoff may not finish within the
+    # stop timeout, and the engine's SIGKILL then gives 137 (seen once here)
+    assert "SIGINT/SIGTERM received" in log
+    assert broken["container"]["exit_code"] is not None
     assert not broken["slo"]["passed"]
     assert fixed["kills"] == 0 and fixed["status_counts"].get("502", 0) == 0 and fixed["slo"]["passed"]
     assert r.returncode == 1  # the broken cell fails its SLO, as it should
