@@ -52,6 +52,7 @@ class CellContext:
     django_settings: str | None = None
     strict: bool = False
     db_version: str = ""
+    server_factory: Any = None  # containers backend: makes servers that run in containers (default: local)
 
 
 TELEMETRY_SLACK = 0.5  # server events up to this long after the load still count (then the harness stops it)
@@ -114,8 +115,9 @@ class Target:
             self.dir = ctx.run_dir / "cells" / f"{cell.name}-{n}"
         self.dir.mkdir(parents=True)
         port, stats_port, proxy_port = free_ports(3)
-        self.server = make_server(ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port),
-                                  ctx.server_binaries[cell.server], ctx.ledger)
+        self.server = (ctx.server_factory or make_server)(
+            ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port),
+            ctx.server_binaries.get(cell.server, cell.server), ctx.ledger)
         self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port)
         self.env = cell_env(cell, ctx, base_env)
         if ctx.django_settings:
@@ -158,7 +160,12 @@ class Target:
         """Set MySQL's global max_connections (the session's private server); return the previous value."""
         import pymysql
 
-        conn = pymysql.connect(unix_socket=self.ctx.db_env["WSGI502_DB_SOCKET"], user="root", connect_timeout=5)
+        db = self.ctx.db_env
+        if db.get("WSGI502_DB_SOCKET"):
+            conn = pymysql.connect(unix_socket=db["WSGI502_DB_SOCKET"], user="root", connect_timeout=5)
+        else:  # containers backend: root over the published port
+            conn = pymysql.connect(host=db["WSGI502_DB_HOST"], port=int(db["WSGI502_DB_PORT"]), user="root",
+                                   password=db.get("WSGI502_DB_ROOT_PASSWORD", ""), connect_timeout=5)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT @@GLOBAL.max_connections")
@@ -227,6 +234,8 @@ class Target:
         result["rendered"] = self.rendered()
         result["ports"] = {"server": self.server.spec.port, "stats": self.server.spec.stats_port,
                            "proxy": self.proxy.port}
+        if hasattr(self.server, "describe"):  # containers backend: image, limits, engine
+            result["container"] = self.server.describe()
         result["slo"] = verdict = slo_mod.verdict(slos, result)
         # a run the engine could not drive, or that ended early, says nothing about the server: never a pass
         for flag, why in (("generator_bound", result["generator_bound_reason"]), ("aborted", result["aborted"])):

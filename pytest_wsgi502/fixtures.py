@@ -64,12 +64,51 @@ def wsgi_run_dir(pytestconfig: pytest.Config) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def wsgi_mysql(wsgi_settings: Any, wsgi_run_dir: Path) -> Iterator[Any]:
+def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator[Any]:
+    """The containers backend's session (engine client, network, images; ``.timings``), or None when the
+    backend is local. Every container and network it made is removed at the end (README "Containers backend")."""
+    from pytest_wsgi502.services.engine import BACKEND, choose
+
+    state = _state(pytestconfig)
+    choice = pytestconfig.stash.get(BACKEND, None)
+    if choice is None:
+        try:
+            choice = choose(state.settings.backend, os.environ)
+        except ValueError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    if choice.name != "containers" or not choice.docker_host:
+        yield None
+        return
+    from pytest_wsgi502.services import ServiceError
+    from pytest_wsgi502.services.containers import ContainerSession
+
+    session = ContainerSession(choice.docker_host, wsgi_run_dir, state.settings, state.path("chdir"))
+    try:
+        session.open()
+    except ServiceError as exc:
+        session.close()
+        _fail(exc)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
+def wsgi_mysql(wsgi_settings: Any, wsgi_run_dir: Path, wsgi_containers: Any) -> Iterator[Any]:
     """A private MariaDB/MySQL server for this session (one per xdist worker): ``MySQLInfo``."""
     from pytest_wsgi502.services import ServiceError
     from pytest_wsgi502.services.mysql import LocalMySQL, find_mysqld
     from pytest_wsgi502.services.process import ledger_path
 
+    if wsgi_containers is not None:  # testcontainers' MySqlContainer, removed with the session
+        failed = None
+        try:
+            info = wsgi_containers.start_mysql()
+        except ServiceError as exc:
+            failed = exc
+        if failed is not None:
+            _fail(failed)
+        yield info
+        return
     binary = find_mysqld(wsgi_settings.mysqld)
     if binary is None:
         pytest.fail("mariadbd/mysqld not found: apt-get install mariadb-server, or pass --wsgi-mysqld", False)
@@ -163,7 +202,17 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> An
         session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
         django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""),
+        server_factory=_server_factory(request),
     )
+
+
+def _server_factory(request: pytest.FixtureRequest) -> Any:
+    session = request.getfixturevalue("wsgi_containers")
+    if session is None:
+        return None
+    from pytest_wsgi502.servers.container import server_factory
+
+    return server_factory(session)
 
 
 def _marker_slos(request: pytest.FixtureRequest) -> tuple[str, ...]:
@@ -212,6 +261,10 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
     from pytest_wsgi502.cellrun import run_cell
     from pytest_wsgi502.services import ServiceError
 
+    if (wsgi_cell.cpus or wsgi_cell.mem_limit) and request.getfixturevalue("wsgi_containers") is None:
+        pytest.skip(f"cell {wsgi_cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers")
+    if wsgi_cell.socket == "unix" and request.getfixturevalue("wsgi_containers") is not None:
+        pytest.skip(f"cell {wsgi_cell.name} uses a unix socket: local backend only (the proxy is on the host)")
     ctx = _context(request, wsgi_run_dir, wsgi_database)
     live = _progress(request, wsgi_cell.name)
     try:
@@ -262,7 +315,7 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir
 
     def start(config: Any = None, **overrides: Any) -> Target:
         cell = _as_cell(config, state, overrides)
-        if cell.server not in ctx.server_binaries:
+        if cell.server not in ctx.server_binaries and ctx.server_factory is None:  # containers bring their own
             pytest.fail(f"{cell.server} is not installed: pip install 'pytest-wsgi502[servers]'", pytrace=False)
         target = Target(cell, ctx, _base_env())
         started.append(target)

@@ -80,8 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = state
     if state.enabled:
         from pytest_wsgi502.preflight import check
+        from pytest_wsgi502.services.engine import resolve_backend
 
-        check(state.settings, state.cells, state.path("chdir"))
+        check(state.settings, state.cells, state.path("chdir"), backend=resolve_backend(config, settings.backend))
     _check_reports(state)
     config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
 
@@ -133,7 +134,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         r = s.values[name]
         value = r.raw if r.raw is not None else ("seed" if name == "matrix_file" else "-")
         parts.append(f"{name}={value} ({r.source})")
-    return ["wsgi502: " + ", ".join(parts), f"wsgi502: cells: {', '.join(c.name for c in state.cells)}"]
+    from pytest_wsgi502.services.engine import header_line
+
+    return ["wsgi502: " + ", ".join(parts), *header_line(config),
+            f"wsgi502: cells: {', '.join(c.name for c in state.cells)}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -232,3 +236,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from pytest_wsgi502.services.process import stop_all
 
     stop_all()  # anything a fixture could not tear down (Ctrl-C, internal errors)
+    from pytest_wsgi502.services.engine import close_containers
+
+    close_containers()  # the same for containers (only if the containers backend was used)

@@ -13,14 +13,15 @@ from pytest_wsgi502.config.settings import EffectiveSettings
 INSTALL_HINT = "run `bash bin/dev matrix` once, or apt-get install mariadb-server nginx-light"
 
 
-def check(settings: EffectiveSettings, cells: list[Cell], chdir: Path) -> None:
+def check(settings: EffectiveSettings, cells: list[Cell], chdir: Path, backend: str = "local") -> None:
+    """``backend`` is the resolved one (``auto`` already decided): containers need no local MySQL or servers,
+    only the proxy, which stays on the host."""
     from pytest_wsgi502.proxy import find_nginx
     from pytest_wsgi502.servers.base import binary_for
     from pytest_wsgi502.services.mysql import find_mysqld
 
-    if settings.backend != "local":
-        raise pytest.UsageError(f"--wsgi-backend={settings.backend}: only 'local' is available")
-    if find_mysqld(settings.mysqld) is None:
+    local = backend == "local"
+    if local and find_mysqld(settings.mysqld) is None:
         where = f"--wsgi-mysqld={settings.mysqld} is not executable" if settings.mysqld else \
             "mariadbd/mysqld not found on PATH or in /usr/sbin"
         raise pytest.UsageError(f"{where}: {INSTALL_HINT}, or pass --wsgi-mysqld PATH")
@@ -29,7 +30,7 @@ def check(settings: EffectiveSettings, cells: list[Cell], chdir: Path) -> None:
             "nginx not found on PATH or in /usr/sbin"
         raise pytest.UsageError(f"{where}: {INSTALL_HINT}, or pass --wsgi-nginx PATH")
     for server in sorted({c.server for c in cells}):
-        if binary_for(server) is None:
+        if local and binary_for(server) is None:
             raise pytest.UsageError(
                 f"{server} not found next to {Path(sys.executable).parent} or on PATH: "
                 f"pip install 'pytest-wsgi502[servers]'"

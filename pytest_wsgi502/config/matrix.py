@@ -75,6 +75,9 @@ class Cell:
     slo: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)  # raw server settings
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for the server
+    # containers backend only: the server container's CPU and memory limits (Docker's --cpus, --memory)
+    cpus: float | None = None
+    mem_limit: str | None = None  # e.g. "256m", "1g"
 
     @property
     def effective_worker_class(self) -> str:
@@ -194,6 +197,10 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     for key, srv in only.items():
         if raw.get(key) and server != srv:
             raise pytest.UsageError(f"{at}: {key} is a {srv} setting; this cell runs {server}")
+    if "mem_limit" in raw and not re.fullmatch(r"[0-9]+(\.[0-9]+)?[kmg]?", str(raw["mem_limit"]).lower()):
+        raise pytest.UsageError(f"{at}: mem_limit must look like 256m, 1g or 512k, got {raw['mem_limit']!r}")
+    if raw.get("cpus") is not None and raw["cpus"] == 0:
+        raise pytest.UsageError(f"{at}: cpus must be > 0")
     if not str(raw.get("path") or "/").startswith("/"):
         raise pytest.UsageError(f"{at}: path must start with '/'")
     if raw.get("load_mode", "") not in ("", *LOAD_MODES):

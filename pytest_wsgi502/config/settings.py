@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,7 +107,7 @@ def _save_name(text: str) -> str:
 
 
 MODES = ("closed", "open", "ramp")
-BACKENDS = ("local",)  # "containers" arrives with the Testcontainers backend
+BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-compatible engine answers
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("backend", "where services run: local processes", "local", _backend, "NAME"),
-    Setting("matrix_file", "TOML file with the cell matrix, or a built-in one: seed (default), seed-unix, scenarios", None,
+    Setting("backend", "where services run: local processes, containers (a Docker-compatible engine), or auto "
+            "(containers when an engine answers)", "local", _backend, "NAME"),
+    Setting("matrix_file", "TOML file with the cell matrix, or a built-in one: seed (default), seed-unix, "
+            "scenarios", None,
             _str, "PATH"),
     Setting("cells", "comma-separated cell names to run (default: all; -k also works)", None, _str, "NAMES"),
     Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m", "10s", _positive_duration, "TIME"),
@@ -185,6 +188,11 @@ SETTINGS: tuple[Setting, ...] = (
             "RUN", const="latest"),
     Setting("compare_fail", "fail the session on regression vs the compared run (default latest), e.g. "
             "'p99:10%,error_rate:0.0001'", None, _checks, "CHECKS"),
+    # containers backend (README "Containers backend")
+    Setting("mysql_image", "containers: MySQL image for testcontainers' MySqlContainer", "mysql:8.4", _str, "IMAGE"),
+    Setting("base_image", "containers: base image of the app image (its python3 must match this Python's "
+            "major.minor: wheels are built here)", f"python:{sys.version_info[0]}.{sys.version_info[1]}-slim-bookworm",
+            _str, "IMAGE"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -93,7 +93,7 @@ def git_info(where: Path) -> dict[str, Any]:
 def environment(settings: Any, rootdir: Path) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA,  # kept from the first contract; same value as the top-level "schema"
-        "backend": settings.backend,
+        "backend": settings.backend,  # as set (local, containers, auto); "backend_used" is what ran (build)
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -109,6 +109,10 @@ def build(results: list[dict[str, Any]], settings: Any, rootdir: Path) -> dict[s
     for r in results:  # services each cell ran against (the controller of an xdist run did not start them)
         for name, version in (r.get("services") or {}).items():
             env["versions"].setdefault(name, version)
+    # what actually ran (--wsgi-backend=auto decides per run): cells in containers carry their engine
+    engines = [r["container"]["engine"] for r in results if r.get("container")]
+    env["backend_used"] = ("containers" if engines else "local") if results else None
+    env["container_engine"] = engines[0] if engines else None
     return {"schema": SCHEMA, "created": time.time(), "environment": env, "cells": results}
 
 

@@ -7,4 +7,5 @@ urlpatterns = [
     path("api/counter/<int:counter_id>", views.counter),
     path("api/slow", views.slow),
     path("api/die", views.die),
+    path("api/alloc", views.alloc),
 ]

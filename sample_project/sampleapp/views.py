@@ -1,5 +1,6 @@
 import os
 import signal
+import time
 
 from django.db import connection, transaction
 from django.db.models import F
@@ -49,3 +50,23 @@ def die(request):
         return JsonResponse({"error": "fault injection is off (WSGI502_FAULTS=1 turns it on)"}, status=404)
     os.kill(os.getpid(), signal.SIGKILL)
     return JsonResponse({"error": "unreachable"}, status=500)  # pragma: no cover
+
+
+@require_GET
+def alloc(request):
+    """Fault injection (only with WSGI502_FAULTS=1): touch ``mb`` MiB of memory for ``ms`` ms, then free it. In a
+    container with a low memory limit the kernel's OOM killer SIGKILLs the worker (the oom-kill scenario)."""
+    if os.environ.get("WSGI502_FAULTS") != "1":
+        return JsonResponse({"error": "fault injection is off (WSGI502_FAULTS=1 turns it on)"}, status=404)
+    try:
+        mb, ms = int(request.GET.get("mb", "64")), int(request.GET.get("ms", "200"))
+    except ValueError:
+        mb, ms = -1, -1
+    if not (0 < mb <= 4096 and 0 <= ms <= MAX_SLOW_MS):
+        return JsonResponse({"error": "mb must be in 1..4096 and ms in 0..60000"}, status=400)
+    block = bytearray(mb << 20)
+    for i in range(0, len(block), 4096):  # touch every page: resident, not just reserved
+        block[i] = 1
+    time.sleep(ms / 1000)
+    del block
+    return JsonResponse({"allocated_mb": mb, "pid": os.getpid()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,8 +62,10 @@ class Matrix:
         return subprocess.run(self.argv(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
+        # SIGINT handled as from a terminal even when this suite runs as a background job of a non-interactive
+        # shell: such jobs inherit SIG_IGN for SIGINT, and Python then never raises KeyboardInterrupt
         return subprocess.Popen(self.argv(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def cells(self) -> dict[str, dict]:
         return {c["name"]: c for c in json.loads(self.json.read_text())["cells"]}

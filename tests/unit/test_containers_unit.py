@@ -1,0 +1,203 @@
+"""The containers backend's pure parts: engine choice, labels and cleanup (fake engine client), content hashes,
+the container's environment and limits. No engine needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_wsgi502.config.matrix import expand
+from pytest_wsgi502.servers.container import container_env, mem_bytes
+from pytest_wsgi502.services import containers as ctr
+from pytest_wsgi502.services.engine import candidates, choose
+
+
+def test_local_is_chosen_without_probing():
+    def probe(url):
+        raise AssertionError("local must not touch an engine")
+
+    assert choose("local", {}, probe=probe).name == "local"
+
+
+def test_auto_uses_docker_host_when_it_answers():
+    c = choose("auto", {"DOCKER_HOST": "unix:///run/x.sock"}, probe=lambda url: None, exists=lambda p: False)
+    assert (c.name, c.docker_host) == ("containers", "unix:///run/x.sock")
+    assert c.reason == "auto: engine at unix:///run/x.sock (DOCKER_HOST) answered"
+
+
+def test_auto_falls_back_to_local_and_says_why():
+    c = choose("auto", {"DOCKER_HOST": "tcp://127.0.0.1:1"}, probe=lambda url: "Connection refused")
+    assert c.name == "local" and "tcp://127.0.0.1:1: Connection refused" in c.reason
+
+
+def test_auto_tries_only_default_sockets_that_exist():
+    probed = []
+    c = choose("auto", {"HOME": "/h", "XDG_RUNTIME_DIR": "/x"},
+               probe=lambda url: probed.append(url), exists=lambda p: p == "/run/podman/podman.sock")
+    assert probed == ["unix:///run/podman/podman.sock"]
+    assert c.name == "containers" and "(default socket)" in c.reason
+
+
+def test_forced_containers_without_engine_is_one_line():
+    with pytest.raises(ValueError) as info:
+        choose("containers", {"HOME": "/h"}, probe=lambda url: "nope", exists=lambda p: False)
+    msg = str(info.value)
+    assert msg.startswith("--wsgi-backend=containers: no Docker-compatible engine answers")
+    assert "\n" not in msg and "/var/run/docker.sock" in msg
+
+
+def test_default_socket_candidates_follow_the_environment():
+    assert candidates({"DOCKER_HOST": "unix:///a"}) == ["unix:///a"]
+    got = candidates({"XDG_RUNTIME_DIR": "/run/user/7", "HOME": "/home/u"})
+    assert "unix:///run/user/7/podman/podman.sock" in got and "unix:///home/u/.docker/run/docker.sock" in got
+
+
+class FakeAPI:
+    """The docker SDK's low-level API, as far as cleanup uses it."""
+
+    def __init__(self):
+        self.items: dict[str, dict] = {}
+
+    def add(self, kind, name, labels):
+        self.items[name] = {"Id": name, "kind": kind, "Names": ["/" + name], "Name": name, "Labels": labels}
+
+    def _list(self, kind, filters):
+        key, _, value = filters["label"].partition("=")
+        return [dict(o) for o in self.items.values()
+                if o["kind"] == kind and key in o["Labels"] and (not value or o["Labels"][key] == value)]
+
+    def containers(self, all=False, filters=None):
+        return self._list("container", filters)
+
+    def networks(self, filters=None):
+        return self._list("network", filters)
+
+    def remove_container(self, cid, **kwargs):
+        self.items.pop(cid)
+
+    def remove_network(self, nid):
+        self.items.pop(nid)
+
+
+class FakeClient:
+    def __init__(self):
+        self.api = FakeAPI()
+
+
+def _client():
+    c = FakeClient()
+    live, dead = ctr.session_labels("live", "h 1 a"), ctr.session_labels("dead", "h 2 b")
+    for name, labels in (("live-mysql", live), ("live-app", live), ("dead-mysql", dead), ("dead-app", dead),
+                         ("stranger", {"other": "x"})):
+        c.api.add("container", name, labels)
+    c.api.add("network", "net-live", live)
+    c.api.add("network", "net-dead", dead)
+    return c
+
+
+def test_remove_session_removes_only_that_session():
+    c = _client()
+    removed = ctr.remove_session(c, "dead")
+    assert removed == ["container dead-mysql", "container dead-app", "network net-dead"]
+    assert list(c.api.items) == ["live-mysql", "live-app", "stranger", "net-live"]
+    assert ctr.session_objects(c, "dead") == []
+    assert ctr.session_objects(c, "live") == ["container live-mysql (None)", "container live-app (None)",
+                                              "network net-live"]
+
+
+def test_reap_removes_sessions_whose_owner_is_gone():
+    c = _client()
+    removed = ctr.reap_leftovers(c, alive=lambda owner: owner == "h 1 a")
+    assert sorted(removed) == ["container dead-app", "container dead-mysql", "network net-dead"]
+    assert [k for k, o in c.api.items.items() if o["kind"] == "network"] == ["net-live"]
+
+
+def test_owner_alive_is_true_for_this_process_and_other_hosts():
+    assert ctr.owner_alive(ctr.owner_id())
+    assert not ctr.owner_alive(ctr.owner_id().rsplit(" ", 1)[0] + " not-its-start-time")
+    assert ctr.owner_alive("some-other-host 1 1")  # cannot tell: never touched
+    assert not ctr.owner_alive("garbage")
+
+
+def test_content_hash_changes_with_any_input(tmp_path: Path):
+    f = tmp_path / "a.py"
+    f.write_text("x = 1\n")
+    h1 = ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+    assert h1 == ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+    assert h1 != ctr.content_hash(["base-id2", "dockerfile"], [("app/a.py", f)])
+    assert h1 != ctr.content_hash(["base-iddockerfile"], [("app/a.py", f)])  # parts are length-prefixed
+    f.write_text("x = 2\n")
+    assert h1 != ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+
+
+def test_project_files_leave_out_caches_and_vcs(tmp_path: Path):
+    for rel in ("app/x.py", "app/__pycache__/x.cpython-311.pyc", ".git/HEAD", ".venv/bin/python", "y.pyc", "m.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    assert [p.relative_to(tmp_path).as_posix() for p in ctr.project_files(tmp_path)] == ["m.txt", "app/x.py"]
+
+
+def test_requirements_pin_installed_versions_and_add_the_projects(tmp_path: Path):
+    (tmp_path / "requirements.txt").write_text("# comment\nrequests>=2\n-e .\n")
+    reqs = ctr.requirements(tmp_path)
+    assert any(r.startswith("django==") for r in reqs) and reqs[-1] == "requests>=2"
+    assert not any(r.startswith("-e") for r in reqs)
+
+
+def test_container_env_points_the_app_at_mysql_on_the_network_and_keeps_the_host_out():
+    env = {"PATH": "/host/bin", "HOME": "/root", "WSGI502_DB_HOST": "127.0.0.1", "WSGI502_DB_PORT": "4321",
+           "WSGI502_DB_SOCKET": "/tmp/s", "WSGI502_DB_ROOT_PASSWORD": "r", "WSGI502_DB_DRIVER": "pymysql",
+           "DJANGO_SETTINGS_MODULE": "s", "PYTHONPATH": "/tmp/run/django-overlay"}
+    out = container_env(env, {"WSGI502_FAULTS": "1"}, "10.88.0.5")
+    assert out == {"WSGI502_DB_HOST": "10.88.0.5", "WSGI502_DB_PORT": "3306", "WSGI502_DB_DRIVER": "pymysql",
+                   "DJANGO_SETTINGS_MODULE": "s", "PYTHONPATH": "/wsgi502/overlay", "WSGI502_FAULTS": "1",
+                   "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.parametrize(("text", "value"), [("256m", 256 << 20), ("1g", 1 << 30), ("512k", 512 << 10),
+                                             ("1000", 1000), ("1.5g", 3 << 29)])
+def test_mem_bytes(text, value):
+    assert mem_bytes(text) == value
+
+
+def test_matrix_accepts_limits_and_rejects_bad_ones():
+    (cell,) = expand({"cells": {"a": {"server": "uwsgi", "cpus": 1.5, "mem_limit": "256m"}}})
+    assert (cell.cpus, cell.mem_limit) == (1.5, "256m")
+    assert cell.as_dict()["mem_limit"] == "256m"
+    for bad, msg in (({"mem_limit": "lots"}, "mem_limit must look like"), ({"cpus": 0}, "cpus must be > 0"),
+                     ({"cpus": "two"}, "cpus must be a number")):
+        with pytest.raises(pytest.UsageError, match=msg):
+            expand({"cells": {"a": {"server": "uwsgi", **bad}}})
+
+
+def _spec(tmp_path: Path, server: str):
+    from pytest_wsgi502.servers.base import ServerSpec
+
+    (cell,) = expand({"cells": {"c": {"server": server, "max_requests": 100}}})
+    return ServerSpec(cell, tmp_path / "cell", "sampleapp.wsgi:application", tmp_path / "project", port=18001,
+                      stats_port=18002)
+
+
+def test_uwsgi_config_is_rewritten_for_the_container(tmp_path: Path):
+    from pytest_wsgi502.servers.container import ContainerUWSGI
+
+    server = ContainerUWSGI(_spec(tmp_path, "uwsgi"), "uwsgi", session=None)  # type: ignore[arg-type]
+    s = server.settings()
+    assert (s["http-socket"], s["stats"], s["chdir"], s["virtualenv"]) == ("0.0.0.0:8000", "0.0.0.0:9191", "/app",
+                                                                           "/opt/venv")
+    assert s["max-requests"] == 100 and s["strict"] is True  # the cell's own settings are untouched
+    assert server.address == "127.0.0.1:18001"  # what the proxy on the host targets (published there)
+    assert server.container_argv() == ["/opt/venv/bin/uwsgi", "--ini", "/wsgi502/cell/uwsgi.ini"]
+    assert str(tmp_path) not in server.render()
+
+
+def test_gunicorn_config_is_rewritten_for_the_container(tmp_path: Path):
+    from pytest_wsgi502.servers.container import ContainerGunicorn
+
+    server = ContainerGunicorn(_spec(tmp_path, "gunicorn"), "gunicorn", session=None)  # type: ignore[arg-type]
+    text = server.render()
+    assert "bind = ['0.0.0.0:8000']" in text and "chdir = '/app'" in text
+    assert "_WSGI502_EVENTS = '/wsgi502/cell/gunicorn-events.jsonl'" in text  # written where the host reads it
+    assert server.events_path == tmp_path / "cell" / "gunicorn-events.jsonl"
+    assert str(tmp_path) not in text
