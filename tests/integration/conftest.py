@@ -67,6 +67,17 @@ class Matrix:
         return subprocess.Popen(self.argv(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
+    def wait_for_load(self, proc: subprocess.Popen[str], cell: str = "uwsgi-2w", timeout: float = 120) -> None:
+        """Wait until ``cell``'s services are up and load flows through its proxy (a non-empty access log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            logs = list(self.keep.glob(f"run-*/cells/{cell}/proxy-access.log"))
+            if logs and logs[0].stat().st_size > 0:
+                return
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
+            time.sleep(0.5)
+        pytest.fail(f"the cell {cell} never started")
+
     def cells(self) -> dict[str, dict]:
         return {c["name"]: c for c in json.loads(self.json.read_text())["cells"]}
 

@@ -199,15 +199,7 @@ def test_interrupted_run_leaves_no_container(matrix, engine, sig):
     proc = matrix.popen("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
                         "--wsgi-concurrency=4")
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # wait until MySQL and the server run and load flows
-            logs = list(matrix.keep.glob("run-*/cells/uwsgi-2w/proxy-access.log"))
-            if logs and logs[0].stat().st_size > 0:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
-        else:
-            pytest.fail("the cell never started")
+        matrix.wait_for_load(proc, timeout=300)  # services up, load flowing
         session = session_id(matrix)
         running = engine.api.containers(filters={"label": f"{LABEL}={session}"})
         assert len(running) >= 2, running  # MySQL and the server
@@ -273,15 +265,7 @@ def test_crashed_xdist_worker_leaves_no_container(matrix, engine):
     proc = matrix.popen("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
                         "--wsgi-concurrency=4", "-n", "1")
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            logs = list(matrix.keep.glob("run-*/cells/uwsgi-2w/proxy-access.log"))
-            if logs and logs[0].stat().st_size > 0:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
-        else:
-            pytest.fail("the cell never started")
+        matrix.wait_for_load(proc, timeout=300)  # services up, load flowing
         (run,) = [p.parent for p in matrix.keep.glob("run-*/cells")]
         worker = int((run / "owner.pid").read_text().split()[0])
         assert worker != proc.pid  # the run directory belongs to the xdist worker

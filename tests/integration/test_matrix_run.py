@@ -3,7 +3,6 @@
 import re
 import signal
 import socket
-import time
 
 import pytest
 
@@ -93,16 +92,7 @@ def test_port_in_use_is_reported_by_the_server(matrix, tmp_path):
 def test_interrupted_run_leaves_nothing_running(matrix, sig):
     proc = matrix.popen("--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s")
     try:
-        deadline = time.monotonic() + 120
-        # wait until the server, the proxy and MariaDB are all up and load is flowing
-        while time.monotonic() < deadline:
-            logs = list(matrix.keep.glob("run-*/cells/uwsgi-2w/proxy-access.log"))
-            if logs and logs[0].stat().st_size > 0:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
-        else:
-            pytest.fail("the cell never started")
+        matrix.wait_for_load(proc, timeout=120)  # services up, load flowing
         assert len(processes_under(matrix.keep)) >= 4  # mariadbd, uwsgi master + workers, nginx
         proc.send_signal(sig)
         proc.wait(60)
