@@ -187,9 +187,7 @@ class Target:
         """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
         since = time.time()
         load = run_load(spec, verify=verify, progress=progress)
-        result = self.result(load, since, slos)
-        result["load"]["spec"] = spec_dict(spec)
-        return result
+        return self.result(load, since, slos, spec)
 
     def rendered(self) -> dict[str, Any]:
         """The server's and the proxy's config files as rendered, with this run's directory and ports replaced
@@ -207,12 +205,13 @@ class Target:
                 out[role] = {"file": path.name, "text": text}
         return out
 
-    def result(self, load: dict[str, Any], since: float, slos: list[slo_mod.SLO]) -> dict[str, Any]:
+    def result(self, load: dict[str, Any], since: float, slos: list[slo_mod.SLO], spec: LoadSpec) -> dict[str, Any]:
         cell = self.cell
         result: dict[str, Any] = {"name": cell.name, "server": cell.server, "description": cell.description,
                                   "config": cell.as_dict(), "dir": str(self.dir)}
         result.update(load["stats"].to_dict())
-        result["load"] = {"mode": load["engine"]["mode"], "intended_rps": load["engine"]["intended_rps"]}
+        result["load"] = {"mode": load["engine"]["mode"], "intended_rps": load["engine"]["intended_rps"],
+                          "spec": spec_dict(spec)}
         result["engine"] = load["engine"]
         result["generator_bound"] = load["generator_bound"]
         result["generator_bound_reason"] = load["generator_bound_reason"]
@@ -278,8 +277,7 @@ def run_cell(
         load = run_load(spec, progress=progress)
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
-    result = target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos))
-    result["load"]["spec"] = spec_dict(spec)
+    result = target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos), spec)
     result["lint"] = findings
     return result
 

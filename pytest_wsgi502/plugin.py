@@ -174,12 +174,10 @@ class MatrixReporter:
         state, s = self.state, self.state.settings
         if hasattr(self.config, "workerinput") or not state.results:
             return
-        from pytest_wsgi502.report import manifest
+        from pytest_wsgi502.report import compare, manifest  # both stdlib-only at import
 
         doc = manifest.build(state.results, s, state.rootdir)
         if s.compare or s.compare_fail:
-            from pytest_wsgi502.report import compare
-
             store = compare.storage(state.path("storage"))
             path = compare.find_run(store, s.compare or "latest")
             saved_doc, saved = compare.load(path)
@@ -192,8 +190,6 @@ class MatrixReporter:
             if result["failures"] and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if s.save:
-            from pytest_wsgi502.report import compare
-
             saved_path = compare.save(compare.storage(state.path("storage")), s.save, state.results,
                                       doc["environment"])
             state.written.append(f"run saved as {saved_path}")
