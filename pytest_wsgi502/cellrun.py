@@ -22,7 +22,7 @@ from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
 from pytest_wsgi502.proxy import LocalProxy, parse_access_log, parse_error_log
 from pytest_wsgi502.servers.base import ServerSpec, make_server
-from pytest_wsgi502.services.process import free_ports
+from pytest_wsgi502.services.process import ServiceError, free_ports
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,20 @@ class CellContext:
     strict: bool = False
     db_version: str = ""
     server_factory: Any = None  # containers backend: makes servers that run in containers (default: local)
+    say: Any = None  # a one-line message to the terminal (a pinned server being built), or None
+
+    def server_binary(self, cell: Cell) -> str:
+        """The cell's server binary: the installed one, or the release its ``server_version`` pins (built once
+        into the cache on first use; see servers/versions.py). Containers bring their own server."""
+        default = self.server_binaries.get(cell.server)
+        if not cell.server_version or self.server_factory is not None:
+            return default or cell.server
+        from pytest_wsgi502.servers.versions import BuildError, ensure
+
+        try:
+            return ensure(cell.server, cell.server_version, default, say=self.say)
+        except BuildError as exc:
+            raise ServiceError(f"cell {cell.name}: {exc}") from None
 
 
 TELEMETRY_SLACK = 0.5  # server events up to this long after the load still count (then the harness stops it)
@@ -117,7 +131,7 @@ class Target:
         port, stats_port, proxy_port = free_ports(3)
         self.server = (ctx.server_factory or make_server)(
             ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port),
-            ctx.server_binaries.get(cell.server, cell.server), ctx.ledger)
+            ctx.server_binary(cell), ctx.ledger)
         self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port)
         self.env = cell_env(cell, ctx, base_env)
         if ctx.django_settings:
@@ -177,10 +191,13 @@ class Target:
 
     def lint(self) -> list[dict[str, str]]:
         from pytest_wsgi502.lint import lint, somaxconn, uwsgi_options
+        from pytest_wsgi502.report.manifest import program_version
 
-        known = uwsgi_options(self.server.binary) if self.cell.server == "uwsgi" else ()
+        uwsgi = self.cell.server == "uwsgi"
+        known = uwsgi_options(self.server.binary) if uwsgi else ()
+        version = (program_version(self.server.binary) or "") if uwsgi else ""
         return lint(self.cell, self.server.settings(), idle_timeout=self.ctx.idle_timeout,
-                    default_path=self.ctx.path, known_uwsgi=known, max_backlog=somaxconn())
+                    default_path=self.ctx.path, known_uwsgi=known, max_backlog=somaxconn(), uwsgi_version=version)
 
     def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None,
                 progress: Any = None) -> dict[str, Any]:

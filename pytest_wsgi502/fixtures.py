@@ -202,7 +202,7 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> An
         session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
         django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""),
-        server_factory=_server_factory(request),
+        server_factory=_server_factory(request), say=_progress(request, "").say,
     )
 
 
@@ -265,6 +265,9 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
         pytest.skip(f"cell {wsgi_cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers")
     if wsgi_cell.socket == "unix" and request.getfixturevalue("wsgi_containers") is not None:
         pytest.skip(f"cell {wsgi_cell.name} uses a unix socket: local backend only (the proxy is on the host)")
+    if wsgi_cell.server_version and request.getfixturevalue("wsgi_containers") is not None:
+        pytest.skip(f"cell {wsgi_cell.name} pins uWSGI {wsgi_cell.server_version}: local backend only (the app "
+                    "image carries the installed uWSGI)")
     ctx = _context(request, wsgi_run_dir, wsgi_database)
     live = _progress(request, wsgi_cell.name)
     try:
@@ -317,9 +320,9 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir
         cell = _as_cell(config, state, overrides)
         if cell.server not in ctx.server_binaries and ctx.server_factory is None:  # containers bring their own
             pytest.fail(f"{cell.server} is not installed: pip install 'pytest-wsgi502[servers]'", pytrace=False)
-        target = Target(cell, ctx, _base_env())
-        started.append(target)
         try:
+            target = Target(cell, ctx, _base_env())
+            started.append(target)
             return target.start()
         except ServiceError as exc:
             _fail(exc)

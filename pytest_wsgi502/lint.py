@@ -29,6 +29,14 @@ def uwsgi_options(binary: str) -> frozenset[str]:
     return frozenset(_OPT.findall(out))
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """``"2.0.24"`` -> (2, 0, 24); an unknown version sorts last (no finding from a version we cannot read)."""
+    try:
+        return tuple(int(p) for p in version.split(".")[:3])
+    except ValueError:
+        return (9999,)
+
+
 def somaxconn() -> int | None:
     try:
         return int(Path("/proc/sys/net/core/somaxconn").read_text())
@@ -42,7 +50,8 @@ def _slowest_ms(cell: Cell, default_path: str) -> int:
 
 
 def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_path: str = "/",
-         known_uwsgi: Iterable[str] = (), max_backlog: int | None = None) -> list[dict[str, str]]:
+         known_uwsgi: Iterable[str] = (), max_backlog: int | None = None,
+         uwsgi_version: str = "") -> list[dict[str, str]]:
     """Findings for one cell. ``settings`` are the server settings as rendered (uWSGI ini keys or gunicorn
     settings), so defaults the harness adds are judged too."""
     out: list[dict[str, str]] = []
@@ -56,6 +65,13 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
             add("uwsgi-unknown-option",
                 f"this uWSGI does not know '{key}' (without strict = true uWSGI silently ignores unknown ini "
                 "keys: max-requests-delta needs >= 2.0.29)")
+    recyclers = [k for k in ("max-worker-lifetime", "max-requests", "reload-on-rss", "reload-on-as") if settings.get(k)]
+    if cell.server == "uwsgi" and int(settings.get("threads", 1) or 1) > 1 and recyclers and \
+            _release(uwsgi_version) < (2, 0, 25):
+        add("recycle-cancels-threads",
+            f"uWSGI {uwsgi_version} with threads recycles a worker ({', '.join(recyclers)}) by cancelling its other "
+            "threads, requests in flight included (the proxy answers 502); 2.0.25 waits for them: upgrade, or "
+            "run without threads")
     if cell.server == "uwsgi" and "http-socket" in settings:
         header = settings.get("add-header", "")
         headers = header if isinstance(header, list) else [header]

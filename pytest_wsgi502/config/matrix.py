@@ -37,6 +37,7 @@ WORKER_CLASSES = {"uwsgi": ("prefork", "gevent"), "gunicorn": ("sync", "gthread"
 DRIVERS = ("mysqlclient", "pymysql")
 POOLS = ("none", "sqlalchemy")
 SOCKETS = ("tcp", "unix")
+SERVER_VERSION = re.compile(r"\d+\.\d+(\.\d+){0,2}")  # a uWSGI release: 2.0.24, 2.0.25.1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -55,6 +56,7 @@ class Cell:
     keepalive: int | None = None  # gunicorn keep-alive seconds (None: gunicorn's default)
     listen: int | None = None  # listen backlog (None: the server's default, uWSGI 100, gunicorn 2048)
     socket: str = "tcp"  # how the proxy reaches the server: tcp (127.0.0.1:port) or unix (a socket file)
+    server_version: str = ""  # uWSGI release to run, e.g. "2.0.24" ("" = the installed one); built once, cached
     driver: str = "mysqlclient"
     pool: str = "none"
     pool_size: int = 5
@@ -197,6 +199,10 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     for key, srv in only.items():
         if raw.get(key) and server != srv:
             raise pytest.UsageError(f"{at}: {key} is a {srv} setting; this cell runs {server}")
+    if raw.get("server_version") and server != "uwsgi":
+        raise pytest.UsageError(f"{at}: server_version is for uwsgi cells (pin gunicorn with pip in the environment)")
+    if raw.get("server_version") and not SERVER_VERSION.fullmatch(raw["server_version"]):
+        raise pytest.UsageError(f"{at}: server_version must be a release like 2.0.24, got {raw['server_version']!r}")
     if "mem_limit" in raw and not re.fullmatch(r"[0-9]+(\.[0-9]+)?[kmg]?", str(raw["mem_limit"]).lower()):
         raise pytest.UsageError(f"{at}: mem_limit must look like 256m, 1g or 512k, got {raw['mem_limit']!r}")
     if raw.get("cpus") is not None and raw["cpus"] == 0:

@@ -55,6 +55,14 @@ class LiveProgress:
                 self._last_plain = self.clock()
                 self.tr.write_line(line)
 
+    def say(self, message: str) -> None:
+        """A line of its own (e.g. a one-time build before the cell starts), silent when the progress is."""
+        if self.tr is None:
+            return
+        with self._lock, self._uncaptured():
+            self.tr.ensure_newline()
+            self.tr.write_line(message)
+
     def finish(self) -> None:
         with self._lock, self._uncaptured():
             if self.tr is not None and self._live:

@@ -11,7 +11,8 @@ import pytest
 RUNS = (1, 2, 3)
 # mechanism -> the cause its 502s must be attributed to (>= 80 %)
 MECHANISMS_502 = {"keepalive-race": "keepalive_race", "harakiri": "worker_killed",
-                  "gunicorn-timeout": "worker_killed", "recycle": "recycle", "backlog": "backlog"}
+                  "gunicorn-timeout": "worker_killed", "recycle": "recycle", "backlog": "backlog",
+                  "lifetime": "recycle"}
 PAIRS = [*MECHANISMS_502, "recycle-hang", "recycle-hang-gunicorn", "gevent-mysqlclient", "db-exhaustion"]
 
 
@@ -51,6 +52,22 @@ def test_recycle_is_the_joint_recycle_and_the_delta_spreads_it(scenario_run):
         assert cell["telemetry"]["event_counts"].get("recycle", 0) >= 2  # both recycled, twice or more
         assert cell["kills"] == 0  # clean exits: the errors are the stall, not a kill
         assert sum(cell["errors"].values()) == 0, cell["errors"]  # no client-side errors: every error is a 502
+
+
+def test_lifetime_on_old_uwsgi_cancels_requests_in_flight_and_the_upgrade_waits_for_them(scenario_run):
+    """max-worker-lifetime on uWSGI 2.0.24 with threads: each lifetime recycle cancels the worker's other
+    threads mid-request (502, 'upstream prematurely closed'); the same config and the same number of
+    lifetime recycles on the installed uWSGI (>= 2.0.25 joins the threads) lose nothing. Lint flags the first."""
+    _, cells, _ = scenario_run
+    broken, fixed = cells["lifetime"], cells["lifetime-fixed"]
+    assert broken["services"]["uwsgi"] == "2.0.24" and fixed["services"]["uwsgi"] != "2.0.24"
+    for cell in (broken, fixed):
+        assert cell["telemetry"]["event_counts"].get("lifetime", 0) >= 3, cell["telemetry"]["event_counts"]
+        assert cell["kills"] == 0  # no SIGKILL: the requests die with the recycle itself
+    reasons = [m["reason"] for m in broken["attribution_matches"]]
+    assert reasons and all("prematurely closed" in r or "reset by peer" in r for r in reasons), reasons
+    assert [f["code"] for f in broken["lint"]] == ["recycle-cancels-threads"]
+    assert "recycle-cancels-threads" not in [f["code"] for f in fixed["lint"]]
 
 
 def test_backlog_overflow_on_a_unix_socket_is_an_immediate_502(scenario_run):

@@ -7,13 +7,13 @@ from pytest_wsgi502.lint import lint, uwsgi_options
 from pytest_wsgi502.servers.base import ServerSpec, make_server
 
 
-def findings(table, idle=60.0, known=None, max_backlog=4096):
+def findings(table, idle=60.0, known=None, max_backlog=4096, version=""):
     cell = expand({"cells": {"c": table}})[0]
     server = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None), binary="x")  # type: ignore[arg-type]
     if known is None:
         known = set(server.settings()) if cell.server == "uwsgi" else ()
     return {f["code"] for f in lint(cell, server.settings(), idle_timeout=idle, known_uwsgi=known,
-                                    max_backlog=max_backlog, default_path="/api/counter/{n}")}
+                                    max_backlog=max_backlog, default_path="/api/counter/{n}", uwsgi_version=version)}
 
 
 def test_clean_configs_have_no_findings():
@@ -41,6 +41,26 @@ def test_clean_configs_have_no_findings():
 )
 def test_each_trap_is_flagged(table, code):
     assert code in findings(table)
+
+
+@pytest.mark.parametrize(("options", "threads", "version", "flagged"), [
+    ({"max-worker-lifetime": 3}, 4, "2.0.24", True),
+    ({"reload-on-rss": 512}, 2, "2.0.18", True),
+    ({"max-worker-lifetime": 3}, 4, "2.0.25", False),  # 2.0.25 joins the threads
+    ({"max-worker-lifetime": 3}, 4, "2.0.31", False),
+    ({"max-worker-lifetime": 3}, 1, "2.0.24", False),  # no other thread to cancel
+    ({}, 4, "2.0.24", False),  # nothing recycles
+    ({"max-worker-lifetime": 3}, 4, "", False),  # version unknown: no claim
+])
+def test_recycling_threads_on_uwsgi_before_2_0_25(options, threads, version, flagged):
+    table = {"server": "uwsgi", "threads": threads, "options": {"add-header": "Connection: close", **options}}
+    assert ("recycle-cancels-threads" in findings(table, version=version)) is flagged
+
+
+def test_max_requests_with_threads_on_old_uwsgi_is_flagged_too():
+    table = {"server": "uwsgi", "threads": 2, "max_requests": 100, "max_requests_delta": 10,
+             "options": {"add-header": "Connection: close"}}
+    assert "recycle-cancels-threads" in findings(table, version="2.0.21")
 
 
 def test_gunicorn_keepalive_above_the_lb_is_fine():

@@ -1,0 +1,90 @@
+"""Pinned server releases: found in the cache, built once under a lock, one-line errors (no real build here:
+the real one runs in tests/integration/test_scenarios.py through the `lifetime` cell)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pytest_wsgi502.servers import versions
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSGI502_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def fake_uwsgi(path, version):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_cache_dir_names_the_release_and_this_python(cache):
+    d = versions.pinned_dir("uwsgi", "2.0.24")
+    assert d.parent == cache and d.name.startswith(f"uwsgi-2.0.24-cp{sys.version_info.major}{sys.version_info.minor}-")
+
+
+def test_the_installed_binary_is_used_when_it_is_that_release(cache, tmp_path):
+    installed = fake_uwsgi(tmp_path / "venv" / "uwsgi", "2.0.31")
+    assert versions.ensure("uwsgi", "2.0.31", str(installed)) == str(installed)
+
+
+def test_a_cached_build_is_reused_without_building(cache, tmp_path, monkeypatch):
+    built = fake_uwsgi(versions.pinned_binary("uwsgi", "2.0.24"), "2.0.24")
+    monkeypatch.setattr(versions, "_build", lambda *a: pytest.fail("built again"))
+    said = []
+    assert versions.ensure("uwsgi", "2.0.24", None, say=said.append) == str(built)
+    assert said == []
+
+
+def test_a_missing_release_is_built_once_and_announced(cache, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        target = cmd[cmd.index("--target") + 1]
+        fake_uwsgi(__import__("pathlib").Path(target) / "bin" / "uwsgi", "2.0.24")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(versions.subprocess, "run", fake_run)
+    monkeypatch.setattr(versions, "installed_version", lambda b: "2.0.24")
+    said = []
+    binary = versions.ensure("uwsgi", "2.0.24", None, say=said.append)
+    assert binary == str(versions.pinned_binary("uwsgi", "2.0.24"))
+    assert len(calls) == 1 and "uwsgi==2.0.24" in calls[0] and calls[0][:3] == [sys.executable, "-m", "pip"]
+    assert len(said) == 1 and "building uwsgi 2.0.24" in said[0]
+    assert versions.ensure("uwsgi", "2.0.24", None) == binary and len(calls) == 1
+    built = [p.name for p in cache.iterdir() if not p.name.startswith(".")]
+    assert built == [versions.pinned_dir("uwsgi", "2.0.24").name]  # no temporary directory left
+
+
+def test_a_failed_build_is_one_line_and_leaves_no_half_build(cache, monkeypatch):
+    err = "Collecting uwsgi==9.9.9\nERROR: No matching distribution found for uwsgi==9.9.9\n"
+    monkeypatch.setattr(versions.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", err))
+    with pytest.raises(versions.BuildError) as info:
+        versions.ensure("uwsgi", "9.9.9", None)
+    text = str(info.value)
+    assert "No matching distribution found for uwsgi==9.9.9" in text and "\n" not in text
+    assert not versions.pinned_dir("uwsgi", "9.9.9").exists()
+    assert [p for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize(("server", "version", "message"), [
+    ("gunicorn", "23.0.0", "server_version is for uwsgi"),
+    ("uwsgi", "2.0.24 --index-url=x", "not a release number"),
+])
+def test_bad_requests_are_refused_before_pip_runs(cache, monkeypatch, server, version, message):
+    monkeypatch.setattr(versions.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
+    with pytest.raises(versions.BuildError, match=message):
+        versions.ensure(server, version, None)
+
+
+def test_cli_prints_the_binary(cache, capsys):
+    fake_uwsgi(versions.pinned_binary("uwsgi", "2.0.24"), "2.0.24")
+    assert versions.main(["uwsgi", "2.0.24"]) == 0
+    assert capsys.readouterr().out.strip() == str(versions.pinned_binary("uwsgi", "2.0.24"))
+    assert versions.main(["uwsgi"]) == 2
