@@ -65,13 +65,12 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
             add("uwsgi-unknown-option",
                 f"this uWSGI does not know '{key}' (without strict = true uWSGI silently ignores unknown ini "
                 "keys: max-requests-delta needs >= 2.0.29)")
-    recyclers = [k for k in ("max-worker-lifetime", "max-requests", "reload-on-rss", "reload-on-as") if settings.get(k)]
-    if cell.server == "uwsgi" and int(settings.get("threads", 1) or 1) > 1 and recyclers and \
-            _release(uwsgi_version) < (2, 0, 25):
-        add("recycle-cancels-threads",
-            f"uWSGI {uwsgi_version} with threads recycles a worker ({', '.join(recyclers)}) by cancelling its other "
-            "threads, requests in flight included (the proxy answers 502); 2.0.25 waits for them: upgrade, or "
-            "run without threads")
+    if cell.server == "uwsgi" and int(settings.get("threads", 1) or 1) > 1 and settings.get("max-worker-lifetime") \
+            and _release(uwsgi_version) < (2, 0, 25):
+        add("lifetime-drops-threads",
+            f"uWSGI {uwsgi_version} with threads: a max-worker-lifetime recycle ends the worker process as soon as "
+            "its first thread finishes its request, so requests in flight in the other threads get no response "
+            "(502); 2.0.25 joins the threads first. Upgrade, or run without threads")
     if cell.server == "uwsgi" and "http-socket" in settings:
         header = settings.get("add-header", "")
         headers = header if isinstance(header, list) else [header]

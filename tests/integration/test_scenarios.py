@@ -55,9 +55,10 @@ def test_recycle_is_the_joint_recycle_and_the_delta_spreads_it(scenario_run):
 
 
 def test_lifetime_on_old_uwsgi_cancels_requests_in_flight_and_the_upgrade_waits_for_them(scenario_run):
-    """max-worker-lifetime on uWSGI 2.0.24 with threads: each lifetime recycle cancels the worker's other
-    threads mid-request (502, 'upstream prematurely closed'); the same config and the same number of
-    lifetime recycles on the installed uWSGI (>= 2.0.25 joins the threads) lose nothing. Lint flags the first."""
+    """max-worker-lifetime on uWSGI 2.0.24 with threads: the worker process exits as soon as its first thread
+    finishes its request, and requests in flight in its other threads get no response (502, 'upstream
+    prematurely closed'); the same config and as many lifetime recycles on the installed uWSGI (>= 2.0.25
+    joins the threads first) lose nothing. Lint flags the first."""
     _, cells, _ = scenario_run
     broken, fixed = cells["lifetime"], cells["lifetime-fixed"]
     assert broken["services"]["uwsgi"] == "2.0.24" and fixed["services"]["uwsgi"] != "2.0.24"
@@ -66,8 +67,8 @@ def test_lifetime_on_old_uwsgi_cancels_requests_in_flight_and_the_upgrade_waits_
         assert cell["kills"] == 0  # no SIGKILL: the requests die with the recycle itself
     reasons = [m["reason"] for m in broken["attribution_matches"]]
     assert reasons and all("prematurely closed" in r or "reset by peer" in r for r in reasons), reasons
-    assert [f["code"] for f in broken["lint"]] == ["recycle-cancels-threads"]
-    assert "recycle-cancels-threads" not in [f["code"] for f in fixed["lint"]]
+    assert [f["code"] for f in broken["lint"]] == ["lifetime-drops-threads"]
+    assert "lifetime-drops-threads" not in [f["code"] for f in fixed["lint"]]
 
 
 def test_backlog_overflow_on_a_unix_socket_is_an_immediate_502(scenario_run):

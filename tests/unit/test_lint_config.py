@@ -45,22 +45,17 @@ def test_each_trap_is_flagged(table, code):
 
 @pytest.mark.parametrize(("options", "threads", "version", "flagged"), [
     ({"max-worker-lifetime": 3}, 4, "2.0.24", True),
-    ({"reload-on-rss": 512}, 2, "2.0.18", True),
-    ({"max-worker-lifetime": 3}, 4, "2.0.25", False),  # 2.0.25 joins the threads
+    ({"max-worker-lifetime": 3}, 2, "2.0.18", True),
+    ({"max-worker-lifetime": 3}, 4, "2.0.25", False),  # 2.0.25 joins the threads before the worker exits
     ({"max-worker-lifetime": 3}, 4, "2.0.31", False),
-    ({"max-worker-lifetime": 3}, 1, "2.0.24", False),  # no other thread to cancel
-    ({}, 4, "2.0.24", False),  # nothing recycles
+    ({"max-worker-lifetime": 3}, 1, "2.0.24", False),  # no other thread with a request in flight
+    ({"max-requests": 40}, 4, "2.0.24", False),  # that exit waits: cancellation is off during a request
+    ({}, 4, "2.0.24", False),
     ({"max-worker-lifetime": 3}, 4, "", False),  # version unknown: no claim
 ])
-def test_recycling_threads_on_uwsgi_before_2_0_25(options, threads, version, flagged):
+def test_lifetime_with_threads_on_uwsgi_before_2_0_25(options, threads, version, flagged):
     table = {"server": "uwsgi", "threads": threads, "options": {"add-header": "Connection: close", **options}}
-    assert ("recycle-cancels-threads" in findings(table, version=version)) is flagged
-
-
-def test_max_requests_with_threads_on_old_uwsgi_is_flagged_too():
-    table = {"server": "uwsgi", "threads": 2, "max_requests": 100, "max_requests_delta": 10,
-             "options": {"add-header": "Connection: close"}}
-    assert "recycle-cancels-threads" in findings(table, version="2.0.21")
+    assert ("lifetime-drops-threads" in findings(table, version=version)) is flagged
 
 
 def test_gunicorn_keepalive_above_the_lb_is_fine():
@@ -103,8 +98,9 @@ def test_every_scenario_cell_lints_to_its_trap():
         cell = cells[name]
         server = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None), binary="x")  # type: ignore[arg-type]
         known = set(server.settings()) if cell.server == "uwsgi" else ()
+        version = cell.server_version or "2.0.31"  # the pinned release, else the installed one here
         return {f["code"] for f in lint(cell, server.settings(), idle_timeout=60.0, known_uwsgi=known,
-                                        max_backlog=4096, default_path="/api/counter/{n}")}
+                                        max_backlog=4096, default_path="/api/counter/{n}", uwsgi_version=version)}
 
     assert "keepalive-race" in codes("keepalive-race") and "keepalive-race" not in codes("keepalive-race-fixed")
     assert "harakiri-below-slowest" in codes("harakiri") and not codes("harakiri-fixed") & {"harakiri-below-slowest"}
@@ -114,3 +110,4 @@ def test_every_scenario_cell_lints_to_its_trap():
     assert "unix-listen-queue" in codes("backlog") and "unix-listen-queue" not in codes("backlog-fixed")
     assert "gevent-mysqlclient" in codes("gevent-mysqlclient")
     assert "gevent-mysqlclient" not in codes("gevent-mysqlclient-fixed")
+    assert "lifetime-drops-threads" in codes("lifetime") and "lifetime-drops-threads" not in codes("lifetime-fixed")
