@@ -287,7 +287,13 @@ def run_cell(
     findings = target.lint()
     if findings and ctx.strict:
         raise ValueError("config lint (--wsgi-strict): " + "; ".join(f"[{f['code']}] {f['message']}" for f in findings))
-    target.start()
+    try:
+        target.start()
+    except ServiceError as exc:  # the lint may already say why (e.g. a key this uWSGI release does not know)
+        if not findings:
+            raise
+        lines = [f"    lint [{f['code']}] {f['message']}" for f in findings]
+        raise ServiceError("\n".join([str(exc), *lines])) from None
     try:
         since = time.time()
         spec = load_spec(cell, ctx, target.url)

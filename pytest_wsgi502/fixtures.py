@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -27,8 +27,10 @@ def _state(config: pytest.Config) -> Any:
     return config.stash[STATE]
 
 
-def _fail(exc: Exception) -> None:
-    pytest.fail(str(exc), pytrace=False)
+def _fail(exc: Exception) -> NoReturn:
+    """Fail the test with the error's message only: no traceback, and ``from None`` so pytest does not print
+    the message a second time as "During handling of the above exception"."""
+    raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 def _base_env() -> dict[str, str]:

@@ -72,6 +72,7 @@ def test_server_that_never_starts_is_one_error_with_its_log(matrix, tmp_path):
     assert re.search(r"uwsgi \(broken\) exited \(code \d+\) before answering HTTP on 127\.0\.0\.1:\d+", out), out
     assert "no_such_module" in out  # the server's own last log lines are in the message
     assert "pytest_wsgi502/" not in out  # and no traceback of ours
+    assert "During handling of the above exception" not in out  # nor the message printed twice
 
 
 def test_port_in_use_is_reported_by_the_server(matrix, tmp_path):
