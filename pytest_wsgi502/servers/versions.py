@@ -6,7 +6,8 @@ release is built once from PyPI's source with this interpreter's pip into a cach
     ~/.cache/pytest-wsgi502/uwsgi-2.0.24-cp311-x86_64/bin/uwsgi
 
 (``$WSGI502_CACHE`` or ``$XDG_CACHE_HOME`` move it). Build it ahead, e.g. in an image or a CI step, with
-``python -m pytest_wsgi502.servers.versions uwsgi 2.0.24``; otherwise the session builds it before the first
+``python -m pytest_wsgi502.servers.versions uwsgi 2.0.24`` (``--builtin``: every release the built-in matrices
+pin); otherwise the session builds it before the first
 cell (~20 s here), under a lock so xdist workers build it once.
 """
 
@@ -106,18 +107,32 @@ def _build(server: str, version: str, target: Path) -> None:
             shutil.rmtree(tmp)
 
 
+def pinned_in_builtin_matrices() -> list[tuple[str, str]]:
+    """(server, version) pairs the built-in matrices pin (scenarios: lifetime on 2.0.24)."""
+    from pytest_wsgi502.config.matrix import BUILTIN, load_matrix
+
+    return sorted({(c.server, c.server_version) for p in BUILTIN.values() for c in load_matrix(p) if c.server_version})
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``uwsgi VERSION``: build (or find) that release and print its binary; ``--builtin``: every release the
+    built-in matrices pin (bin/dev test runs this before the tests, so no test waits for a build)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m pytest_wsgi502.servers.versions uwsgi VERSION", file=sys.stderr)
+    if args == ["--builtin"]:
+        wanted = pinned_in_builtin_matrices()
+    elif len(args) == 2:
+        wanted = [(args[0], args[1])]
+    else:
+        print("usage: python -m pytest_wsgi502.servers.versions {uwsgi VERSION | --builtin}", file=sys.stderr)
         return 2
     from pytest_wsgi502.servers.base import binary_for
 
-    try:
-        print(ensure(args[0], args[1], binary_for(args[0])))
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    for server, version in wanted:
+        try:
+            print(ensure(server, version, binary_for(server), say=lambda m: print(m, file=sys.stderr, flush=True)))
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

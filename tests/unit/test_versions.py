@@ -88,3 +88,10 @@ def test_cli_prints_the_binary(cache, capsys):
     assert versions.main(["uwsgi", "2.0.24"]) == 0
     assert capsys.readouterr().out.strip() == str(versions.pinned_binary("uwsgi", "2.0.24"))
     assert versions.main(["uwsgi"]) == 2
+
+
+def test_builtin_matrices_pin_the_lifetime_release(cache, monkeypatch, capsys):
+    assert versions.pinned_in_builtin_matrices() == [("uwsgi", "2.0.24")]
+    fake_uwsgi(versions.pinned_binary("uwsgi", "2.0.24"), "2.0.24")
+    assert versions.main(["--builtin"]) == 0
+    assert capsys.readouterr().out.strip() == str(versions.pinned_binary("uwsgi", "2.0.24"))
