@@ -1,7 +1,8 @@
 """Each 502 mechanism shows up for its real reason, is attributed to it, and its fix removes it: in 3 of 3 runs.
 
 The whole scenario set runs three times (module fixture parametrized by run); every test below is asserted on
-each run, so a mechanism that shows up only sometimes fails here. About 6 minutes a run on 2 cores (18 min 24 s for three, measured here).
+each run, so a mechanism that shows up only sometimes fails here. About 6 minutes a run on 2 cores
+(18 min 24 s for the three, measured here).
 """
 
 import json
