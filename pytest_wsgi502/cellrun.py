@@ -57,9 +57,10 @@ class CellContext:
 
     def server_binary(self, cell: Cell) -> str:
         """The cell's server binary: the installed one, or the release its ``server_version`` pins (built once
-        into the cache on first use; see servers/versions.py). Containers bring their own server."""
+        into the cache on first use; see servers/versions.py; the containers backend copies that build into
+        the cell's image)."""
         default = self.server_binaries.get(cell.server)
-        if not cell.server_version or self.server_factory is not None:
+        if not cell.server_version:
             return default or cell.server
         from pytest_wsgi502.servers.versions import BuildError, ensure
 

@@ -267,9 +267,6 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
         pytest.skip(f"cell {wsgi_cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers")
     if wsgi_cell.socket == "unix" and request.getfixturevalue("wsgi_containers") is not None:
         pytest.skip(f"cell {wsgi_cell.name} uses a unix socket: local backend only (the proxy is on the host)")
-    if wsgi_cell.server_version and request.getfixturevalue("wsgi_containers") is not None:
-        pytest.skip(f"cell {wsgi_cell.name} pins uWSGI {wsgi_cell.server_version}: local backend only (the app "
-                    "image carries the installed uWSGI)")
     ctx = _context(request, wsgi_run_dir, wsgi_database)
     live = _progress(request, wsgi_cell.name)
     try:

@@ -19,7 +19,15 @@ from typing import Any
 from pytest_wsgi502.servers.base import LocalServer, ServerSpec
 from pytest_wsgi502.servers.gunicorn import Gunicorn
 from pytest_wsgi502.servers.uwsgi import UWSGI
-from pytest_wsgi502.services.containers import APP_DIR, APP_PORT, CELL_DIR, STATS_PORT, VENV, ContainerSession
+from pytest_wsgi502.services.containers import (
+    APP_DIR,
+    APP_PORT,
+    CELL_DIR,
+    STATS_PORT,
+    VENV,
+    ContainerSession,
+    pinned_binary_in_image,
+)
 from pytest_wsgi502.services.process import ServiceError, tail
 
 _PASS_ENV = ("DJANGO_SETTINGS_MODULE", "PYTHONUNBUFFERED")
@@ -88,7 +96,7 @@ class _InContainer(LocalServer):
     def start(self, env: dict[str, str], ready: Any, timeout: float = 120.0) -> LocalServer:
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.render())
-        self.image = self.session.app_image()
+        self.image = self.session.server_image(self.kind, self.spec.cell.server_version, self.binary)
         t0 = time.monotonic()
         try:
             self.container = self.session.client.containers.run(self.image, **self._run_kwargs(env))
@@ -179,7 +187,9 @@ class ContainerUWSGI(_InContainer, UWSGI):
         return s
 
     def container_argv(self) -> list[str]:
-        return [f"{VENV}/bin/uwsgi", "--ini", f"{CELL_DIR}/{self.config_name}"]
+        version = self.spec.cell.server_version
+        binary = pinned_binary_in_image("uwsgi", version) if version else f"{VENV}/bin/uwsgi"
+        return [binary, "--ini", f"{CELL_DIR}/{self.config_name}"]
 
 
 class ContainerGunicorn(_InContainer, Gunicorn):

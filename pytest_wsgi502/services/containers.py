@@ -327,6 +327,32 @@ def app_image(client: Any, base: str, project: Path, workdir: Path) -> tuple[str
     return tag, True
 
 
+PINNED_DIR = "/opt/wsgi502-pinned"  # pinned server releases (servers/versions.py) inside the app image
+PINNED_DOCKERFILE = """\
+# rendered by pytest-wsgi502: the app image plus a pinned {server} release built on the host for the same Python
+FROM {app}
+COPY pinned {dest}
+RUN {dest}/bin/{server} --version
+"""
+
+
+def pinned_binary_in_image(server: str, version: str) -> str:
+    return f"{PINNED_DIR}/{server}-{version}/bin/{server}"
+
+
+def pinned_image(client: Any, app: str, server: str, version: str, host_dir: Path, log: Path) -> tuple[str, bool]:
+    """The app image plus the host's build of ``server`` ``version`` (a directory from servers/versions.py,
+    built with this Python, which the app image's base matches): (tag, built now?)."""
+    dest = pinned_binary_in_image(server, version).rsplit("/bin/", 1)[0]
+    dockerfile = PINNED_DOCKERFILE.format(app=app, dest=dest, server=server)
+    files = [p for p in sorted(host_dir.rglob("*")) if p.is_file()]
+    tag = f"{APP_REPO}:" + content_hash([app, dockerfile], [(f"pinned/{p.relative_to(host_dir)}", p) for p in files])
+    if has_image(client, tag):
+        return tag, False
+    build_image(client, tag, dockerfile, {"pinned": host_dir}, log)
+    return tag, True
+
+
 MARIADB_DIR = Path(__file__).resolve().parent.parent / "images" / "mariadb"
 
 
@@ -478,6 +504,21 @@ class ContainerSession:
                 self._timed("app_image_build" if built else "app_image_cached", t0)
                 self.images["app"], self.images["base"] = tag, self.settings.base_image
             return self.images["app"]
+
+    def server_image(self, server: str, version: str, host_binary: str) -> str:
+        """The image a cell's server runs in: the app image, plus the pinned release when the cell has one."""
+        app = self.app_image()
+        if not version:
+            return app
+        key = f"{server}-{version}"
+        with self._lock:
+            if key not in self.images:
+                t0 = time.monotonic()
+                tag, built = pinned_image(self.client, app, server, version, Path(host_binary).parent.parent,
+                                          self.run_dir / f"{key}-image-build.log")
+                self._timed(f"{key}_image_build" if built else f"{key}_image_cached", t0)
+                self.images[key] = tag
+            return self.images[key]
 
     def close(self) -> list[str]:
         if self._closed or self.client is None:

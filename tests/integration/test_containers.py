@@ -167,6 +167,23 @@ def test_oom_kill_scenario_counts_the_kernels_kills(matrix, engine):
     assert r.returncode == 1  # the broken cell fails its SLO, as it should
 
 
+def test_lifetime_pair_in_containers_runs_the_pinned_release(matrix, engine):
+    """The `lifetime` scenario pins uWSGI 2.0.24: its image is the app image plus the host's build of that
+    release (built for the same Python), and the mechanism shows in the container as it does locally."""
+    r = containers_run(matrix, "--wsgi-matrix-file=scenarios", "--wsgi-cells=lifetime,lifetime-fixed")
+    assert matrix.json.exists(), r.stdout + r.stderr
+    cells = matrix.cells()
+    broken, fixed = cells["lifetime"], cells["lifetime-fixed"]
+    assert "Starting uWSGI 2.0.24 " in (matrix.cell_dir("lifetime") / "server.log").read_text()
+    assert "Starting uWSGI 2.0.24 " not in (matrix.cell_dir("lifetime-fixed") / "server.log").read_text()
+    assert broken["container"]["image"] != fixed["container"]["image"]
+    n502 = broken["status_counts"].get("502", 0)
+    assert n502 > 0 and broken["attribution"]["recycle"] >= 0.8 * n502, (broken["status_counts"],
+                                                                           broken["attribution"])
+    assert fixed["status_counts"].get("502", 0) == 0 and fixed["slo"]["passed"]
+    assert r.returncode == 1  # the broken cell fails its SLO, as it should
+
+
 def test_failing_run_leaves_no_container_and_reaps_a_dead_sessions_leftovers(matrix, engine, tmp_path):
     # a leftover of a "killed" session: its owner pid does not exist
     base = os.environ.get("WSGI502_BASE_IMAGE") or "python:{}.{}-slim-bookworm".format(*sys.version_info[:2])
