@@ -11,7 +11,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,6 +31,20 @@ def _fail(exc: Exception) -> NoReturn:
     """Fail the test with the error's message only: no traceback, and ``from None`` so pytest does not print
     the message a second time as "During handling of the above exception"."""
     raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
+
+def _started(start: Callable[[], Any], stop: Callable[[], Any]) -> Iterator[Any]:
+    """The body of a session fixture around one service: yield what ``start`` returns and ``stop`` at the end;
+    a ``ServiceError`` from ``start`` stops what it left half-started and fails with its one-line message."""
+    from pytest_wsgi502.services import ServiceError
+
+    try:
+        value = start()
+    except ServiceError as exc:
+        stop()
+        _fail(exc)
+    yield value
+    stop()
 
 
 def _base_env() -> dict[str, str]:
@@ -77,51 +91,30 @@ def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator
         try:
             choice = choose(state.settings.backend, os.environ)
         except ValueError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail(exc)
     if choice.name != "containers" or not choice.docker_host:
         yield None
         return
-    from pytest_wsgi502.services import ServiceError
     from pytest_wsgi502.services.containers import ContainerSession
 
     session = ContainerSession(choice.docker_host, wsgi_run_dir, state.settings, state.path("chdir"))
-    try:
-        session.open()
-    except ServiceError as exc:
-        session.close()
-        _fail(exc)
-    yield session
-    session.close()
+    yield from _started(session.open, session.close)
 
 
 @pytest.fixture(scope="session")
 def wsgi_mysql(wsgi_settings: Any, wsgi_run_dir: Path, wsgi_containers: Any) -> Iterator[Any]:
     """A private MariaDB/MySQL server for this session (one per xdist worker): ``MySQLInfo``."""
-    from pytest_wsgi502.services import ServiceError
     from pytest_wsgi502.services.mysql import LocalMySQL, find_mysqld
     from pytest_wsgi502.services.process import ledger_path
 
-    if wsgi_containers is not None:  # testcontainers' MySqlContainer, removed with the session
-        failed = None
-        try:
-            info = wsgi_containers.start_mysql()
-        except ServiceError as exc:
-            failed = exc
-        if failed is not None:
-            _fail(failed)
-        yield info
+    if wsgi_containers is not None:  # testcontainers' MySqlContainer, removed with the container session
+        yield from _started(wsgi_containers.start_mysql, lambda: None)
         return
     binary = find_mysqld(wsgi_settings.mysqld)
     if binary is None:
         pytest.fail("mariadbd/mysqld not found: apt-get install mariadb-server, or pass --wsgi-mysqld", False)
     server = LocalMySQL(binary, wsgi_run_dir / "mysql", ledger_path(wsgi_run_dir))
-    try:
-        info = server.start()
-    except ServiceError as exc:
-        server.stop()
-        _fail(exc)
-    yield info
-    server.stop()
+    yield from _started(server.start, server.stop)
 
 
 @pytest.fixture(scope="session")
@@ -263,9 +256,10 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
     from pytest_wsgi502.cellrun import run_cell
     from pytest_wsgi502.services import ServiceError
 
-    if (wsgi_cell.cpus or wsgi_cell.mem_limit) and request.getfixturevalue("wsgi_containers") is None:
+    in_containers = request.getfixturevalue("wsgi_containers") is not None
+    if (wsgi_cell.cpus or wsgi_cell.mem_limit) and not in_containers:
         pytest.skip(f"cell {wsgi_cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers")
-    if wsgi_cell.socket == "unix" and request.getfixturevalue("wsgi_containers") is not None:
+    if wsgi_cell.socket == "unix" and in_containers:
         pytest.skip(f"cell {wsgi_cell.name} uses a unix socket: local backend only (the proxy is on the host)")
     ctx = _context(request, wsgi_run_dir, wsgi_database)
     live = _progress(request, wsgi_cell.name)

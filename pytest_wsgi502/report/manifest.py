@@ -58,7 +58,7 @@ def program_version(binary: str) -> str | None:
         return None
     import re
 
-    m = re.search(r"\d+\.\d+(?:\.\d+)?", out.stdout + out.stderr)
+    m = re.search(r"\d+\.\d+(?:\.\d+){0,2}", out.stdout + out.stderr)  # 1.22.1, 2.0.25.1
     return m.group(0) if m else None
 
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_wsgi502.config.matrix import SERVER_VERSION
+from pytest_wsgi502.report.manifest import program_version
+from pytest_wsgi502.services.process import cache_dir
 
 BUILDABLE = ("uwsgi",)  # gunicorn is a Python package of this environment: pin it with pip instead
 
@@ -32,39 +34,23 @@ class BuildError(RuntimeError):
     """A pinned server could not be built; the message is one line saying what to do."""
 
 
-def cache_root() -> Path:
-    if explicit := os.environ.get("WSGI502_CACHE"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pytest-wsgi502"
-
-
 def pinned_dir(server: str, version: str) -> Path:
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}-{platform.machine()}"
-    return cache_root() / f"{server}-{version}-{tag}"
+    return cache_dir() / f"{server}-{version}-{tag}"
 
 
 def pinned_binary(server: str, version: str) -> Path:
     return pinned_dir(server, version) / "bin" / server
 
 
-def installed_version(binary: str) -> str:
-    """What ``uwsgi --version`` prints (e.g. ``2.0.25.1``), "" when it cannot run."""
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.strip().split()[0] if out.strip() else ""
-
-
-def ensure(server: str, version: str, default_binary: str | None, say: object = print) -> str:
+def ensure(server: str, version: str, default_binary: str | None, say: Callable[[str], None] | None = None) -> str:
     """The binary of ``server`` at ``version``: the default one if it is that release, else the cached
     build, built now if missing. Raises ``BuildError``."""
     if server not in BUILDABLE:
         raise BuildError(f"server_version is for {', '.join(BUILDABLE)} cells; pin {server} with pip instead")
     if not SERVER_VERSION.fullmatch(version):
         raise BuildError(f"server_version {version!r} is not a release number like 2.0.24")
-    if default_binary and installed_version(default_binary) == version:
+    if default_binary and program_version(default_binary) == version:
         return default_binary
     binary = pinned_binary(server, version)
     if binary.exists():
@@ -75,7 +61,7 @@ def ensure(server: str, version: str, default_binary: str | None, say: object = 
         fcntl.flock(lock, fcntl.LOCK_EX)  # another xdist worker may be building the same release
         if binary.exists():
             return str(binary)
-        if callable(say):
+        if say is not None:
             say(f"pytest-wsgi502: building {server} {version} for Python {platform.python_version()} into "
                 f"{target} (once; ~20 s)")
         _build(server, version, target)
@@ -98,7 +84,7 @@ def _build(server: str, version: str, target: Path) -> None:
             why = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "no output")
             raise BuildError(f"could not build {server} {version} with pip ({why[:200]}); it needs a C compiler "
                              "and this Python's headers (bash bin/dev installs them)")
-        got = installed_version(str(built))
+        got = program_version(str(built))
         if got != version:
             raise BuildError(f"pip built {server} {got or '?'} when asked for {version}")
         tmp.rename(target)  # atomic: a half-built directory is never found as a build

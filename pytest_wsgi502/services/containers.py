@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.services.mysql import MySQLInfo
-from pytest_wsgi502.services.process import ServiceError, _start_time, free_port
+from pytest_wsgi502.services.process import ServiceError, _start_time, cache_dir, free_port
 
 LABEL = "org.pytest-wsgi502.session"
 OWNER_LABEL = "org.pytest-wsgi502.owner"
@@ -52,11 +52,6 @@ SERVER_DISTS = ("django", "uwsgi", "gunicorn", "gevent", "pymysql", "mysqlclient
 _EXCLUDE_DIRS = {"__pycache__", ".git", ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache",
                  "node_modules"}
 _SESSIONS: list[ContainerSession] = []
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pytest-wsgi502"
 
 
 # --- labels and cleanup (pure over a docker-like client: tests pass a fake) -------------------------------------

@@ -37,6 +37,14 @@ def _pdeathsig() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def cache_dir() -> Path:
+    """Where builds are kept between sessions (wheels and images' inputs, pinned server releases):
+    ``$WSGI502_CACHE``, else ``$XDG_CACHE_HOME/pytest-wsgi502``, else ``~/.cache/pytest-wsgi502``."""
+    if explicit := os.environ.get("WSGI502_CACHE"):
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-wsgi502"
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """``n`` distinct free ports. All are held open together while choosing: asked one at a time, the kernel
     can hand out the same port twice (seen here: a proxy given its server's stats port)."""

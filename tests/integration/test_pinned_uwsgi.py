@@ -4,8 +4,8 @@ had no effect": it appeared in 2.0.29). The first test builds 2.0.24 into the ca
 
 import pytest
 
+from pytest_wsgi502.report.manifest import program_version
 from pytest_wsgi502.servers.base import binary_for
-from pytest_wsgi502.servers.versions import installed_version
 
 OLD = "2.0.24"
 
@@ -14,7 +14,7 @@ OLD = "2.0.24"
 def installed():
     binary = binary_for("uwsgi")
     assert binary, "uWSGI is a dependency of the test environment (bash bin/dev test installs it)"
-    version = installed_version(binary)
+    version = program_version(binary)
     assert version and version != OLD
     return version
 

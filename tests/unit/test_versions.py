@@ -50,7 +50,7 @@ def test_a_missing_release_is_built_once_and_announced(cache, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(versions.subprocess, "run", fake_run)
-    monkeypatch.setattr(versions, "installed_version", lambda b: "2.0.24")
+    monkeypatch.setattr(versions, "program_version", lambda b: "2.0.24")
     said = []
     binary = versions.ensure("uwsgi", "2.0.24", None, say=said.append)
     assert binary == str(versions.pinned_binary("uwsgi", "2.0.24"))
