@@ -17,7 +17,9 @@ reason and the server events around the request:
   timeout, reload-mercy, OOM) within the request's time span (plus 1 s of log slack).
 - ``recycle``: same, with a worker exiting on its own (max-requests, lifetime) instead.
 - ``keepalive_race``: reset or closed at once on a reused connection with no worker event nearby: the backend
-  had closed that idle keep-alive connection just as the proxy sent on it.
+  had closed that idle keep-alive connection just as the proxy sent on it. Only where reuse was possible: when
+  every upstream response said ``Connection: close`` (gunicorn's sync worker, ``add-header = Connection: close``)
+  the proxy never reused a connection, and such a failure stays ``unknown``.
 - ``timeout``: a 504 after the proxy's read timeout.
 - ``db``: not a 502 but a 500 the app answered because the database refused or failed (max_connections, a
   pool's limit): counted from the server's own log, one ``django.db.utils.OperationalError`` line per error.
@@ -40,6 +42,9 @@ EXIT_EVENTS = {"recycle", "lifetime", "exit", "died", "died_code", "worker_exit"
 # a worker exit this long before a refused connect counts as its cause: uWSGI's master reaps a dead worker when it
 # next wakes (about once a second), a lazy-apps worker then loads the app, and the queue still has to drain
 QUEUE_SLACK = 5.0
+# a worker's death is logged after the request it cut failed: uWSGI's master reaps once a second (seen 1.03 s
+# late), gunicorn's arbiter within its 1 s sleep; the harness stamps each line on arrival
+REAP_SLACK = 1.5
 _ERR = re.compile(r"\[(?:error|crit)\] \d+#\d+: \*(?P<conn>\d+) (?P<msg>.*?), client:")
 
 
@@ -81,7 +86,11 @@ def read_error_reasons(path: Path) -> dict[int, deque[str]]:
     return by_conn
 
 
-def classify(reason: str, status: int, start: float, end: float, events: Iterable[dict[str, Any]]) -> str:
+def classify(reason: str, status: int, start: float, end: float, events: Iterable[dict[str, Any]],
+             keepalive_reuse: bool = True) -> str:
+    """One failure's cause. ``keepalive_reuse``: whether the proxy could have reused an upstream connection at all
+    (False when every upstream response said ``Connection: close``): a cause whose precondition the run rules out
+    is never chosen."""
     if status == 504 or ("timed out" in reason and "while reading" in reason):
         return "timeout"
     if "Resource temporarily unavailable" in reason or ("timed out" in reason and "while connecting" in reason):
@@ -96,34 +105,61 @@ def classify(reason: str, status: int, start: float, end: float, events: Iterabl
     if "Connection refused" in reason or "(111:" in reason:
         return "server_down"
     if "prematurely closed" in reason or "reset by peer" in reason or "(104:" in reason:
-        near = [e for e in events if e.get("t") is not None and start - 1.0 <= e["t"] <= end + 1.0]
+        near = [e for e in events if e.get("t") is not None and start - 1.0 <= e["t"] <= end + REAP_SLACK]
         if any(e["kind"] in KILL_EVENTS for e in near):
             return "worker_killed"
         if any(e["kind"] in EXIT_EVENTS for e in near):
             return "recycle"
-        if end - start < 0.05:  # failed the moment it was sent: the connection was already closed
+        if end - start < 0.05 and keepalive_reuse:  # failed the moment it was sent: the connection was closed
             return "keepalive_race"
     return "unknown"
 
 
 def attribute(failures: list[Failure], reasons: dict[int, deque[str]],
-              events: list[dict[str, Any]]) -> dict[str, Any]:
+              events: list[dict[str, Any]], keepalive_reuse: bool = True) -> dict[str, Any]:
     """{"counts": {cause: n, ...}, "matches": [...first 50...]} for every 502/503/504 in ``failures``."""
     counts: Counter[str] = Counter({c: 0 for c in CAUSES})
     matches: list[dict[str, Any]] = []
     for f in failures:
         queue = reasons.get(f.conn)
         reason = queue.popleft() if queue else ""
-        cause = classify(reason, f.status, f.t - f.request_time, f.t, events)
+        cause = classify(reason, f.status, f.t - f.request_time, f.t, events, keepalive_reuse)
         counts[cause] += 1
         if len(matches) < 50:
             matches.append({"t": f.t, "status": f.status, "uri": f.uri, "cause": cause, "reason": reason[:200]})
     return {"counts": dict(counts), "matches": matches}
 
 
+def keepalive_reuse_possible(path: Path, since: float = 0.0) -> bool:
+    """Could the proxy have reused an upstream connection? nginx keeps an upstream connection only after a
+    response that did not say ``Connection: close``; the access log records that header (``upstream_connection``).
+    No record of it (an older log format): assume reuse was possible."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return True
+    seen = False
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("t", 0) < since or "upstream_connection" not in rec or not rec.get("upstream_status"):
+            continue
+        if rec.get("status") in (502, 503, 504):  # the proxy's own error: no upstream response to reuse after
+            continue
+        seen = True
+        if rec["upstream_connection"].strip().lower() != "close":
+            return True
+    return not seen
+
+
 def attribute_cell(workdir: Path, events: list[dict[str, Any]], since: float, http_500: int = 0) -> dict[str, Any]:
-    out = attribute(read_access_failures(workdir / "proxy-access.log", since),
-                    read_error_reasons(workdir / "proxy-error.log"), events)
+    access = workdir / "proxy-access.log"
+    reuse = keepalive_reuse_possible(access, since)
+    out = attribute(read_access_failures(access, since), read_error_reasons(workdir / "proxy-error.log"), events,
+                    keepalive_reuse=reuse)
+    out["keepalive_reuse"] = reuse
     # 500s the app answered because its database refused or failed (the server logged a DB error for each)
     db_errors = sum(1 for e in events if e.get("kind") == "db_error" and (e.get("t") or since) >= since)
     out["counts"]["db"] = min(http_500, db_errors)

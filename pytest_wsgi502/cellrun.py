@@ -52,6 +52,7 @@ class CellContext:
     django_settings: str | None = None
     strict: bool = False
     db_version: str = ""
+    db: Any = None  # the session's MySQLInfo: ``admin_connect()`` logs in as root with the session's password
     server_factory: Any = None  # containers backend: makes servers that run in containers (default: local)
     say: Any = None  # a one-line message to the terminal (a pinned server being built), or None
 
@@ -70,7 +71,11 @@ class CellContext:
             raise ServiceError(f"cell {cell.name}: {exc}") from None
 
 
-TELEMETRY_SLACK = 0.5  # server events up to this long after the load still count (then the harness stops it)
+# After the last response the server still has to report what happened near the end of the load: uWSGI's master
+# notices a dead worker on its next wake-up (about once a second; seen 1.03 s after the kill) and gunicorn's arbiter
+# within its 1 s sleep. The harness waits this long before it sends its own stop signal, then counts every event
+# the server logged before that signal (issue 12 item 7: the last kill of a run was lost with a 0.5 s window).
+REPORT_GRACE = {"uwsgi": 1.5, "gunicorn": 1.2}
 
 
 class _Sampler(threading.Thread):
@@ -140,6 +145,11 @@ class Target:
         self._sampler: _Sampler | None = None
         self._restore_max_connections: int | None = None
         self.stopped = False
+        self.stop_sent_at: float | None = None
+
+    def settle(self) -> None:
+        """Give the server the time it needs to log what happened at the end of the load (``REPORT_GRACE``)."""
+        time.sleep(REPORT_GRACE.get(self.cell.server, 1.5))
 
     @property
     def url(self) -> str:
@@ -167,20 +177,17 @@ class Target:
             self._sampler.stopped.set()
             self._sampler.join(5)
         self.proxy.stop()  # graceful: flushes the access log
+        self.stop_sent_at = time.time()  # server events logged after this are the harness's own stop
         self.server.stop()
         if self._restore_max_connections is not None:
             self._max_connections(self._restore_max_connections)
 
     def _max_connections(self, value: int) -> int:
         """Set MySQL's global max_connections (the session's private server); return the previous value."""
-        import pymysql
-
-        db = self.ctx.db_env
-        if db.get("WSGI502_DB_SOCKET"):
-            conn = pymysql.connect(unix_socket=db["WSGI502_DB_SOCKET"], user="root", connect_timeout=5)
-        else:  # containers backend: root over the published port
-            conn = pymysql.connect(host=db["WSGI502_DB_HOST"], port=int(db["WSGI502_DB_PORT"]), user="root",
-                                   password=db.get("WSGI502_DB_ROOT_PASSWORD", ""), connect_timeout=5)
+        if self.ctx.db is None or not hasattr(self.ctx.db, "admin_connect"):
+            raise ServiceError(f"cell {self.cell.name}: mysql_max_connections needs the session's MySQL "
+                               "(the wsgi_mysql fixture), which this run does not have")
+        conn = self.ctx.db.admin_connect(timeout=5)  # root with the session's random password, never logged
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT @@GLOBAL.max_connections")
@@ -205,6 +212,7 @@ class Target:
         """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
         since = time.time()
         load = run_load(spec, verify=verify, progress=progress)
+        self.settle()  # the server reports the end of the load; the proxy flushes its access log (flush=1s)
         return self.result(load, since, slos, spec)
 
     def rendered(self) -> dict[str, Any]:
@@ -234,7 +242,10 @@ class Target:
         result["generator_bound"] = load["generator_bound"]
         result["generator_bound_reason"] = load["generator_bound_reason"]
         result["aborted"] = load["aborted"]
-        telemetry = self.server.telemetry(until=load["stats"].ended + TELEMETRY_SLACK)
+        # every event the server logged before the harness's own stop signal (or until now, while it still runs)
+        until = self.stop_sent_at or time.time()
+        telemetry = self.server.telemetry(until=until)
+        telemetry["until"] = until
         result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
         result["telemetry"] = telemetry
         result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),
@@ -242,6 +253,7 @@ class Target:
         attributed = attribute_cell(self.dir, telemetry.get("events", []), since,
                                     http_500=int(result["status_counts"].get("500", 0)))
         result["attribution"], result["attribution_matches"] = attributed["counts"], attributed["matches"]
+        result["attribution_keepalive_reuse"] = attributed["keepalive_reuse"]  # False: no keepalive_race possible
         result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
         from pytest_wsgi502.report.manifest import program_version
 
@@ -253,13 +265,39 @@ class Target:
                            "proxy": self.proxy.port}
         if hasattr(self.server, "describe"):  # containers backend: image, limits, engine
             result["container"] = self.server.describe()
-        result["slo"] = verdict = slo_mod.verdict(slos, result)
-        # a run the engine could not drive, or that ended early, says nothing about the server: never a pass
-        for flag, why in (("generator_bound", result["generator_bound_reason"]), ("aborted", result["aborted"])):
-            if result[flag]:
-                verdict["passed"] = False
-                verdict["failures"].append(f"{flag}: {why}")
+        result["slo"] = slo_mod.verdict(slos, result)
+        judge(result, load.get("engine_error"))
         return result
+
+
+OUTCOMES = ("pass", "fail", "invalid")  # a cell's outcome, the same word in the table, the JSON and pytest
+
+
+def invalid_reasons(result: dict[str, Any], engine_error: str | None = None) -> list[str]:
+    """Why a run says nothing about the server (never a pass): nothing answered, the engine failed or was the
+    bottleneck, or the load ended early."""
+    reasons = []
+    if engine_error:
+        reasons.append(f"engine_error: {engine_error}")
+    if not result.get("responses"):
+        sent = int(result.get("requests") or 0)
+        reasons.append(f"no_responses: {sent} request(s) sent, 0 responses received" if sent else
+                       "no_responses: no request was sent")
+    for flag, why in (("generator_bound", result.get("generator_bound_reason")), ("aborted", result.get("aborted"))):
+        if result.get(flag):
+            reasons.append(f"{flag}: {why}")
+    return reasons
+
+
+def judge(result: dict[str, Any], engine_error: str | None = None) -> None:
+    """Set ``result["slo"]["outcome"]``: ``invalid`` (with its reasons, listed as failures too) beats the SLOs."""
+    verdict = result["slo"]
+    reasons = invalid_reasons(result, engine_error)
+    verdict["invalid"] = reasons
+    if reasons:
+        verdict["passed"] = False
+        verdict["failures"].extend(r for r in reasons if r not in verdict["failures"])
+    verdict["outcome"] = "invalid" if reasons else ("pass" if verdict["passed"] else "fail")
 
 
 def effective_slos(*layers: Any) -> list[slo_mod.SLO]:
@@ -299,6 +337,7 @@ def run_cell(
         since = time.time()
         spec = load_spec(cell, ctx, target.url)
         load = run_load(spec, progress=progress)
+        target.settle()
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
     result = target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos), spec)
@@ -337,6 +376,9 @@ ALLOWED_HOSTS = [*globals().get("ALLOWED_HOSTS", []), "127.0.0.1", "localhost"]
 def django_overlay(run_dir: Path, module: str, env: dict[str, str]) -> dict[str, str]:
     """Write a settings module that imports the user's and points DATABASES at our MySQL; return the env that
     makes Django (servers and the setup command) use it. The user's files stay untouched."""
+    from pytest_wsgi502.config.values import dotted
+
+    module = dotted(module, "--wsgi-django-settings")  # pasted into Python source below: a dotted name only
     overlay = run_dir / "django-overlay"
     overlay.mkdir(exist_ok=True)
     (overlay / "wsgi502_settings.py").write_text(_OVERLAY.format(module=module))

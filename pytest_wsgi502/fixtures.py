@@ -159,11 +159,18 @@ class Result(dict[str, Any]):
     def passed(self) -> bool:
         return bool(self["slo"]["passed"])
 
+    @property
+    def outcome(self) -> str:
+        """``pass``, ``fail`` (an SLO breached) or ``invalid`` (the run says nothing about the server)."""
+        return str(self["slo"].get("outcome") or ("pass" if self.passed else "fail"))
+
     def assert_slo(self) -> None:
-        """Fail the test with one line per breached SLO: the SLO, the measured value, the limit."""
+        """Fail the test with one line per breached SLO: the SLO, the measured value, the limit; an invalid run
+        fails with the reasons it is invalid."""
         if not self.passed:
             lines = "\n".join("  " + f for f in self["slo"]["failures"])
-            pytest.fail(f"cell {self['name']}: SLO breached\n{lines}", pytrace=False)
+            what = "invalid run" if self.outcome == "invalid" else "SLO breached"
+            pytest.fail(f"cell {self['name']}: {what}\n{lines}", pytrace=False)
 
 
 @dataclass
@@ -196,7 +203,7 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> An
         max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
         session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
-        django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""),
+        django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""), db=database,
         server_factory=_server_factory(request), say=_progress(request, "").say,
     )
 
@@ -282,13 +289,14 @@ def _as_cell(config: Any, state: Any, overrides: dict[str, Any]) -> Cell:
     import dataclasses
 
     from pytest_wsgi502.config.matrix import expand
+    from pytest_wsgi502.config.values import ConfigError, shown
 
     if isinstance(config, Cell):
         return dataclasses.replace(config, **overrides) if overrides else config
     if isinstance(config, str):
         by_name = {c.name: c for c in state.cells}
         if config not in by_name:
-            raise pytest.UsageError(f"wsgi_server: no cell {config!r} in the matrix; known: {', '.join(by_name)}")
+            raise ConfigError(f"wsgi_server: no cell {shown(config)} in the matrix; known: {', '.join(by_name)}")
         return dataclasses.replace(by_name[config], **overrides) if overrides else by_name[config]
     table = {**dict(config or {}), **overrides}
     name = table.pop("name", None) or "-".join(
@@ -310,7 +318,10 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir
     started: list[Target] = []
 
     def start(config: Any = None, **overrides: Any) -> Target:
-        cell = _as_cell(config, state, overrides)
+        try:
+            cell = _as_cell(config, state, overrides)
+        except (ValueError, TypeError) as exc:  # ConfigError: a bad key or value, one line
+            _fail(exc)
         if cell.server not in ctx.server_binaries and ctx.server_factory is None:  # containers bring their own
             pytest.fail(f"{cell.server} is not installed: pip install 'pytest-wsgi502[servers]'", pytrace=False)
         try:
@@ -326,6 +337,36 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir
         target.stop()
 
 
+# What a test may set through ``wsgi_load(...)``: the load profile. Not the target (``base_url``: load goes to the
+# target's own proxy) and not ``allow_remote``: opting out of loopback is never a side effect of a keyword here.
+PROFILE_KEYS = ("mode", "rate", "start_rate", "concurrency", "duration", "max_requests", "think_time", "processes",
+                "path", "mix", "n_max", "verify_contains", "timeout", "drain", "seed", "headers")
+
+
+def _profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """The ``wsgi_load`` keyword arguments as LoadSpec fields: known keys only, mix entries as Endpoints."""
+    from pytest_wsgi502.config.values import ConfigError
+    from pytest_wsgi502.load.engine import Endpoint
+
+    unknown = sorted(set(profile) - set(PROFILE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown profile key(s) {', '.join(map(repr, unknown))}; known: {', '.join(PROFILE_KEYS)}")
+    out = dict(profile)
+    if "mix" in out:
+        fields = {"path", "weight", "verify_contains", "method"}
+        mix = []
+        for m in out["mix"]:
+            if not isinstance(m, Endpoint):
+                if not isinstance(m, dict) or set(m) - fields or "path" not in m:
+                    raise ConfigError(f"each mix entry is a dict with path and optionally {', '.join(sorted(fields))}")
+                m = Endpoint(**m)
+            mix.append(m)
+        out["mix"] = tuple(mix)
+    if "headers" in out:
+        out["headers"] = dict(out["headers"])
+    return out
+
+
 @pytest.fixture
 def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Any:
     """Factory: ``wsgi_load(target, rate=300, mode="open", duration=10, slo=["p99<200ms"])`` drives load through
@@ -337,22 +378,13 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> An
     from pytest_wsgi502.cellrun import effective_slos, load_spec
 
     def load(target: Any, *, slo: Any = (), verify: Any = None, **profile: Any) -> Result:
-        spec = load_spec(target.cell, target.ctx, target.url)
-        known = {f.name for f in dataclasses.fields(spec)}
-        unknown = sorted(set(profile) - known)
-        if unknown:
-            raise pytest.UsageError(f"wsgi_load: unknown profile key(s) {', '.join(unknown)}; known: {sorted(known)}")
-        if "mix" in profile:
-            from pytest_wsgi502.load.engine import Endpoint
-
-            profile["mix"] = tuple(m if isinstance(m, Endpoint) else Endpoint(**m) for m in profile["mix"])
-        spec = dataclasses.replace(spec, **profile)
         try:
+            spec = dataclasses.replace(load_spec(target.cell, target.ctx, target.url), **_profile(profile))
             spec.validate()
-        except ValueError as exc:
-            raise pytest.UsageError(f"wsgi_load: {exc}") from None
-        slos = effective_slos(target.cell.slo, target.ctx.session_slos, _marker_slos(request),
-                              [slo] if isinstance(slo, str) else slo)
+            slos = effective_slos(target.cell.slo, target.ctx.session_slos, _marker_slos(request),
+                                  [slo] if isinstance(slo, str) else slo)
+        except (ValueError, TypeError) as exc:  # a bad profile fails this test with one line, no traceback
+            _fail(ValueError(f"wsgi_load: {exc}"))
         live = _progress(request, target.cell.name)
         try:
             result = Result(target.measure(spec, slos, verify, progress=live.callback))

@@ -23,8 +23,14 @@ def row(r: dict[str, Any]) -> list[str]:
         str(err.get("reset", 0)), str(err.get("timeout", 0)), str(err.get("verify", 0)),
         f"{r['error_rate']:.2e}" if r["error_rate"] else "0", _bound(r), _ms(lat.get("p50")), _ms(lat.get("p95")),
         _ms(lat.get("p99")), _ms(lat.get("max")), f"{r['rps']:.0f}", str(r.get("respawns", "-")),
-        str(r.get("kills", "-")), causes(r.get("attribution") or {}), "pass" if r["slo"]["passed"] else "FAIL",
+        str(r.get("kills", "-")), causes(r.get("attribution") or {}), outcome(r),
     ]
+
+
+def outcome(r: dict[str, Any]) -> str:
+    """The cell's outcome as the table shows it: pass, FAIL (an SLO breached) or INVALID (says nothing)."""
+    word = r["slo"].get("outcome") or ("pass" if r["slo"]["passed"] else "fail")
+    return word if word == "pass" else word.upper()
 
 
 def _bound(r: dict[str, Any]) -> str:
@@ -56,8 +62,12 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
     lines += [fmt(x) for x in rows[1:]]
     lines.append("<95%: the error rate's upper bound at 95 % confidence (0 errors in n requests: ~3/n)")
     for r in results:
+        invalid = r["slo"].get("invalid") or []
+        for reason in invalid:
+            lines.append(f"{r['name']}: INVALID run: {reason}")
         for failure in r["slo"]["failures"]:
-            lines.append(f"{r['name']}: SLO breached: {failure}")
+            if failure not in invalid:
+                lines.append(f"{r['name']}: SLO breached: {failure}")
     return lines
 
 
@@ -68,7 +78,7 @@ def render_markdown(results: Sequence[dict[str, Any]], compare_lines: Sequence[s
     for r in results:
         cells = [c.replace("|", "\\|") for c in row(r)]
         if not r["slo"]["passed"]:
-            cells[-1] = "**FAIL**"
+            cells[-1] = f"**{outcome(r)}**"
         out.append("| " + " | ".join(cells) + " |")
     failures = [f"- `{r['name']}`: {f}" for r in results for f in r["slo"]["failures"]]
     if failures:

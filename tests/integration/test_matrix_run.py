@@ -6,8 +6,6 @@ import socket
 
 import pytest
 
-from pytest_wsgi502.cellrun import TELEMETRY_SLACK
-
 from .conftest import processes_under, wait_gone
 
 
@@ -48,9 +46,10 @@ server = "gunicorn"
     cells = matrix.cells()
 
     def lines(cell: str, pattern: str) -> int:
-        """Lines of the server's own log that match, up to the end of the load (the harness stamps each line
-        with its arrival time; what the server does while being stopped is not counted)."""
-        until = cells[cell]["ended_at"] + TELEMETRY_SLACK
+        """Lines of the server's own log that match, up to the harness's own stop signal (the harness stamps each
+        line with its arrival time; what the server does while being stopped is not counted)."""
+        until = cells[cell]["telemetry"]["until"]
+        assert cells[cell]["ended_at"] < until  # the server had time to report the end of the load
         log = (matrix.cell_dir(cell) / "server.log").read_text().splitlines()
         return sum(1 for line in log if re.search(pattern, line) and float(line.split()[0]) <= until)
 
