@@ -130,10 +130,19 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[str]],
     return {"counts": dict(counts), "matches": matches}
 
 
+def reusable(rec: dict[str, Any]) -> bool:
+    """Would nginx keep the upstream connection after this response? Only when the response did not say
+    ``Connection: close`` and its end was known without the connection closing (a Content-Length or chunked
+    body). uWSGI's http-socket answers without either unless the app sets Content-Length, then closes."""
+    if str(rec.get("upstream_connection", "")).strip().lower() == "close":
+        return False
+    te = str(rec.get("upstream_transfer_encoding", "")).lower()
+    return bool(str(rec.get("upstream_content_length", "")).strip()) or "chunked" in te
+
+
 def keepalive_reuse_possible(path: Path, since: float = 0.0) -> bool:
-    """Could the proxy have reused an upstream connection? nginx keeps an upstream connection only after a
-    response that did not say ``Connection: close``; the access log records that header (``upstream_connection``).
-    No record of it (an older log format): assume reuse was possible."""
+    """Could the proxy have reused an upstream connection in this run? Only after a ``reusable`` response; the
+    access log records the headers that decide it. No record of them (an older log format): assume it could."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -149,7 +158,7 @@ def keepalive_reuse_possible(path: Path, since: float = 0.0) -> bool:
         if rec.get("status") in (502, 503, 504):  # the proxy's own error: no upstream response to reuse after
             continue
         seen = True
-        if rec["upstream_connection"].strip().lower() != "close":
+        if reusable(rec):
             return True
     return not seen
 

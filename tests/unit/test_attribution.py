@@ -62,16 +62,28 @@ def test_keepalive_race_needs_a_reusable_upstream_connection():
     assert out["counts"]["keepalive_race"] == 0 and out["counts"]["unknown"] == 1
 
 
-def test_reuse_is_read_from_the_upstream_connection_header(tmp_path):
+def test_reuse_is_read_from_the_upstream_response_headers(tmp_path):
+    import json
+
     from pytest_wsgi502.attribution import keepalive_reuse_possible
 
     log = tmp_path / "a.log"
-    rec = '{{"t":{t},"status":{s},"upstream_status":"{u}","upstream_connection":"{c}"}}\n'
-    log.write_text(rec.format(t=1, s=200, u=200, c="close") + rec.format(t=2, s=502, u=502, c=""))
-    assert keepalive_reuse_possible(log) is False  # the 502's empty header is the failure, not a reused response
-    log.write_text(rec.format(t=1, s=200, u=200, c="close") + rec.format(t=2, s=200, u=200, c="keep-alive"))
+
+    def write(*recs):  # (t, status, Connection, Content-Length, Transfer-Encoding) of each upstream response
+        log.write_text("".join(json.dumps({"t": t, "status": s, "upstream_status": str(s), "upstream_connection": c,
+                                           "upstream_content_length": n, "upstream_transfer_encoding": te}) + "\n"
+                               for t, s, c, n, te in recs))
+
+    write((1, 200, "close", "2", ""), (2, 502, "", "", ""))
+    assert keepalive_reuse_possible(log) is False  # the 502 is the proxy's own answer, not a reusable response
+    write((1, 200, "", "", ""))  # uWSGI's http-socket without Content-Length: the body ends when it closes
+    assert keepalive_reuse_possible(log) is False
+    write((1, 200, "close", "2", ""), (2, 200, "", "2", ""))
     assert keepalive_reuse_possible(log) is True
-    assert keepalive_reuse_possible(log, since=1.5) is True and keepalive_reuse_possible(tmp_path / "none") is True
+    write((1, 200, "keep-alive", "", "chunked"))
+    assert keepalive_reuse_possible(log) is True
+    assert keepalive_reuse_possible(log, since=1.5) is True  # nothing seen: not ruled out
+    assert keepalive_reuse_possible(tmp_path / "none") is True
     log.write_text('{"t":1,"status":200,"upstream_status":"200"}\n')  # an older log format: not ruled out
     assert keepalive_reuse_possible(log) is True
 
