@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from pytest_wsgi502.config import values
+from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.load.transport import FastTransport, serialize
 from pytest_wsgi502.metrics.stats import Stats, new_histogram
 
@@ -42,14 +44,25 @@ DEAD_TARGET_S = 2.0  # no success and only refused connects for this long: the t
 
 @dataclass(frozen=True)
 class Endpoint:
-    path: str  # may contain {n}: a random integer in 1..n_max per request
+    path: str  # origin-form (``/a?b=1``); may contain {n}: a random integer in 1..n_max per request
     weight: float = 1.0
     verify_contains: str = ""  # a 2xx whose body lacks this (after {n} substitution) is a "verify" error
     method: str = "GET"
 
 
+# set by the engine from the target URL and the body; a user value would break the framing or the target's name
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+
+
 @dataclass(frozen=True)
 class LoadSpec:
+    """One load profile. ``validate()`` checks every field (``ConfigError``, one line) before anything is sent.
+
+    ``allow_remote`` is the one switch that lets load leave this machine: without it the base URL's host must
+    resolve only to loopback addresses (127.0.0.0/8, ::1), and the engine connects to the address it checked.
+    Paths are origin-form, so no path, mix entry or request URL can name another host. The plugin's
+    ``wsgi_load(...)`` fixture never passes ``base_url`` or ``allow_remote`` from a test."""
+
     base_url: str
     path: str = "/"  # the single endpoint, unless ``mix`` is given
     n_max: int = 1000
@@ -65,24 +78,58 @@ class LoadSpec:
     timeout: float = 65.0
     drain: float = 10.0  # after the deadline, wait this long for in-flight requests, then count them as timeouts
     processes: int = 1
-    allow_remote: bool = False
+    allow_remote: bool = False  # the documented opt-out of the loopback guard (see the class docstring)
     seed: int = 0
     headers: dict[str, str] = field(default_factory=dict)
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self.mix or (Endpoint(self.path, 1.0, self.verify_contains),)
 
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"load mode {self.mode!r} unknown; choose one of {', '.join(MODES)}")
+    def validate(self, share: bool = False) -> None:
+        """Every field finite, bounded and of its type; paths origin-form; methods and headers tokens/text.
+        ``share``: this is one process's part (``share()``), whose connections are split but not its processes."""
+        base_url_parts(self.base_url)
+        if not isinstance(self.mode, str) or self.mode not in MODES:
+            raise ConfigError(f"load mode {values.shown(self.mode)} unknown; choose one of {', '.join(MODES)}")
+        for name, lo, hi in (("concurrency", 1, values.MAX_CONCURRENCY), ("processes", 1, values.MAX_CONCURRENCY),
+                             ("max_requests", 1, values.MAX_COUNT), ("n_max", 1, values.MAX_COUNT)):
+            values.number(getattr(self, name), name, lo, hi, integer=True)
+        values.number(self.seed, "seed", -(2**62), 2**62, integer=True)
+        values.number(self.rate, "rate", 0, values.MAX_RATE)
+        values.number(self.start_rate, "start_rate", 0, values.MAX_RATE)
+        values.number(self.duration, "duration", 0.001, values.DAY)
+        values.number(self.timeout, "timeout", 0.001, values.DAY)
+        values.number(self.think_time, "think_time", 0, values.DAY)
+        values.number(self.drain, "drain", 0, values.DAY)
         if self.mode in ("open", "ramp") and self.rate <= 0:
-            raise ValueError(f"{self.mode} load needs a rate > 0 (requests per second)")
-        if self.concurrency < 1 or self.processes < 1 or self.duration <= 0 or self.max_requests < 1:
-            raise ValueError("concurrency, processes, duration and max_requests must be > 0")
-        if self.processes > self.concurrency:
-            raise ValueError(f"{self.processes} processes need at least as many connections (got {self.concurrency})")
-        if any(e.weight <= 0 for e in self.endpoints()):
-            raise ValueError("every endpoint of the mix needs a weight > 0")
+            raise ConfigError(f"{self.mode} load needs a rate > 0 (requests per second)")
+        if self.processes > self.concurrency and not share:
+            raise ConfigError(f"{self.processes} processes need at least as many connections "
+                              f"(got {self.concurrency})")
+        if not isinstance(self.allow_remote, bool):
+            raise ConfigError(f"allow_remote must be True or False, got {values.shown(self.allow_remote)}")
+        if not isinstance(self.headers, dict):
+            raise ConfigError(f"headers must be a dict of name: value, got {values.shown(self.headers)}")
+        for name, value in self.headers.items():
+            values.header(name, value, "header")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ConfigError(f"header {name} is set by the engine (from the target URL and the body); "
+                                  "leave it out")
+        if not isinstance(self.mix, tuple | list):
+            raise ConfigError(f"mix must be a sequence of endpoints, got {values.shown(self.mix)}")
+        if self.mix:
+            for i, e in enumerate(self.mix):
+                if not isinstance(e, Endpoint):
+                    raise ConfigError(f"mix[{i}] must be an Endpoint, got {values.shown(e)}")
+        else:
+            _path(self.path, "path")
+            _text(self.verify_contains, "verify_contains")
+        for i, e in enumerate(self.mix):
+            _path(e.path, f"mix[{i}].path")
+            values.number(e.weight, f"mix[{i}].weight", 0, 1e9,
+                          lo_open=True)
+            values.method(e.method, f"mix[{i}].method")
+            _text(e.verify_contains, f"mix[{i}].verify_contains")
 
     def share(self, p: int) -> LoadSpec:
         """This spec's part for engine process ``p`` of ``processes`` (connections, rate and budget split)."""
@@ -92,23 +139,95 @@ class LoadSpec:
                        seed=self.seed * 1000 + p)
 
 
-class RemoteTargetError(ValueError):
-    pass
+def _path(value: Any, what: str) -> None:
+    """Origin-form, and sent as written: httpx would resolve ``.``/``..`` segments (``/..//x`` becomes ``//x``)."""
+    values.origin_form(value, what)
+    if any(seg in (".", "..") for seg in value.split("?", 1)[0].split("/")):
+        raise ConfigError(f"{what} must not contain '.' or '..' segments (they would be rewritten); write the path "
+                          f"they stand for, got {values.shown(value)}")
+
+
+def _text(value: Any, what: str) -> None:
+    if not isinstance(value, str) or len(value) > 8000:
+        raise ConfigError(f"{what} must be a string of at most 8000 characters, got {values.shown(value)}")
+
+
+def base_url_parts(base_url: Any) -> tuple[str, str, int]:
+    """(scheme, host, port) of a load target URL: ``http(s)://host[:port]`` with at most a ``/`` path (the request
+    path is ``path``/``mix``), no user info, query or fragment."""
+    values.single_line(base_url, "base_url")
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ConfigError(f"base_url {values.shown(base_url)} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"base_url must be http://host:port, got {values.shown(base_url)}")
+    if url.userinfo or url.query or url.fragment or url.raw_path not in (b"", b"/") or "?" in base_url:
+        raise ConfigError(f"base_url must be scheme://host:port only (the request path goes in path or mix), "
+                          f"got {values.shown(base_url)}")
+    return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
+
+
+class RemoteTargetError(ConfigError):
+    """The load target is (or resolves to) another machine and ``allow_remote`` is not set."""
+
+
+@dataclass(frozen=True)
+class ConnectTarget:
+    """Where the engine connects: the base URL's host resolved once, every address checked (loopback only unless
+    ``allow_remote``). The transport connects to ``addresses``, never to a name, so what was checked is what is
+    reached; the Host header keeps the original name."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+AddrInfo = Sequence[tuple[Any, ...]]
+
+
+def _target(base_url: str, host: str, port: int, infos: AddrInfo, allow_remote: bool) -> ConnectTarget:
+    addrs = tuple(dict.fromkeys(str(info[4][0]) for info in infos))  # resolver order, duplicates dropped
+    if not addrs:
+        raise RemoteTargetError(f"load target host {values.shown(host)} resolves to no address")
+    if not allow_remote:
+        remote = [a for a in addrs if not ipaddress.ip_address(a.split("%")[0]).is_loopback]
+        if remote:
+            raise RemoteTargetError(
+                f"load target {values.shown(base_url)} resolves to non-loopback {', '.join(sorted(remote))}; "
+                "load only goes to this machine unless LoadSpec(allow_remote=True)")
+    return ConnectTarget(host, port, addrs)
+
+
+def resolve_target(base_url: str, allow_remote: bool = False) -> ConnectTarget:
+    """Resolve the base URL's host once (``socket.getaddrinfo``) and check every address."""
+    _, host, port = base_url_parts(base_url)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise RemoteTargetError(f"cannot resolve load target host {values.shown(host)}: {exc}") from None
+    return _target(base_url, host, port, infos, allow_remote)
+
+
+async def resolve_target_async(base_url: str, allow_remote: bool = False) -> ConnectTarget:
+    """``resolve_target`` through the running loop's resolver."""
+    _, host, port = base_url_parts(base_url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise RemoteTargetError(f"cannot resolve load target host {values.shown(host)}: {exc}") from None
+    return _target(base_url, host, port, infos, allow_remote)
 
 
 def check_loopback(url: str) -> None:
-    """Load is only ever aimed at this machine unless the caller opts in explicitly."""
-    host = httpx.URL(url).host
-    try:
-        addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror as exc:
-        raise RemoteTargetError(f"cannot resolve load target host {host!r}: {exc}") from None
-    remote = [a for a in addrs if not ipaddress.ip_address(str(a).split("%")[0]).is_loopback]
-    if remote:
-        raise RemoteTargetError(
-            f"load target {url} resolves to non-loopback {', '.join(sorted(remote))}; "
-            "pass allow_remote=True to aim load at another machine"
-        )
+    """Load is only ever aimed at this machine unless the caller opts in explicitly (``allow_remote``)."""
+    resolve_target(url)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (newlines escaped), shortened: safe for a report line."""
+    text = f"{type(exc).__name__}: {exc}".replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def classify(exc: BaseException) -> str:
@@ -126,7 +245,10 @@ def slot_time(i: int, spec: LoadSpec) -> float:
     if spec.mode == "open" or spec.start_rate == spec.rate:
         return i / spec.rate
     r0, a = spec.start_rate, (spec.rate - spec.start_rate) / spec.duration
-    return (-r0 + math.sqrt(r0 * r0 + 2 * a * i)) / a
+    disc = r0 * r0 + 2 * a * i
+    if disc < 0:  # a falling ramp never reaches slot i (it would need the rate to go below 0): never due
+        return math.inf
+    return (-r0 + math.sqrt(disc)) / a
 
 
 class _Templates:
@@ -134,6 +256,7 @@ class _Templates:
 
     def __init__(self, spec: LoadSpec) -> None:
         self.base = httpx.URL(spec.base_url)
+        self.origin = (self.base.scheme, self.base.host, self.base.port)
         self.endpoints = spec.endpoints()
         self.n_max, self.headers = spec.n_max, spec.headers
         total = sum(e.weight for e in self.endpoints)
@@ -149,7 +272,11 @@ class _Templates:
         n = rng.randint(1, self.n_max) if "{n}" in ep.path or "{n}" in ep.verify_contains else 0
         hit = self._cache.get((e, n))
         if hit is None:
-            req = httpx.Request(ep.method, self.base.join(ep.path.replace("{n}", str(n))), headers=self.headers)
+            # the validated base with the origin-form path, verbatim (no join: it resolves dot segments)
+            url = self.base.copy_with(raw_path=ep.path.replace("{n}", str(n)).encode("ascii"))
+            if (url.scheme, url.host, url.port) != self.origin:  # cannot happen to an origin-form path
+                raise ConfigError(f"request path {values.shown(ep.path)} leaves the target {self.base}")
+            req = httpx.Request(ep.method, url, headers=self.headers)
             hit = self._cache[(e, n)] = (req, serialize(req), ep.verify_contains.replace("{n}", str(n)).encode())
         return hit
 
@@ -165,12 +292,19 @@ class _Run:
         self.deadline = self.t0 + spec.duration
         self.budget = spec.max_requests
         self.abort_reason: str | None = None
+        self.engine_error: str | None = None  # the first failure of the engine itself (a task that died)
         self.last_ok = self.t0
         self.send_lag = new_histogram(2)  # open/ramp: how late the engine sent, beyond waiting for the server
         self.spin_s = 0.0  # wall time spent yield-spinning to exact send times (not work)
 
     def going(self) -> bool:
-        return self.budget > 0 and self.abort_reason is None and self.clock() < self.deadline
+        return self.budget > 0 and self.abort_reason is None and self.engine_error is None and \
+            self.clock() < self.deadline
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        """The engine (not the target) failed: the first reason ends the run and is reported."""
+        if self.engine_error is None:
+            self.engine_error = f"{what}: {one_line(exc)}"
 
     def done(self, status: int | None, start: float, end: float, error: str | None) -> None:
         self.stats.record(status, end - start, self.wall0 + end - self.t0, error)
@@ -215,6 +349,8 @@ async def _connection(run: _Run, templates: _Templates, transport: httpx.AsyncBa
                     # uvloop's timers tick in whole milliseconds: wake up to 1 ms early, then yield to the loop
                     # until due. Costs at most rate x 1 ms of CPU a second (30 % at 300 req/s, less when busy).
                     await asyncio.sleep(wait - 0.001)
+                if run.budget <= 0 or run.abort_reason or run.engine_error:  # ended while this one waited
+                    break
                 spin_from = clock()
                 while clock() < intended:
                     await asyncio.sleep(0)
@@ -236,8 +372,13 @@ async def _connection(run: _Run, templates: _Templates, transport: httpx.AsyncBa
             run.done(status, measure_from, prev_end, error)
             if spec.think_time and not open_loop:
                 await asyncio.sleep(spec.think_time)
+    except Exception as exc:  # the scheduling code itself (slot_time, send_lag, templates.pick, ...): not data
+        run.fail(f"connection task {k} died", exc)
     finally:
-        await transport.aclose()
+        try:
+            await transport.aclose()
+        except Exception as exc:
+            run.fail(f"connection task {k} could not close its transport", exc)
 
 
 async def _lag_probe(run: _Run, lag: Any) -> None:
@@ -270,24 +411,48 @@ async def drive(
     process: int = 0,
     progress: Progress | None = None,
     progress_every: float = 1.0,
+    target: ConnectTarget | None = None,
 ) -> tuple[Stats, dict[str, Any]]:
-    """Run ``spec`` (one process's share) on the running loop. Returns stats and the engine's self-report."""
-    spec.validate()
-    if not spec.allow_remote:
-        check_loopback(spec.base_url)
-    factory = transport_factory or (lambda: FastTransport(timeout=spec.timeout))
+    """Run ``spec`` (one process's share) on the running loop. Returns stats and the engine's self-report.
+
+    ``target``: where to connect (``run`` resolves once for all processes); resolved here when not given. The
+    default transport connects only to ``target.addresses``. A custom ``transport_factory`` is the caller's code:
+    it gets requests whose URL is the validated base URL plus an origin-form path."""
+    spec.validate(share=spec.processes > 1)
+    if target is None:
+        target = await resolve_target_async(spec.base_url, spec.allow_remote)
+    elif not spec.allow_remote:  # a target resolved elsewhere is still checked here
+        _target(spec.base_url, target.host, target.port, [(0, 0, 0, "", (a, 0)) for a in target.addresses], False)
+    if transport_factory is None:
+        if httpx.URL(spec.base_url).scheme != "http":
+            raise ConfigError("the built-in transport speaks plain HTTP; pass a transport_factory for https")
+        pinned = target
+        factory: Callable[[], httpx.AsyncBaseTransport] = lambda: FastTransport(  # noqa: E731
+            timeout=spec.timeout, addresses=pinned.addresses, port=pinned.port)
+    else:
+        factory = transport_factory
     templates = _Templates(spec)
     run = _Run(spec, clock)
     lag = new_histogram(2)
     probe = asyncio.ensure_future(_lag_probe(run, lag))
     ticker = asyncio.ensure_future(_progress(run, progress, progress_every)) if progress else None
     cpu0 = time.process_time()
-    tasks = [asyncio.ensure_future(_connection(run, templates, factory(), verify, k, process))
-             for k in range(spec.concurrency)]
-    _, pending = await asyncio.wait(tasks, timeout=spec.duration + spec.drain)
+    tasks = []
+    try:
+        for k in range(spec.concurrency):
+            tasks.append(asyncio.ensure_future(_connection(run, templates, factory(), verify, k, process)))
+    except Exception as exc:  # a transport factory that fails: the tasks already started end at once
+        run.fail(f"transport_factory failed for connection {len(tasks)}", exc)
+    done, pending = await asyncio.wait(tasks, timeout=spec.duration + spec.drain) if tasks else (set(), set())
+    for k, task in enumerate(tasks):  # a task can only die here through a bug; never let it pass unseen
+        if task in done and not task.cancelled() and task.exception() is not None:
+            run.fail(f"connection task {k} died", task.exception())  # type: ignore[arg-type]
     for _ in pending:  # stuck past the drain window: a timeout, counted, then cancelled
         run.stats.record(None, 0.0, time.time(), "timeout")
     helpers = [t for t in (probe, ticker) if t is not None]
+    for name, helper in (("event-loop lag probe", probe), ("progress reporter", ticker)):
+        if helper is not None and helper.done() and not helper.cancelled() and helper.exception() is not None:
+            run.fail(f"{name} died", helper.exception())  # type: ignore[arg-type]
     for task in (*pending, *helpers):
         task.cancel()
     await asyncio.gather(*pending, *helpers, return_exceptions=True)
@@ -298,6 +463,7 @@ async def drive(
         "loop_lag_p99_ms": lag.get_value_at_percentile(99) / 1000 if lag.get_total_count() else 0.0,
         "send_lag_p99_ms": run.send_lag.get_value_at_percentile(99) / 1000 if run.send_lag.get_total_count() else None,
         "aborted": run.abort_reason,
+        "engine_error": run.engine_error,
         "cpu_s": time.process_time() - cpu0,
         "spin_s": run.spin_s,
         "requests": run.stats.requests,
@@ -327,50 +493,88 @@ def _no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
-def _child(spec: LoadSpec, process: int, go: Any, out: Any) -> None:
+START_S = 60.0  # a spawned engine process imports and reports ready within this
+LOST_S = 3.0  # a process that exited without a result this long ago will not send one
+
+
+def _child(spec: LoadSpec, process: int, go: Any, out: Any, target: ConnectTarget) -> None:
     """Engine process body (spawned): wait for the common start, drive, send stats back over the queue."""
     try:
-        out.put(("ready", process, None, None))
-        go.wait(60)
+        out.put(("ready", process, None, None, None))
+        if not go.wait(START_S):  # the parent gave up on the start (it kills us too): send nothing
+            return
         with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            stats, engine = runner.run(drive(spec, process=process))
-        out.put((process, stats.to_wire(), engine, None))
+            stats, engine = runner.run(drive(spec, process=process, target=target))
+        out.put(("result", process, stats.to_wire(), engine, None))
     except BaseException as exc:  # reported to the parent, which decides
-        out.put((process, None, None, f"{type(exc).__name__}: {exc}"))
+        out.put(("result", process, None, None, one_line(exc)))
 
 
-def _run_processes(spec: LoadSpec) -> tuple[Stats, list[dict[str, Any]]]:
+def _run_processes(spec: LoadSpec, target: ConnectTarget) -> tuple[Stats, list[dict[str, Any]], str | None]:
+    """Run the shares in spawned processes and merge. Returns (stats, per-process engine reports, the first engine
+    error or None): a process that raised, died or never answered is an engine error, never an exception here,
+    and every process is joined or killed whatever happened."""
     import multiprocessing as mp
+    import queue
 
     ctx = mp.get_context("spawn")  # the parent has threads (samplers): fork would copy their locks
     go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_child, args=(spec.share(p), p, go, out), daemon=True, name=f"wsgi502-engine-{p}")
-             for p in range(spec.processes)]
-    for p in procs:
-        p.start()
-    stats, errors = Stats(), []
+    procs = [ctx.Process(target=_child, args=(spec.share(p), p, go, out, target), daemon=True,
+                         name=f"wsgi502-engine-{p}") for p in range(spec.processes)]
+    stats, errors = Stats(), list[str]()
     engines: list[dict[str, Any]] = [{} for _ in procs]
+    ready: set[int] = set()
+    reported: set[int] = set()
+    exited_at: dict[int, float] = {}
     try:
-        for _ in procs:  # every process imported and ready: start together
-            kind, p_idx, _, err = out.get(timeout=60)
-            if kind != "ready":
-                raise RuntimeError(f"engine process {p_idx} failed to start: {err}")
-        go.set()
-        for _ in procs:
-            p_idx, wire, engine, err = out.get(timeout=spec.duration + spec.drain + 60)
+        for p in procs:
+            p.start()
+        until = time.monotonic() + START_S
+        while len(reported) < len(procs) and not (errors and not go.is_set()):
+            now = time.monotonic()
+            if now > until:
+                waiting = sorted(set(range(len(procs))) - (reported if go.is_set() else ready))
+                errors.append(f"engine process {waiting[0]} " + ("sent no result by the run's deadline"
+                              if go.is_set() else f"did not start within {START_S:.0f}s"))
+                break
+            try:
+                kind, p_idx, wire, engine, err = out.get(timeout=0.5)
+            except queue.Empty:
+                for i, proc in enumerate(procs):
+                    if i not in reported and proc.exitcode is not None and now - exited_at.setdefault(i, now) > LOST_S:
+                        errors.append(f"engine process {i} exited with code {proc.exitcode} and no result")
+                        reported.add(i)
+                continue
+            if kind == "ready":
+                ready.add(p_idx)
+                if len(ready) == len(procs):  # every process imported and ready: start together
+                    go.set()
+                    until = time.monotonic() + spec.duration + spec.drain + START_S
+                continue
+            reported.add(p_idx)
             if err:
                 errors.append(f"engine process {p_idx}: {err}")
-            else:
-                stats.merge(Stats.from_wire(wire))
-                engines[p_idx] = engine
+                continue
+            stats.merge(Stats.from_wire(wire))
+            engines[p_idx] = engine
+            if engine.get("engine_error"):
+                errors.append(f"engine process {p_idx}: {engine['engine_error']}")
+    except Exception as exc:
+        errors.append(f"engine processes: {one_line(exc)}")
     finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
+        for i, proc in enumerate(procs):
+            if proc.pid is None:  # never started
+                continue
+            if i not in reported:  # still running (or unresponsive) after a failure: no result will be used
+                proc.kill()
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    error = None
     if errors:
-        raise RuntimeError("; ".join(errors))
-    return stats, engines
+        error = errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    return stats, engines, error
 
 
 @contextlib.contextmanager
@@ -432,21 +636,26 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
     """Run a load on fresh event loops (uvloop), in ``spec.processes`` processes; merge; judge the engine.
 
     ``progress`` (one process only) is called every ``progress_every`` seconds with elapsed, duration, requests,
-    errors and req/s so far; with several processes it gets elapsed and duration only (the counts live in the
-    children until the end)."""
+    children until the end).
+
+    A bad spec or a target that is not loopback raises ``ConfigError`` before anything is sent. Once load runs,
+    nothing raises: ``engine_error`` in the result says why the engine itself failed (a connection task or an
+    engine process died, or no request was sent at all), and such a run measured nothing."""
     spec.validate()
-    if not spec.allow_remote:
-        check_loopback(spec.base_url)
+    if spec.processes > 1 and (transport_factory is not None or verify is not None):
+        raise ConfigError("a custom transport or verify callable runs in one process only (processes=1)")
+    target = resolve_target(spec.base_url, spec.allow_remote)  # once: every process connects to these addresses
     if spec.processes > 1:
-        if transport_factory is not None or verify is not None:
-            raise ValueError("a custom transport or verify callable runs in one process only (processes=1)")
         with _elapsed_ticker(spec, progress, progress_every):
-            stats, engines = _run_processes(spec)
+            stats, engines, engine_error = _run_processes(spec, target)
     else:
         with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
             stats, engine = runner.run(drive(spec, transport_factory, verify, progress=progress,
-                                             progress_every=progress_every))
-        engines = [engine]
+                                             progress_every=progress_every, target=target))
+        engines, engine_error = [engine], engine.get("engine_error")
+    aborted = next((e["aborted"] for e in engines if e.get("aborted")), None)
+    if not stats.requests:
+        engine_error = f"no request was sent: {engine_error or aborted or 'the engine ended before its first send'}"
     bound, reason = generator_verdict(spec, stats, engines)
     intended = intended_rate(spec) or None
     achieved = stats.requests / stats.duration if stats.duration else 0.0
@@ -458,15 +667,17 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
             "processes": spec.processes,
             "intended_rps": intended,
             "achieved_rps": round(achieved, 1),
-            "cpu_percent": max(e.get("cpu_percent", 0.0) for e in engines),
+            "cpu_percent": max((e.get("cpu_percent", 0.0) for e in engines), default=0.0),
             "cpu_us_per_request": round(1e6 * sum(e.get("cpu_s", 0.0) for e in engines) / stats.requests, 1)
             if stats.requests else None,
-            "loop_lag_p99_ms": max(e.get("loop_lag_p99_ms", 0.0) for e in engines),
-            "send_lag_p99_ms": None if spec.mode == "closed" else max(e.get("send_lag_p99_ms") or 0.0 for e in engines),
+            "loop_lag_p99_ms": max((e.get("loop_lag_p99_ms", 0.0) for e in engines), default=0.0),
+            "send_lag_p99_ms": None if spec.mode == "closed"
+            else max((e.get("send_lag_p99_ms") or 0.0 for e in engines), default=0.0),
             "per_process": list(engines),
             "pid": os.getpid(),
         },
         "generator_bound": bound,
         "generator_bound_reason": reason,
-        "aborted": next((e["aborted"] for e in engines if e.get("aborted")), None),
+        "aborted": aborted,
+        "engine_error": engine_error,
     }

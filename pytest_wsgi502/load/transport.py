@@ -5,12 +5,18 @@ per request), so a default ``httpx.AsyncClient`` barely outruns 2 uWSGI workers.
 httpx API (``handle_async_request(httpx.Request) -> httpx.Response``) and does the minimum: the request
 bytes are serialized once per ``httpx.Request`` object and reused, and one connection serves one virtual user,
 so there is no pool to search. Failures are raised as the httpx exception a user would expect.
+
+Pinned target: the engine builds the transport with ``addresses`` (the base URL's host, resolved once and checked
+to be loopback) and ``port``. It then connects only there, whatever the ``httpx.Request`` URL says: no second name
+lookup (no check-then-resolve race) and no request URL can move the load to another host. The Host header is the
+request's own (the original name). Without ``addresses`` (standalone use) it connects to the request URL's host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Sequence
 
 import httptools
 import httpx
@@ -111,21 +117,43 @@ class _Protocol(asyncio.Protocol):
 class FastTransport(httpx.AsyncBaseTransport):
     """One connection, reopened when the server closes it. Not shared between concurrent tasks."""
 
-    def __init__(self, timeout: float = 60.0, connect_timeout: float = 10.0) -> None:
+    def __init__(self, timeout: float = 60.0, connect_timeout: float = 10.0, addresses: Sequence[str] = (),
+                 port: int = 0) -> None:
+        """``addresses`` and ``port`` pin where every connection goes (IP literals, tried in order; the one that
+        answered is tried first next time). Empty: the request URL's host and port."""
+        if addresses and not 0 < port < 65536:
+            raise ValueError(f"a pinned FastTransport needs a port in 1..65535, got {port!r}")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.addresses = list(addresses)
+        self.port = port
         self._proto: _Protocol | None = None
 
     async def _connect(self, url: httpx.URL) -> _Protocol:
+        if not self.addresses:
+            return await self._open(url.host, url.port or 80)
+        error: httpx.TransportError | None = None
+        for ip in list(self.addresses):
+            try:
+                proto = await self._open(ip, self.port)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                error = exc
+                continue
+            if ip != self.addresses[0]:  # remember the address that answers (e.g. 127.0.0.1 of localhost)
+                self.addresses.remove(ip)
+                self.addresses.insert(0, ip)
+            return proto
+        assert error is not None
+        raise error
+
+    async def _open(self, host: str, port: int) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(_Protocol, url.host, url.port or 80), self.connect_timeout
-            )
+            _, proto = await asyncio.wait_for(loop.create_connection(_Protocol, host, port), self.connect_timeout)
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connect to {url.host}:{url.port} timed out") from None
+            raise httpx.ConnectTimeout(f"connect to {host}:{port} timed out") from None
         except OSError as exc:
-            raise httpx.ConnectError(f"connect to {url.host}:{url.port}: {exc.strerror or exc}") from None
+            raise httpx.ConnectError(f"connect to {host}:{port}: {exc.strerror or exc}") from None
         return proto
 
     async def roundtrip(self, request: httpx.Request, raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -167,7 +167,7 @@ def test_generator_bound_rules():
         ({"mode": "burst"}, "load mode 'burst' unknown"),
         ({"mode": "open"}, "needs a rate"),
         ({"processes": 8, "concurrency": 4}, "need at least as many connections"),
-        ({"mix": (Endpoint("/a", 0),)}, "weight > 0"),
+        ({"mix": (Endpoint("/a", 0),)}, r"mix\[0\]\.weight must be > 0"),
     ],
 )
 def test_bad_specs(kw, message):
