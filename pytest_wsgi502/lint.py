@@ -6,6 +6,7 @@ pytest warnings and are kept in the cell's JSON (``lint``).
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from typing import Any
 from pytest_wsgi502.config.matrix import Cell
 
 _OPT = re.compile(r"^\s+(?:-\w\|)?--([a-z0-9][a-z0-9-]*)", re.M)
-_SLOW = re.compile(r"[?&]ms=(\d+)")
+_SLOW = re.compile(r"[?&]ms=(\d{1,9})(?!\d)")
 
 
 @cache
@@ -35,6 +36,20 @@ def _release(version: str) -> tuple[int, ...]:
         return tuple(int(p) for p in version.split(".")[:3])
     except ValueError:
         return (9999,)
+
+
+def _num(value: Any, default: float | None = None) -> float | None:
+    """A setting read as a number (the servers parse "30" too); ``default`` when absent, and None when it is
+    not a finite number: lint judges what it can read and never fails on a value the renderer accepted."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def somaxconn() -> int | None:
@@ -65,7 +80,7 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
             add("uwsgi-unknown-option",
                 f"this uWSGI does not know '{key}' (without strict = true uWSGI silently ignores unknown ini "
                 "keys: max-requests-delta needs >= 2.0.29)")
-    if cell.server == "uwsgi" and int(settings.get("threads", 1) or 1) > 1 and settings.get("max-worker-lifetime") \
+    if cell.server == "uwsgi" and (_num(settings.get("threads"), 1) or 1) > 1 and settings.get("max-worker-lifetime") \
             and _release(uwsgi_version) < (2, 0, 25):
         add("lifetime-drops-threads",
             f"uWSGI {uwsgi_version} with threads: a max-worker-lifetime recycle ends the worker process as soon as "
@@ -79,16 +94,16 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
                 "uWSGI http-socket closes every connection after the response without 'Connection: close'; behind a "
                 "keep-alive proxy, responses with Content-Length race and get 502 (add-header = Connection: close)")
     if cell.server == "gunicorn" and settings.get("worker_class") in ("gthread", "gevent"):
-        keepalive = float(settings.get("keepalive", 2))
-        if 0 < keepalive <= idle_timeout:
+        keepalive = _num(settings.get("keepalive"), 2)
+        if keepalive is not None and 0 < keepalive <= idle_timeout:
             add("keepalive-shorter-than-lb",
                 f"gunicorn keep-alive {keepalive:g}s <= the proxy's idle timeout {idle_timeout:g}s: the backend may "
                 "close a connection the proxy is about to reuse (keep-alive race); set keepalive above it")
-    listen = settings.get("listen", settings.get("backlog"))
-    if listen is not None and max_backlog is not None and int(listen) > max_backlog:
+    listen = _num(settings.get("listen", settings.get("backlog")))
+    if listen is not None and max_backlog is not None and listen > max_backlog:
         add("listen-above-somaxconn",
-            f"listen backlog {listen} > net.core.somaxconn {max_backlog}: the kernel silently caps it")
-    workers = int(settings.get("processes", settings.get("workers", 1)) or 1)
+            f"listen backlog {listen:g} > net.core.somaxconn {max_backlog}: the kernel silently caps it")
+    workers = int(_num(settings.get("processes", settings.get("workers")), 1) or 1)
     if cell.server == "uwsgi" and settings.get("max-requests") and workers > 1 and not settings.get(
             "max-requests-delta"):
         add("recycle-lockstep",
@@ -100,19 +115,19 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
         add("recycle-lockstep",
             f"{workers} workers share max_requests {settings['max_requests']} with no max_requests_jitter: "
             "they can recycle together")
-    queue = int(listen) if listen is not None else (100 if cell.server == "uwsgi" else 2048)
+    queue = listen if listen is not None else (100 if cell.server == "uwsgi" else 2048)
     if cell.socket == "unix" and queue <= 128:
         add("unix-listen-queue",
-            f"listen queue {queue} on a unix socket: when it is full a connect fails at "
+            f"listen queue {queue:g} on a unix socket: when it is full a connect fails at "
             "once (EAGAIN, a 502 at the proxy) instead of waiting; size it for the peak of concurrent requests")
     if cell.effective_worker_class == "gevent" and cell.driver == "mysqlclient":
         add("gevent-mysqlclient",
             "gevent workers with mysqlclient (a C extension gevent cannot patch): one slow query blocks the worker")
     slowest = _slowest_ms(cell, default_path)
-    limit_s = settings.get("harakiri") if cell.server == "uwsgi" else (
-        settings.get("timeout", 30) if cell.effective_worker_class == "sync" else None)
-    if slowest and limit_s and float(limit_s) * 1000 < slowest:
+    limit_s = _num(settings.get("harakiri")) if cell.server == "uwsgi" else (
+        _num(settings.get("timeout"), 30) if cell.effective_worker_class == "sync" else None)
+    if slowest and limit_s and limit_s * 1000 < slowest:
         what = "harakiri" if cell.server == "uwsgi" else "timeout"
         add(f"{what}-below-slowest",
-            f"{what} {float(limit_s):g}s is below the slowest request ({slowest} ms): workers die mid-request (502)")
+            f"{what} {limit_s:g}s is below the slowest request ({slowest} ms): workers die mid-request (502)")
     return out

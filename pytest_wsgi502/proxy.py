@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
+import re
 import signal
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.config.values import DAY, ConfigError, number, shown
 from pytest_wsgi502.services.process import LocalProcess, find_binary, free_port
 
 _LOG_FORMAT = (
@@ -35,32 +38,61 @@ class ProxyConfig:
     user: str | None = None
 
 
+# In a double-quoted nginx argument, space ; { } # ' are plain characters; a backslash starts an escape, a '"'
+# ends the string, '$' starts a variable in access_log (a path with variables opens a file per request) and
+# other directives, and no escape exists for '$'. Control characters are refused too (a quoted newline is legal
+# but a path with one is not something to write into a config).
+_NGINX_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\$]')
+
+
+def nginx_quoted(value: Any, what: str) -> str:
+    """``value`` as one double-quoted nginx argument, or ConfigError when nginx could not read it back as is."""
+    text = str(value)
+    bad = _NGINX_UNSAFE.search(text)
+    if bad:
+        raise ConfigError(f"nginx {what} {shown(text)} contains {bad.group()!r}, which cannot be written in an nginx "
+                          "config (use a run/keep directory without $, quotes, backslashes or control characters)")
+    return f'"{text}"'
+
+
+def whole_seconds(value: Any, what: str) -> str:
+    """A timeout as nginx's whole seconds, rounded up: 0.5 s is 1s, never 0s (for nginx a 0 s read timeout
+    fires at once and a 0 s keepalive_timeout turns keep-alive off); finite and at most a day."""
+    return f"{math.ceil(number(value, what, 0, DAY, lo_open=True))}s"
+
+
 def render_nginx(cfg: ProxyConfig, workdir: Path) -> str:
+    """The proxy's config: every path and name quoted (a run dir with a space or ';' stays one argument),
+    timeouts in whole seconds rounded up."""
     temp = workdir / "nginx-temp"
-    user = f"user {cfg.user};\n" if cfg.user else ""
-    idle = f"{int(cfg.idle_timeout)}s"
+    user = f"user {nginx_quoted(cfg.user, 'user')};\n" if cfg.user else ""
+    idle = whole_seconds(cfg.idle_timeout, "idle timeout")
+    connect = whole_seconds(cfg.connect_timeout, "connect timeout")
+    port = number(cfg.listen_port, "proxy port", 1, 65535, integer=True)
+    keepalive = number(cfg.keepalive, "upstream keepalive", 1, 100_000, integer=True)
     temps = "\n".join(
-        f"    {kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        f"    {kind}_temp_path {nginx_quoted(temp / kind, 'temp path')};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     return f"""# rendered by pytest-wsgi502: an ELB-like proxy (see pytest_wsgi502/proxy.py)
 {user}daemon off;
 master_process off;
 worker_processes 1;
-pid {workdir / 'nginx.pid'};
-error_log {workdir / 'proxy-error.log'} info;
+pid {nginx_quoted(workdir / 'nginx.pid', 'pid path')};
+error_log {nginx_quoted(workdir / 'proxy-error.log', 'error log path')} info;
 events {{ worker_connections 4096; }}
 http {{
     log_format lb escape=json '{_LOG_FORMAT}';
-    access_log {workdir / 'proxy-access.log'} lb buffer=64k flush=1s;
+    access_log {nginx_quoted(workdir / 'proxy-access.log', 'access log path')} lb buffer=64k flush=1s;
 {temps}
     upstream target {{
-        server {cfg.upstream};
-        keepalive {cfg.keepalive};
+        server {nginx_quoted(cfg.upstream, 'upstream')};
+        keepalive {keepalive};
         keepalive_timeout {idle};
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{cfg.listen_port};
+        listen 127.0.0.1:{port};
         keepalive_timeout {idle};
         keepalive_requests 1000000;
         location / {{
@@ -69,7 +101,7 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_next_upstream off;
-            proxy_connect_timeout {int(cfg.connect_timeout)}s;
+            proxy_connect_timeout {connect};
             proxy_read_timeout {idle};
             proxy_send_timeout {idle};
             proxy_buffering on;
@@ -96,10 +128,11 @@ class LocalProxy:
     def start(self, ready_path: str, timeout: float = 20.0) -> LocalProxy:
         import httpx
 
+        text = render_nginx(self.cfg, self.dir)  # ConfigError before anything is created
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.dir / "nginx-temp" / kind).mkdir(parents=True, exist_ok=True)
         conf = self.dir / "nginx.conf"
-        conf.write_text(render_nginx(self.cfg, self.dir))
+        conf.write_text(text, encoding="utf-8")
         argv = [self.binary, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "proxy-error.log")]
         # SIGQUIT: graceful stop, which also flushes the buffered access log
         self.process = LocalProcess("nginx", argv, self.dir / "proxy-stdout.log", stop_signal=signal.SIGQUIT,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import secrets
+import shutil
 import signal
 import tempfile
 from dataclasses import dataclass, field
@@ -10,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config.matrix import Cell
-from pytest_wsgi502.services.process import LocalProcess, find_binary, free_ports
+from pytest_wsgi502.services.process import LocalProcess, ServiceError, find_binary, free_ports
+
+SUN_PATH_MAX = 107  # bytes in a unix socket path (sun_path is 108 with its NUL)
+_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def comment_label(name: str) -> str:
+    """A cell name as it may appear in a config file's comment line: as is when it is a plain name, else its
+    ASCII repr (a newline in a name built by hand must not end the comment and start a directive)."""
+    return name if _LABEL.fullmatch(name) else ascii(name)
 
 
 @dataclass(frozen=True)
@@ -36,14 +49,43 @@ class LocalServer:
     def __init__(self, spec: ServerSpec, binary: str, ledger: Path | None = None) -> None:
         self.spec, self.binary, self.ledger = spec, binary, ledger
         self.process: LocalProcess | None = None
+        self._socket: Path | None = None
+        self._socket_tmp: Path | None = None  # a private temp dir for the socket (a long cell dir)
+        self._socket_tmp_made = False  # removed at stop only if this server made it
 
     @property
     def unix_socket(self) -> Path | None:
-        """The socket file of a ``socket = "unix"`` cell. Kept short (a unix socket path has ~107 bytes), in
-        the temp directory, named by this cell's port so that concurrent cells never share one."""
+        """The socket file of a ``socket = "unix"`` cell, in a 0700 directory only this user can enter (the
+        servers create the socket world-writable: gunicorn's umask is 0): ``sock/`` in the cell's directory,
+        or, when that path does not fit in a unix socket address (107 bytes), a new directory with a random
+        name in the temp dir (created 0700 at ``start``, refused if it exists, removed at ``stop``). nginx runs
+        as this same user (``user`` is set to it when run as root), so it can reach the socket."""
         if self.spec.cell.socket != "unix":
             return None
-        return Path(tempfile.gettempdir()) / f"wsgi502-{self.spec.port}.sock"
+        if self._socket is None:
+            path = Path(os.path.abspath(self.spec.workdir)) / "sock" / "server.sock"
+            if len(os.fsencode(str(path))) > SUN_PATH_MAX:
+                self._socket_tmp = Path(tempfile.gettempdir()) / f"wsgi502-{secrets.token_hex(8)}"
+                path = self._socket_tmp / "server.sock"
+            self._socket = path
+        return self._socket
+
+    def _prepare(self) -> None:
+        """The cell's directory and, for a unix-socket cell, the private directory of its socket."""
+        self.spec.workdir.mkdir(parents=True, exist_ok=True)
+        sock = self.unix_socket
+        if sock is None:
+            return
+        try:
+            sock.parent.mkdir(mode=0o700, exist_ok=self._socket_tmp is None)  # a temp name must be new
+            self._socket_tmp_made = self._socket_tmp is not None
+            os.chmod(sock.parent, 0o700)  # mkdir's mode is masked by the umask
+            owner = sock.parent.stat().st_uid
+        except OSError as exc:
+            raise ServiceError(f"{self.kind} ({self.spec.cell.name}): cannot make the socket's private directory "
+                               f"{sock.parent}: {exc.strerror or exc}") from None
+        if owner != os.geteuid():
+            raise ServiceError(f"{sock.parent} is not owned by this user: refusing to put the server's socket there")
 
     @property
     def address(self) -> str:
@@ -86,8 +128,9 @@ class LocalServer:
         raise NotImplementedError
 
     def start(self, env: dict[str, str], ready: Any, timeout: float = 60.0) -> LocalServer:
-        self.spec.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.render())
+        text = self.render()  # ConfigError before anything is created
+        self._prepare()
+        self.config_path.write_text(text, encoding="utf-8")
         self.process = LocalProcess(
             f"{self.kind} ({self.spec.cell.name})", self.argv(), self.log, cwd=self.spec.chdir, env=env,
             stop_signal=self.stop_signal, ledger=self.ledger, stamp=True,
@@ -98,9 +141,12 @@ class LocalServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
-        if self.unix_socket is not None:
+        if self._socket is not None:
             with contextlib.suppress(OSError):
-                self.unix_socket.unlink()
+                self._socket.unlink()
+        if self._socket_tmp is not None and self._socket_tmp_made:
+            shutil.rmtree(self._socket_tmp, ignore_errors=True)
+            self._socket_tmp_made = False
 
     def telemetry(self, until: float | None = None) -> dict[str, Any]:
         """{"respawns": int, "kills": int, "events": [...], ...} from the server's own logs/stats, counting

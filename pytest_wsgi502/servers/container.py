@@ -1,8 +1,8 @@
 """A cell's uWSGI or gunicorn in a container: the same interface as ``LocalServer`` (start, stop, telemetry,
 events, sample, address, log), so ``cellrun.Target`` and the proxy on the host do not know the difference.
 
-The config is rendered by the local server class and rewritten for the container (listen on 0.0.0.0, paths of
-the image); the cell's directory is mounted at ``/wsgi502/cell`` (config in, gunicorn's hook events out); the
+The config is rendered by the local server class's renderer from the container's settings (listen on 0.0.0.0,
+paths of the image); the cell's directory is mounted at ``/wsgi502/cell`` (config in, gunicorn's hook events out); the
 server's output is followed from the engine's log stream into ``server.log``, each line stamped on arrival as
 the local backend does, so the same telemetry parsers and attribution read it. Ports are published on
 127.0.0.1 only, on the ports the harness chose: ``address`` is the same string as for a local server.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.servers.base import LocalServer, ServerSpec
-from pytest_wsgi502.servers.gunicorn import Gunicorn
+from pytest_wsgi502.servers.gunicorn import Gunicorn, render_config
 from pytest_wsgi502.servers.uwsgi import UWSGI
 from pytest_wsgi502.services.containers import (
     APP_DIR,
@@ -94,8 +94,9 @@ class _InContainer(LocalServer):
         return kwargs
 
     def start(self, env: dict[str, str], ready: Any, timeout: float = 120.0) -> LocalServer:
+        text = self.render()  # ConfigError before anything is created
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.render())
+        self.config_path.write_text(text, encoding="utf-8")
         self.image = self.session.server_image(self.kind, self.spec.cell.server_version, self.binary)
         t0 = time.monotonic()
         try:
@@ -199,7 +200,8 @@ class ContainerGunicorn(_InContainer, Gunicorn):
         return s
 
     def render(self) -> str:
-        return super().render().replace(repr(str(self.events_path)), repr(f"{CELL_DIR}/{self.events_path.name}"))
+        # the hooks write into the mounted cell directory; the host reads the same file at events_path
+        return render_config(self.spec.cell.name, self.settings(), f"{CELL_DIR}/{self.events_path.name}")
 
     def container_argv(self) -> list[str]:
         return [f"{VENV}/bin/gunicorn", "--config", f"{CELL_DIR}/{self.config_name}"]

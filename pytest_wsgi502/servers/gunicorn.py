@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import keyword
+import math
 from typing import Any
 
-from pytest_wsgi502.servers.base import LocalServer
+from pytest_wsgi502.config.values import ConfigError, shown, wsgi_app
+from pytest_wsgi502.servers.base import LocalServer, comment_label
 from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, summarize
+
+HOOKS = ("post_fork", "worker_exit", "child_exit", "worker_abort", "worker_int")  # defined by _HOOKS below
+_INT_LIMIT = 2**63
 
 _HOOKS = '''
 # --- telemetry hooks (pytest-wsgi502): one JSON line per worker lifecycle event ---
@@ -35,6 +41,67 @@ def worker_int(worker):
 '''
 
 
+def py_literal(cell: str, key: str, value: Any) -> str:
+    """``value`` as a Python literal that evaluates back to it: plain data only (str, int, bool, finite float,
+    None, or a list/tuple of those). Exact types: a subclass could bring its own ``__repr__`` into the file."""
+    if type(value) in (list, tuple):
+        for v in value:
+            _scalar(cell, key, v)
+        return repr(value)  # the repr of a list/tuple of checked exact-type scalars
+    return _scalar(cell, key, value)
+
+
+def _scalar(cell: str, key: str, value: Any) -> str:
+    if value is None or type(value) in (bool, str):
+        return repr(value)
+    if type(value) is int:
+        if abs(value) >= _INT_LIMIT:
+            raise ConfigError(f"cell {shown(cell)}: gunicorn setting {key} is out of range, got {shown(value)}")
+        return repr(value)
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ConfigError(f"cell {shown(cell)}: gunicorn setting {key} must be a finite number, got {shown(value)}")
+        return repr(value)
+    raise ConfigError(f"cell {shown(cell)}: gunicorn setting {key} must be a string, number, boolean, None or a "
+                      f"list of those, got {shown(value)}")
+
+
+def check_option_names(cell: str, options: Any) -> None:
+    """The cell's ``options`` keys: Python identifiers that gunicorn knows (it ignores unknown names in a config
+    file silently), and not one of the telemetry hooks the rendered file defines."""
+    for key in options:
+        if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
+            raise ConfigError(f"cell {shown(cell)}: gunicorn setting name {shown(key)} is not a Python identifier")
+        if key in HOOKS:
+            raise ConfigError(f"cell {shown(cell)}: gunicorn setting {key} is a server hook the harness defines for "
+                              "its telemetry; it cannot be set in options")
+    try:
+        unknown = validate_options(dict(options))
+    except ImportError:  # containers backend without gunicorn on the host: the server reports it
+        return
+    if unknown:
+        raise ConfigError(f"cell {shown(cell)}: unknown gunicorn setting(s) {', '.join(map(shown, unknown))} in "
+                          "options (see gunicorn's settings list)")
+
+
+def checked_settings(cell: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` if every name is an identifier and every value a plain literal; else ConfigError."""
+    for key, value in settings.items():
+        if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
+            raise ConfigError(f"cell {shown(cell)}: gunicorn setting name {shown(key)} is not a Python identifier")
+        py_literal(cell, key, value)
+    return settings
+
+
+def render_config(cell: str, settings: dict[str, Any], events_file: str) -> str:
+    """The config file: one assignment per setting, the path the hooks write events to (as the server sees
+    it: the cell's directory on the host, its mount point in a container), then the hooks."""
+    lines = [f"# rendered by pytest-wsgi502 for cell {comment_label(cell)}"]
+    lines += [f"{k} = {py_literal(cell, k, v)}" for k, v in checked_settings(cell, settings).items()]
+    lines.append(f"_WSGI502_EVENTS = {_scalar(cell, '_WSGI502_EVENTS', events_file)}")
+    return "\n".join(lines) + "\n" + _HOOKS
+
+
 class Gunicorn(LocalServer):
     kind = "gunicorn"
     config_name = "gunicorn.conf.py"
@@ -47,7 +114,7 @@ class Gunicorn(LocalServer):
         cell, spec = self.spec.cell, self.spec
         s: dict[str, Any] = {
             "bind": [f"unix:{self.address}" if self.unix_socket else self.address],
-            "wsgi_app": spec.app,
+            "wsgi_app": wsgi_app(spec.app, f"cell {cell.name}: app (--wsgi-app)"),
             "chdir": str(spec.chdir),
             "workers": cell.workers,
             "worker_class": cell.effective_worker_class,
@@ -68,14 +135,12 @@ class Gunicorn(LocalServer):
             s["keepalive"] = cell.keepalive
         if cell.listen is not None:
             s["backlog"] = cell.listen
+        check_option_names(cell.name, cell.options)
         s.update(cell.options)
-        return s
+        return checked_settings(cell.name, s)
 
     def render(self) -> str:
-        lines = [f"# rendered by pytest-wsgi502 for cell {self.spec.cell.name}"]
-        lines += [f"{k} = {v!r}" for k, v in self.settings().items()]
-        lines.append(f"_WSGI502_EVENTS = {str(self.events_path)!r}")
-        return "\n".join(lines) + "\n" + _HOOKS
+        return render_config(self.spec.cell.name, self.settings(), str(self.events_path))
 
     def argv(self) -> list[str]:
         return [self.binary, "--config", str(self.config_path)]

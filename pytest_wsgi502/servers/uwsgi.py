@@ -3,19 +3,77 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 import time
 import urllib.request
 from typing import Any
 
-from pytest_wsgi502.servers.base import LocalServer
+from pytest_wsgi502.config.values import ConfigError, shown, wsgi_app
+from pytest_wsgi502.servers.base import LocalServer, comment_label
 from pytest_wsgi502.servers.telemetry import UWSGI_PATTERNS, summarize
 
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# uWSGI expands these in every option value after reading the file (core/uwsgi.c uwsgi_setup, the three
+# uwsgi_apply_config_pass calls): $(VAR) from the environment, @(file) from a file or any of its schemes
+# (@(exec://cmd) runs a command while the config is read, even with --show-config), %(option) from another
+# option. None of them has an escape: doubling the sign is read as the sign followed by the expansion.
+_EXPANSION = re.compile(r"[$@%]\(")
+_INT_LIMIT = 2**63
 
-def _ini_value(value: Any) -> str:
-    if isinstance(value, bool):
+
+def ini_value(cell: str, key: str, value: Any) -> str:
+    """One value as it goes into the ini, such that uWSGI reads back exactly ``value``.
+
+    uWSGI reads an ini line by line (split on ``\\n`` only), strips spaces, tabs and CR around the value, and
+    first runs its "magic" pass over the whole file: ``%X`` becomes a magic value (``%n`` the file name, ``%d``
+    its directory, unknown letters nothing, ``%`` before a newline joins two lines) and ``%%`` becomes ``%``
+    (core/io.c uwsgi_open_and_read, core/utils.c magic_sub). So ``%`` is escaped as ``%%``; newlines and other
+    control characters, surrounding spaces and the ``$(``/``@(``/``%(`` expansions (no escape) are refused."""
+    if type(value) is bool:
         return "true" if value else "false"
-    return str(value)
+    if type(value) is int:
+        if abs(value) >= _INT_LIMIT:
+            raise _refused(cell, key, "is out of range for a uWSGI option", value)
+        return str(value)
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise _refused(cell, key, "must be a finite number", value)
+        return repr(value)
+    if type(value) is not str:
+        raise _refused(cell, key, "must be a string, a number, a boolean or a list of those", value)
+    if not value.isprintable():
+        raise _refused(cell, key, "must be one line of printable text (a newline would add ini lines)", value)
+    if value != value.strip(" "):
+        raise _refused(cell, key, "must not start or end with a space (uWSGI strips it)", value)
+    m = _EXPANSION.search(value)
+    if m:
+        raise _refused(cell, key, f"contains {m.group()!r}, which uWSGI expands ($(ENV), @(file or exec://), "
+                                  "%(option)) and cannot escape", value)
+    return value.replace("%", "%%")
+
+
+def _refused(cell: str, key: str, why: str, value: Any) -> ConfigError:
+    return ConfigError(f"cell {shown(cell)}: uWSGI option {shown(key)} {why}, got {shown(value)}")
+
+
+def checked_settings(cell: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` if every key and value can be written to an ini and read back unchanged; else ConfigError."""
+    for key, value in settings.items():
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ConfigError(f"cell {shown(cell)}: uWSGI option name {shown(key)} must be letters, digits, '-', '_'")
+        for v in value if type(value) is list else [value]:
+            ini_value(cell, key, v)
+    return settings
+
+
+def render_ini(cell: str, settings: dict[str, Any]) -> str:
+    """The ini text: one ``key = value`` line per value (a list repeats the key), validated and escaped."""
+    lines = [f"; rendered by pytest-wsgi502 for cell {comment_label(cell).replace('%', '%%')}", "[uwsgi]"]
+    for key, value in checked_settings(cell, settings).items():
+        lines += [f"{key} = {ini_value(cell, key, v)}" for v in (value if type(value) is list else [value])]
+    return "\n".join(lines) + "\n"
 
 
 class UWSGI(LocalServer):
@@ -40,7 +98,7 @@ class UWSGI(LocalServer):
             "chdir": str(spec.chdir),
             # the venv of this Python (uWSGI embeds libpython and would otherwise miss its site-packages)
             **({"virtualenv": sys.prefix} if sys.prefix != sys.base_prefix else {}),
-            "module": spec.app,
+            "module": wsgi_app(spec.app, f"cell {cell.name}: app (--wsgi-app)"),
             "need-app": True,
             "die-on-term": True,
             "no-orphans": True,  # workers die with the master
@@ -64,14 +122,10 @@ class UWSGI(LocalServer):
         if cell.listen is not None:
             s["listen"] = cell.listen
         s.update(cell.options)  # raw options win
-        return s
+        return checked_settings(cell.name, s)
 
     def render(self) -> str:
-        lines = [f"; rendered by pytest-wsgi502 for cell {self.spec.cell.name}", "[uwsgi]"]
-        for key, value in self.settings().items():
-            values = value if isinstance(value, list) else [value]
-            lines += [f"{key} = {_ini_value(v)}" for v in values]
-        return "\n".join(lines) + "\n"
+        return render_ini(self.spec.cell.name, self.settings())
 
     def argv(self) -> list[str]:
         return [self.binary, "--ini", str(self.config_path)]

@@ -1,15 +1,19 @@
 """Config lint: each trap behind a 502 mechanism, fed as a bad config."""
 
+from pathlib import Path
+
 import pytest
 
 from pytest_wsgi502.config.matrix import expand
 from pytest_wsgi502.lint import lint, uwsgi_options
 from pytest_wsgi502.servers.base import ServerSpec, make_server
 
+CELL_DIR = Path("/nonexistent/wsgi502-lint/cell")  # settings() only computes paths; nothing is created
+
 
 def findings(table, idle=60.0, known=None, max_backlog=4096, version=""):
     cell = expand({"cells": {"c": table}})[0]
-    server = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None), binary="x")  # type: ignore[arg-type]
+    server = make_server(ServerSpec(cell, workdir=CELL_DIR, app="a:b", chdir=CELL_DIR), binary="x")
     if known is None:
         known = set(server.settings()) if cell.server == "uwsgi" else ()
     return {f["code"] for f in lint(cell, server.settings(), idle_timeout=idle, known_uwsgi=known,
@@ -96,7 +100,7 @@ def test_every_scenario_cell_lints_to_its_trap():
 
     def codes(name):
         cell = cells[name]
-        server = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None), binary="x")  # type: ignore[arg-type]
+        server = make_server(ServerSpec(cell, workdir=CELL_DIR, app="a:b", chdir=CELL_DIR), binary="x")
         known = set(server.settings()) if cell.server == "uwsgi" else ()
         version = cell.server_version or "2.0.31"  # the pinned release, else the installed one here
         return {f["code"] for f in lint(cell, server.settings(), idle_timeout=60.0, known_uwsgi=known,
@@ -111,3 +115,24 @@ def test_every_scenario_cell_lints_to_its_trap():
     assert "gevent-mysqlclient" in codes("gevent-mysqlclient")
     assert "gevent-mysqlclient" not in codes("gevent-mysqlclient-fixed")
     assert "lifetime-drops-threads" in codes("lifetime") and "lifetime-drops-threads" not in codes("lifetime-fixed")
+
+
+@pytest.mark.parametrize("options", [
+    {"harakiri": "2s"}, {"harakiri": [1, 2]}, {"listen": "lots"}, {"threads": "many", "max-worker-lifetime": 3},
+    {"processes": "x", "max-requests": 5},
+])
+def test_lint_reads_what_it_can_and_never_crashes_on_an_odd_uwsgi_value(options):
+    """A value the renderer accepts but that is not a number (uWSGI would read "2s" as 2): no ValueError."""
+    assert isinstance(findings({"server": "uwsgi", "options": {"add-header": "Connection: close", **options},
+                                "mix": [{"path": "/api/slow?ms=3000"}]}), set)
+
+
+def test_lint_reads_numeric_strings_as_numbers():
+    assert "harakiri-below-slowest" in findings({"server": "uwsgi", "options": {"harakiri": "2"},
+                                                 "mix": [{"path": "/api/slow?ms=3000"}]})
+    assert "listen-above-somaxconn" in findings({"server": "uwsgi", "options": {"listen": "65535"}})
+
+
+def test_a_huge_ms_in_a_path_is_not_a_crash():
+    digits = "9" * 5000  # int() of more than 4300 digits raises in Python >= 3.11
+    assert "timeout-below-slowest" not in findings({"server": "gunicorn", "path": f"/api/slow?ms={digits}"})
