@@ -6,7 +6,8 @@ can never split an error message over several lines.
 
 Bounds (documented in the README's options table and "Security model"):
 
-- numbers are finite; counts are integers; durations 1 ms .. 24 h; timeouts 1 s .. 24 h;
+- numbers are finite; counts are integers; load durations and per-request timeouts 1 ms .. 24 h; the proxy's
+  idle timeout 1 s .. 24 h (whole seconds);
 - concurrency and processes <= 100,000; rates <= 1,000,000 requests/s; error rates in [0, 1];
 - request paths are origin-form only (RFC 9112 3.2.1: an absolute path and an optional query): no scheme, no
   authority, no ``//`` prefix, no whitespace or control characters, no fragment; so a path can never make the
@@ -78,6 +79,9 @@ def origin_form(path: Any, what: str = "path") -> str:
         raise ConfigError(f"{what} must not start with '//' (that names another host), got {shown(path)}")
     if _CTL.search(path) or not path.isascii():
         raise ConfigError(f"{what} must be printable ASCII without spaces (percent-encode the rest), got {shown(path)}")
+    if any(seg in (".", "..") for seg in path.split("?", 1)[0].split("/")):
+        # httpx normalizes dot segments: /..//x would go out as //x
+        raise ConfigError(f"{what} must not contain '.' or '..' segments, got {shown(path)}")
     if "#" in path:
         raise ConfigError(f"{what} must not contain a fragment ('#'), got {shown(path)}")
     if len(path) > 8000:
