@@ -29,13 +29,12 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.services.mysql import MySQLInfo
+from pytest_wsgi502.services.mysql import MySQLInfo, new_password
 from pytest_wsgi502.services.process import ServiceError, _start_time, cache_dir, free_port
 
 LABEL = "org.pytest-wsgi502.session"
@@ -45,7 +44,6 @@ VENV = "/opt/venv"
 APP_DIR = "/app"
 CELL_DIR = "/wsgi502/cell"  # the cell's host directory, mounted: configs in, gunicorn's hook events out
 APP_PORT, STATS_PORT = 8000, 9191
-ROOT_PASSWORD = "wsgi502-root"
 # what the app image installs (pinned to the versions installed next to this pytest when there are any)
 SERVER_DISTS = ("django", "uwsgi", "gunicorn", "gevent", "pymysql", "mysqlclient", "sqlalchemy",
                 "django-db-connection-pool[mysql]")
@@ -363,13 +361,26 @@ def mariadb_image(client: Any, base: str, log: Path) -> tuple[str, bool]:
     return tag, True
 
 
-@dataclass(frozen=True)
-class ContainerMySQLInfo(MySQLInfo):
-    root_password: str = ""
+@contextlib.contextmanager
+def testcontainers_settings(docker_host: str) -> Iterator[dict[str, Any]]:
+    """What testcontainers needs, through its config API instead of ``os.environ`` (which every server started
+    later would inherit): Ryuk off for the duration (it needs a registry image; we clean up by label), and
+    the engine's URL as the client's own environment (``docker_client_kw``). testcontainers' client writes a
+    ``DOCKER_HOST`` it found elsewhere (a docker context) into ``os.environ``: that is undone on the way out."""
+    from testcontainers.core.config import testcontainers_config
 
-    def env(self) -> dict[str, str]:
-        # root over TCP: cells that lower max_connections administer the server this way (no socket here)
-        return {**super().env(), "WSGI502_DB_ROOT_PASSWORD": self.root_password}
+    had = "DOCKER_HOST" in os.environ
+    saved_host = os.environ.get("DOCKER_HOST")
+    saved_ryuk = testcontainers_config.ryuk_disabled
+    testcontainers_config.ryuk_disabled = True
+    try:
+        yield {"environment": {"DOCKER_HOST": docker_host}, "timeout": 300}
+    finally:
+        testcontainers_config.ryuk_disabled = saved_ryuk
+        if had:
+            os.environ["DOCKER_HOST"] = saved_host or ""
+        else:
+            os.environ.pop("DOCKER_HOST", None)
 
 
 # --- the session: engine client, network, MySQL, images; always cleaned up ----------------------------------------
@@ -398,9 +409,6 @@ class ContainerSession:
     def open(self) -> ContainerSession:
         import docker
 
-        # testcontainers reads these; Ryuk needs a registry image and we clean up ourselves (see module doc)
-        os.environ.setdefault("DOCKER_HOST", self.docker_host)
-        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
         t0 = time.monotonic()
         try:
             self.client = docker.DockerClient(base_url=self.docker_host, timeout=300)
@@ -438,13 +446,28 @@ class ContainerSession:
     def start_mysql(self, timeout: float = 180.0) -> Any:
         from testcontainers.community.mysql import MySqlContainer
 
-        from pytest_wsgi502.services.mysql import DB_NAME, DB_PASSWORD, DB_USER
+        from pytest_wsgi502.services.mysql import DB_NAME, DB_USER
 
         image = self.settings.mysql_image
         t0 = time.monotonic()
         image_id(self.client, image)  # pulls it (or says clearly that it cannot)
         port = free_port()
-        c = MySqlContainer(image, username=DB_USER, password=DB_PASSWORD, dbname=DB_NAME, root_password=ROOT_PASSWORD)
+        # per-session passwords, like the local backend; the container's port is published on 127.0.0.1 only
+        password, root_password = new_password(), new_password()
+        with testcontainers_settings(self.docker_host) as client_kw:
+            c = MySqlContainer(image, username=DB_USER, password=password, dbname=DB_NAME,
+                               root_password=root_password, docker_client_kw=client_kw)
+            self._start_mysql_container(c, image, port)
+        version = self._select_1(port, password, timeout)
+        wrapped = c.get_wrapped_container()
+        wrapped.reload()
+        self.mysql_ip = wrapped.attrs["NetworkSettings"]["Networks"][self.network.name]["IPAddress"]
+        self._timed("mysql_ready", t0)
+        self.images["mysql"] = image
+        # socket "": admin_connect() reaches root over the published port
+        return MySQLInfo("127.0.0.1", port, DB_NAME, DB_USER, password, "", version, root_password=root_password)
+
+    def _start_mysql_container(self, c: Any, image: str, port: int) -> None:
         c.ports.clear()  # published on loopback only, on a port chosen here (docker's (ip, port) form)
         ports: dict[str, Any] = c.ports
         ports["3306/tcp"] = ("127.0.0.1", port)
@@ -459,24 +482,17 @@ class ContainerSession:
                 logs = c.get_wrapped_container().logs(tail=15).decode(errors="replace")
             raise ServiceError(f"MySQL container ({image}) did not start: {str(exc).splitlines()[0]}; last lines:\n"
                                + "\n".join("    " + x for x in logs.splitlines())) from None
-        version = self._select_1(port, timeout)
-        wrapped = c.get_wrapped_container()
-        wrapped.reload()
-        self.mysql_ip = wrapped.attrs["NetworkSettings"]["Networks"][self.network.name]["IPAddress"]
-        self._timed("mysql_ready", t0)
-        self.images["mysql"] = image
-        return ContainerMySQLInfo("127.0.0.1", port, DB_NAME, DB_USER, DB_PASSWORD, "", version, ROOT_PASSWORD)
 
-    def _select_1(self, port: int, timeout: float) -> str:
+    def _select_1(self, port: int, password: str, timeout: float) -> str:
         """Readiness by a real query: SELECT 1 as the app's user over the published port."""
         import pymysql
 
-        from pytest_wsgi502.services.mysql import DB_NAME, DB_PASSWORD, DB_USER
+        from pytest_wsgi502.services.mysql import DB_NAME, DB_USER
 
         deadline, last = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
             try:
-                conn = pymysql.connect(host="127.0.0.1", port=port, user=DB_USER, password=DB_PASSWORD,
+                conn = pymysql.connect(host="127.0.0.1", port=port, user=DB_USER, password=password,
                                        database=DB_NAME, connect_timeout=2)
                 try:
                     with conn.cursor() as cur:

@@ -2,39 +2,72 @@
 
 Three layers, because each covers a case the others miss:
 1. ``LocalProcess.stop()`` — the normal path, called by fixture teardown (graceful signal, then SIGKILL of
-   the whole process group).
+   the whole process group while its leader is still unreaped, so the group id cannot have been reused).
 2. ``stop_all()`` — every process still alive, from ``pytest_unconfigure`` and ``atexit`` (Ctrl-C, errors).
-3. ``PR_SET_PDEATHSIG`` + a pid ledger — if the pytest process (or an xdist worker) is SIGKILLed, the kernel
-   kills each direct child; the ledger lets the next session kill any grandchildren that outlived it.
+3. ``PR_SET_PDEATHSIG`` (set by ``setpriv --pdeathsig KILL`` in the child, no ``preexec_fn``: forking a threaded
+   Python and running Python code before exec can deadlock) + a ledger — if the pytest process (or an xdist
+   worker) is SIGKILLed, the kernel kills each direct child; the ledger (pid, start time, process group, uid)
+   lets the next session kill the members of each group that outlived it, leader dead or not.
+
+Ledgers are only read from a per-user base directory (``base_dir()``) whose owner and mode are verified: a
+shared, world-writable one let anybody plant a ledger naming another user's process. The reaper also refuses
+any process whose uid is not ours (or, when root, the service account we started it as).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
+import functools
 import os
+import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 _LIVE: list[LocalProcess] = []
 _LEDGER_NAME = "pids"
+_DIRS_NAME = "dirs"  # private directories outside the run dir (MariaDB's, owned by `mysql`), one path a line
+_KEPT_NAME = "kept"  # in a session's record: where its --wsgi-keep-dir run dir is
+_LEDGERS: dict[Path, Path] = {}  # a kept run dir -> its ledger, which stays in the private base
+SERVICE_USERS = ("mysql",)  # accounts a root session runs services as; the reaper may kill those it recorded
+PRIVATE_PREFIX = "wsgi502-"  # private directories made next to the base (tempdir) start with this
 
 
 class ServiceError(RuntimeError):
     """A service failed to start or answer; the message is one line plus the service's last log lines."""
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+@functools.cache
+def setpriv() -> str | None:
+    """util-linux ``setpriv`` when it knows ``--pdeathsig`` (2.33+; Debian 12 has 2.38), else None."""
+    binary = find_binary("setpriv")
+    if binary is None:
+        return None
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return binary if "--pdeathsig" in out else None
+
+
+def service_account(user: str) -> tuple[int, int]:
+    """(uid, gid) of a local account a root session runs a service as; a one-line error when it is missing."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ServiceError(f"running as root needs the unprivileged '{user}' account to run services as "
+                           f"(Debian's mariadb-server package creates it): create it, or run pytest as a "
+                           f"non-root user") from None
+    return pw.pw_uid, pw.pw_gid
 
 
 def cache_dir() -> Path:
@@ -99,7 +132,78 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...]; index 19 is the start time."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _uids(pid: int) -> tuple[int, int] | None:
+    """(real, effective) uid of a process, or None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                real, effective = line.split()[1:3]
+                return int(real), int(effective)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _allowed_uids(recorded: int) -> set[int]:
+    """Whose processes the reaper may kill: ours; when root, also a service account the ledger recorded."""
+    allowed = {os.geteuid()}
+    if os.geteuid() == 0:
+        for user in SERVICE_USERS:
+            with contextlib.suppress(KeyError):
+                if pwd.getpwnam(user).pw_uid == recorded:
+                    allowed.add(recorded)
+    return allowed
+
+
+def group_members(pgid: int, leader_start: int, allowed: set[int]) -> list[int]:
+    """The live members of process group ``pgid`` that we may kill: the group is the one we recorded (its
+    leader, if it still exists, has the recorded start time; a pid stays allocated while its group has
+    members, so a leaderless group cannot be a reused id), each member started no earlier than the leader
+    and runs as an allowed uid. Anything else is not ours: empty list, or that member left out."""
+    if pgid <= 1:
+        return []
+    leader = _stat_fields(pgid)
+    if leader is not None and (len(leader) < 20 or leader[19] != str(leader_start)):
+        return []  # pid reused by another process: the recorded group is gone
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        fields = _stat_fields(pid)
+        if fields is None or len(fields) < 20 or fields[2] != str(pgid) or fields[0] in ("Z", "X"):
+            continue
+        try:
+            if int(fields[19]) < leader_start:
+                continue
+        except ValueError:
+            continue
+        uids = _uids(pid)
+        if uids is not None and uids[0] in allowed and uids[1] in allowed:
+            members.append(pid)
+    return members
+
+
+def _kill_members(pgid: int, leader_start: int, allowed: set[int]) -> list[int]:
+    killed = []
+    for pid in group_members(pgid, leader_start, allowed):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
 class LocalProcess:
+    """One service process in its own session and process group, killed with pytest (``setpriv --pdeathsig``)."""
+
     def __init__(
         self,
         name: str,
@@ -110,37 +214,61 @@ class LocalProcess:
         stop_signal: int = signal.SIGTERM,
         ledger: Path | None = None,
         stamp: bool = False,
+        user: str | None = None,
     ) -> None:
         self.name, self.argv, self.log, self.cwd = name, list(argv), log, cwd
         self.env = dict(env) if env is not None else None
         self.stop_signal = stop_signal
         self.ledger = ledger
         self.stamp = stamp  # prefix every output line with its arrival time (unix s, 6 decimals)
+        self.user = user  # run as this account (root sessions only, needs setpriv): see service_account()
+        self.stop_sent_at: float | None = None  # time.time() when stop() sent the graceful signal
         self._pump: threading.Thread | None = None
+        self._start: int | None = None  # the leader's start time (clock ticks after boot), for group checks
+        self._lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def _command(self) -> tuple[list[str], int]:
+        """The argv to exec (behind setpriv when there is one) and the uid the process will run as."""
+        wrapper = setpriv()
+        uid = os.geteuid()
+        if self.user is not None and os.geteuid() == 0:
+            if wrapper is None:
+                raise ServiceError(f"{self.name}: running it as '{self.user}' needs setpriv (util-linux)")
+            uid, gid = service_account(self.user)
+            # setpriv changes the ids first and sets the death signal last (a later id change would clear it)
+            return [wrapper, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--pdeathsig", "KILL", "--",
+                    *self.argv], uid
+        if wrapper is None:  # no death signal: stop_all() and the ledger still cover a crashed session
+            return list(self.argv), uid
+        return [wrapper, "--pdeathsig", "KILL", "--", *self.argv], uid
+
     def start(self) -> LocalProcess:
+        argv, uid = self._command()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             try:
+                # note: the death signal fires when the *thread* that started the child exits: start services
+                # from a thread that lives as long as they do (pytest's main thread)
                 self.proc = subprocess.Popen(
-                    self.argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE if self.stamp else out,
+                    argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE if self.stamp else out,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    preexec_fn=_pdeathsig,
                 )
             except OSError as exc:
-                raise ServiceError(f"{self.name}: cannot run {self.argv[0]}: {exc.strerror}") from None
+                raise ServiceError(f"{self.name}: cannot run {argv[0]}: {exc.strerror}") from None
+        started = _start_time(self.proc.pid)
+        self._start = int(started) if started and started.isdigit() else None
         if self.stamp:
             self._pump = threading.Thread(target=self._stamp_lines, daemon=True, name=f"wsgi502-log-{self.name}")
             self._pump.start()
         _LIVE.append(self)
         if self.ledger is not None:
-            with open(self.ledger, "a") as fh:
-                fh.write(f"{self.proc.pid} {_start_time(self.proc.pid)}\n")
+            with open(self.ledger, "a") as fh:  # pid, start time, process group (= pid: a new session), uid
+                fh.write(f"{self.proc.pid} {started} {self.proc.pid} {uid}\n")
         return self
 
     def _stamp_lines(self) -> None:
@@ -175,22 +303,62 @@ class LocalProcess:
                 )
             time.sleep(0.05)
 
+    @contextlib.contextmanager
+    def _unreaped(self) -> Iterator[bool]:
+        """Hold off reaping of the leader (Popen's own waitpid lock) and say whether it is still unreaped: then
+        its pid, and so its group id, cannot have been reused, and signalling them is safe."""
+        assert self.proc is not None
+        lock = getattr(self.proc, "_waitpid_lock", None) or self._lock
+        with lock:
+            yield self.proc.returncode is None and not self._reaped_elsewhere()
+
+    def _reaped_elsewhere(self) -> bool:
+        assert self.proc is not None
+        try:
+            os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # not our child any more (someone else's waitpid): the pid may be anybody's now
+        return False
+
+    def _exited(self) -> bool:
+        """Whether the leader has exited, without reaping it (WNOWAIT): a zombie still holds its pid."""
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
     def signal(self, sig: int) -> None:
-        if self.alive():
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, sig)
+        if self.proc is None:
+            return
+        with self._unreaped() as safe:
+            if safe:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """Graceful signal to the leader, then SIGKILL to the whole group. Idempotent."""
+        """Graceful signal to the leader, then SIGKILL to the whole group. Idempotent.
+
+        The group is killed while the leader is unreaped (alive or a zombie): once reaped, its pid can be
+        handed to an unrelated process that may lead a group of its own. If something else reaped it first,
+        only the verified members of the recorded group are killed."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
+        pid = self.proc.pid
+        if not self._exited():
+            self.stop_sent_at = time.time()
             self.signal(self.stop_signal)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # workers the leader left behind
+            deadline = time.monotonic() + timeout
+            while not self._exited() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        with self._unreaped() as safe:
+            if safe:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)  # workers the leader left behind
+            elif self._start is not None:
+                _kill_members(pid, self._start, {os.geteuid(), *_allowed_uids(self._uid())})
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         if self._pump is not None:
@@ -198,6 +366,12 @@ class LocalProcess:
         if self in _LIVE:
             _LIVE.remove(self)
         return self.proc.returncode
+
+    def _uid(self) -> int:
+        if self.user is not None and os.geteuid() == 0:
+            with contextlib.suppress(ServiceError):
+                return service_account(self.user)[0]
+        return os.geteuid()
 
 
 def stop_all() -> None:
@@ -209,41 +383,149 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
-def reap_orphans(base: Path) -> list[int]:
-    """Kill process groups recorded by earlier sessions whose pytest process is gone; remove their dirs."""
-    killed: list[int] = []
-    if not base.is_dir():
-        return killed
-    for run in base.iterdir():
+def _check_private(path: Path) -> None:
+    """Refuse a directory anybody else could have written to: a symlink, not ours, or group/other bits set."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ServiceError(f"cannot inspect {path}: {exc.strerror}") from None
+    hint = "remove it, or point TMPDIR at a directory only you can write"
+    if stat.S_ISLNK(st.st_mode):
+        raise ServiceError(f"{path} is a symlink: refusing to keep session files there; {hint}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ServiceError(f"{path} is not a directory: refusing to keep session files there; {hint}")
+    if st.st_uid != os.geteuid():
+        raise ServiceError(f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}): refusing to "
+                           f"trust it; {hint}")
+    if st.st_mode & 0o077:
+        raise ServiceError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, open to other users: refusing to "
+                           f"trust it; chmod 700 {path}, or {hint}")
+
+
+def private_base(base: Path) -> Path:
+    """``base`` created mode 0700 if missing, then verified: ours, not a symlink, no group/other bits."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ServiceError(f"cannot create {base}: {exc.strerror}") from None
+    _check_private(base)
+    return base
+
+
+def base_dir() -> Path:
+    """This user's base for session run dirs and ledgers: ``<tempdir>/pytest-wsgi502-<euid>``, 0700, verified."""
+    return private_base(Path(tempfile.gettempdir()) / f"pytest-wsgi502-{os.geteuid()}")
+
+
+def _ledger_entries(ledger: Path) -> Iterator[tuple[int, int, int, int]]:
+    """(pid, start time, process group, uid) per line; old two-field lines mean group = pid and uid = ours.
+    A blank or garbled line is skipped, never raised on."""
+    try:
+        text = ledger.read_text(errors="replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        parts = line.split()
         try:
+            pid, started = int(parts[0]), int(parts[1])
+            pgid = int(parts[2]) if len(parts) > 2 else pid
+            uid = int(parts[3]) if len(parts) > 3 else os.geteuid()
+        except (ValueError, IndexError):
+            continue
+        if pid > 1 and pgid > 1 and started >= 0:
+            yield pid, started, pgid, uid
+
+
+def _remove_private_dirs(listing: Path) -> None:
+    """Remove the private directories a session recorded (only ``<tempdir>/wsgi502-*`` real directories)."""
+    try:
+        lines = listing.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    tmp = Path(tempfile.gettempdir())
+    for line in lines:
+        path = Path(line.strip())
+        if not line.strip() or path.parent != tmp or not path.name.startswith(PRIVATE_PREFIX):
+            continue
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid in _allowed_uids(st.st_uid):  # ours or our service's
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_orphans(base: Path) -> list[int]:
+    """Kill the process groups recorded by earlier sessions whose pytest process is gone; remove their dirs.
+
+    ``base`` must be private (``private_base``): a ServiceError otherwise. Only processes of our uid (or, when
+    root, a service account the ledger recorded) that belong to the recorded group are killed."""
+    killed: list[int] = []
+    if not os.path.lexists(base):
+        return killed
+    _check_private(base)
+    for run in sorted(base.iterdir()):
+        try:
+            st = os.lstat(run)
             fields = (run / "owner.pid").read_text().split()
             owner_pid, owner_start = int(fields[0]), fields[1]
         except (OSError, ValueError, IndexError):
             continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            continue
         if _start_time(owner_pid) == owner_start:
             continue  # the owner is alive: not ours to touch
-        ledger = run / _LEDGER_NAME
-        if ledger.exists():
-            for line in ledger.read_text().splitlines():
-                pid_s, _, started = line.partition(" ")
-                pid = int(pid_s)
-                if _start_time(pid) == started:  # same process, not a reused pid
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
-                        killed.append(pid)
-        if not (run / "keep").exists():
+        for _pid, started, pgid, uid in _ledger_entries(run / _LEDGER_NAME):
+            killed += _kill_members(pgid, started, _allowed_uids(uid))
+        _remove_private_dirs(run / _DIRS_NAME)
+        if not (run / "keep").exists():  # a kept session's files live elsewhere (``kept``): only its record is here
             shutil.rmtree(run, ignore_errors=True)
     return killed
 
 
-def new_run_dir(base: Path) -> Path:
-    """A private directory for this session: configs, logs, sockets. Records the owner for the reaper."""
-    base.mkdir(parents=True, exist_ok=True)
-    run = base / f"run-{os.getpid()}-{int(time.time() * 1000)}"
-    run.mkdir()
-    (run / "owner.pid").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+def new_run_dir(base: Path, keep: Path | None = None) -> Path:
+    """A private directory for this session: configs, logs, sockets. Its record (owner, ledger) is in ``base``
+    (made private); with ``keep`` the run dir is made there instead and only the record stays in ``base``,
+    so the reaper still finds a crashed kept session's processes."""
+    private_base(base)
+    name = f"run-{os.getpid()}-{int(time.time() * 1000)}"
+    record = base / name
+    record.mkdir(mode=0o700)
+    owner = f"{os.getpid()} {_start_time(os.getpid())}\n"
+    (record / "owner.pid").write_text(owner)
+    if keep is None:
+        return record
+    run = keep / name
+    run.mkdir(parents=True)
+    (run / "owner.pid").write_text(owner)  # for people reading the kept files: which process wrote them
+    (record / _KEPT_NAME).write_text(f"{run}\n")
+    _LEDGERS[run] = record / _LEDGER_NAME
     return run
 
 
+def release_run_dir(run: Path) -> None:
+    """End of session: remove the run dir, or, for a kept one, only its record in the base."""
+    ledger = _LEDGERS.pop(run, None)
+    target = ledger.parent if ledger is not None else run
+    _remove_private_dirs(target / _DIRS_NAME)
+    shutil.rmtree(target, ignore_errors=True)
+
+
 def ledger_path(run: Path) -> Path:
-    return run / _LEDGER_NAME
+    """Where this session records its processes: in the run dir, or for a kept run dir in its private record."""
+    return _LEDGERS.get(run, run / _LEDGER_NAME)
+
+
+def private_tmpdir(ledger: Path | None, owner: str | None = None, prefix: str = "tmp") -> Path:
+    """A new ``<tempdir>/wsgi502-<prefix>-XXXX`` directory, mode 0700, owned by ``owner`` when given (root sessions: a
+    service account that cannot enter our 0700 base), recorded next to the ledger so the reaper removes it
+    if this session dies. Short on purpose: unix socket paths must stay under ~100 bytes."""
+    path = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{prefix}-", dir=tempfile.gettempdir()))
+    if ledger is not None:
+        with open(ledger.parent / _DIRS_NAME, "a") as fh:
+            fh.write(f"{path}\n")
+    if owner is not None and os.geteuid() == 0:
+        uid, gid = service_account(owner)
+        os.chown(path, uid, gid)
+    return path

@@ -3,14 +3,18 @@ the container's environment and limits. No engine needed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from pytest_wsgi502.config.matrix import expand
+from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.servers.container import container_env, mem_bytes
 from pytest_wsgi502.services import containers as ctr
 from pytest_wsgi502.services.engine import candidates, choose
+from pytest_wsgi502.services.process import ServiceError
 
 
 def test_local_is_chosen_without_probing():
@@ -167,7 +171,7 @@ def test_matrix_accepts_limits_and_rejects_bad_ones():
     assert cell.as_dict()["mem_limit"] == "256m"
     for bad, msg in (({"mem_limit": "lots"}, "mem_limit must look like"), ({"cpus": 0}, "cpus must be > 0"),
                      ({"cpus": "two"}, "cpus must be a number")):
-        with pytest.raises(pytest.UsageError, match=msg):
+        with pytest.raises(ConfigError, match=msg):  # config/ is pure: ConfigError, turned into UsageError above it
             expand({"cells": {"a": {"server": "uwsgi", **bad}}})
 
 
@@ -201,3 +205,94 @@ def test_gunicorn_config_is_rewritten_for_the_container(tmp_path: Path):
     assert "_WSGI502_EVENTS = '/wsgi502/cell/gunicorn-events.jsonl'" in text  # written where the host reads it
     assert server.events_path == tmp_path / "cell" / "gunicorn-events.jsonl"
     assert str(tmp_path) not in text
+
+
+# --- issue 12: no fixed root password, no os.environ mutation ----------------------------------------------------
+
+def test_opening_a_session_leaves_os_environ_alone(tmp_path: Path, monkeypatch):
+    import docker
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("TESTCONTAINERS_RYUK_DISABLED", raising=False)
+
+    def no_engine(**kwargs):
+        raise docker.errors.DockerException("no engine in a unit test")
+
+    monkeypatch.setattr(docker, "DockerClient", no_engine)
+    before = dict(os.environ)
+    with pytest.raises(ServiceError, match="container engine at unix:///nowhere"):
+        ctr.ContainerSession("unix:///nowhere", tmp_path, None, tmp_path).open()
+    assert dict(os.environ) == before  # servers started later inherit os.environ: nothing may leak into it
+
+
+def test_testcontainers_settings_are_scoped_and_win_over_the_environment(monkeypatch):
+    from testcontainers.core.config import testcontainers_config
+
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "false")  # a user's value no longer silently wins
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    saved = testcontainers_config.ryuk_disabled
+    with ctr.testcontainers_settings("unix:///e.sock") as kw:
+        assert testcontainers_config.ryuk_disabled is True
+        assert kw["environment"] == {"DOCKER_HOST": "unix:///e.sock"}
+        os.environ["DOCKER_HOST"] = "ssh://from-a-docker-context"  # what testcontainers' client does
+    assert "DOCKER_HOST" not in os.environ
+    assert testcontainers_config.ryuk_disabled == saved
+
+
+class FakeMySqlContainer:
+    made: ClassVar[list[FakeMySqlContainer]] = []
+
+    def __init__(self, image, **kwargs):
+        from testcontainers.core.config import testcontainers_config
+
+        self.image, self.kwargs, self.ports = image, kwargs, {"3306": None}
+        self.ryuk_disabled_at_init = testcontainers_config.ryuk_disabled
+        self.environ_at_start: dict[str, str] = {}
+        FakeMySqlContainer.made.append(self)
+
+    def with_name(self, name):
+        return self
+
+    def with_kwargs(self, **kwargs):
+        return self
+
+    def start(self):
+        self.environ_at_start = dict(os.environ)
+        return self
+
+    def get_wrapped_container(self):
+        class Wrapped:
+            def __init__(self):
+                self.attrs = {"NetworkSettings": {"Networks": {"net": {"IPAddress": "10.88.0.5"}}}}
+
+            def reload(self):
+                pass
+
+        return Wrapped()
+
+
+def test_container_mysql_gets_random_passwords_and_the_app_env_no_root(tmp_path: Path, monkeypatch):
+    from types import SimpleNamespace
+
+    import testcontainers.community.mysql as tc_mysql
+
+    monkeypatch.setattr(tc_mysql, "MySqlContainer", FakeMySqlContainer)
+    monkeypatch.setattr(ctr, "image_id", lambda client, ref: "sha256:x")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    infos = []
+    for _ in range(2):
+        s = ctr.ContainerSession("unix:///e.sock", tmp_path, SimpleNamespace(mysql_image="img"), tmp_path)
+        s.client, s.network = object(), SimpleNamespace(name="net")
+        monkeypatch.setattr(s, "_select_1", lambda *args: "10.11.0-MariaDB")
+        infos.append(s.start_mysql())
+    a, b = infos
+    env = a.env()
+    assert a.root_password not in env.values() and not any("ROOT" in k for k in env)
+    assert "wsgi502-root" not in (a.root_password, b.root_password) and a.password != "wsgi502"
+    assert a.root_password != b.root_password and a.password != b.password and len(a.root_password) >= 24
+    assert (a.socket, a.host, env["WSGI502_DB_PASSWORD"]) == ("", "127.0.0.1", a.password)
+    assert a.root_password not in repr(a)
+    made = FakeMySqlContainer.made[-2:]
+    assert made[0].kwargs["root_password"] == a.root_password and made[0].kwargs["password"] == a.password
+    assert made[0].kwargs["docker_client_kw"]["environment"] == {"DOCKER_HOST": "unix:///e.sock"}
+    assert made[0].ryuk_disabled_at_init is True and "DOCKER_HOST" not in made[0].environ_at_start
