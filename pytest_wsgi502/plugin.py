@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 
 from pytest_wsgi502.config.matrix import BUILTIN, Cell, load_matrix, select
 from pytest_wsgi502.config.settings import SETTINGS, EffectiveSettings, env_snapshot, resolve
+from pytest_wsgi502.config.values import ConfigError
 
 pytest_plugins = ["pytest_wsgi502.fixtures"]
 
@@ -32,6 +35,7 @@ class State:
     results: list[dict[str, Any]] = field(default_factory=list)
     compare: dict[str, Any] | None = None  # the comparison with a saved run, once computed
     written: list[str] = field(default_factory=list)  # "what: path" lines for the summary
+    error: str | None = None  # a bad matrix met while collecting: a usage error once collection is done
 
     @property
     def cells(self) -> list[Cell]:
@@ -54,6 +58,15 @@ class State:
 STATE = pytest.StashKey[State]()
 
 
+@contextmanager
+def _usage() -> Iterator[None]:
+    """The pytest edge: the core's ConfigError (one line) becomes pytest's usage error (exit 4, ``ERROR: ...``)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("wsgi502", "WSGI 502 matrix (pytest-wsgi502)")
     group.addoption("--wsgi-matrix", action="store_true", dest="wsgi502_matrix",
@@ -71,18 +84,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "wsgi_slo(*slos): SLOs ('p99<200ms', 'error_rate<1e-4') for wsgi_cell_run/wsgi_load in this test"
     )
+    rootdir = config.inipath.parent if config.inipath else config.rootpath
+    if config.getoption("help", False) or config.getoption("version", False):
+        # --help always works: a bad WSGI502_* value or matrix must not hide the help that explains it, and
+        # nothing is checked or started (no preflight, no backend probe)
+        config.stash[STATE] = State(resolve({}, {}, {}), False, rootdir)
+        return
     _check_path_options(list(config.invocation_params.args))
     ini = {s.ini: config.getini(s.ini) for s in SETTINGS}
     options = {s.dest: config.getoption(s.dest) for s in SETTINGS}
-    settings = resolve(options, env_snapshot(), ini)
-    rootdir = config.inipath.parent if config.inipath else config.rootpath
+    with _usage():
+        settings = resolve(options, env_snapshot(), ini)
     state = State(settings, bool(config.getoption("wsgi502_matrix")), rootdir)
     config.stash[STATE] = state
     if state.enabled:
         from pytest_wsgi502.preflight import check
         from pytest_wsgi502.services.engine import resolve_backend
 
-        check(state.settings, state.cells, state.path("chdir"), backend=resolve_backend(config, settings.backend))
+        with _usage():
+            check(state.settings, state.cells, state.path("chdir"), backend=resolve_backend(config, settings.backend))
     _check_reports(state)
     config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
 
@@ -133,6 +153,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     for name in shown:
         r = s.values[name]
         value = r.raw if r.raw is not None else ("seed" if name == "matrix_file" else "-")
+        if name == "idle_timeout" and r.raw is not None and r.value != _seconds(r.raw):
+            value = f"{r.raw} -> {r.value:g}s, rounded up to whole seconds"
         parts.append(f"{name}={value} ({r.source})")
     from pytest_wsgi502.services.engine import header_line
 
@@ -140,14 +162,31 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"wsgi502: cells: {', '.join(c.name for c in state.cells)}"]
 
 
+def _seconds(text: str) -> float:
+    from pytest_wsgi502.config.settings import parse_duration
+
+    return parse_duration(text)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "wsgi_cell" not in metafunc.fixturenames:
         return
     state = metafunc.config.stash[STATE]
+    try:
+        state.cells  # noqa: B018 (loads the matrix)
+    except ConfigError as exc:  # raised here it would be a collection error with a traceback: report it once below
+        state.error = str(exc)
+        return
     skip = [] if state.enabled else [pytest.mark.skip(reason="matrix cells run only with --wsgi-matrix")]
     metafunc.parametrize(
         "wsgi_cell", [pytest.param(c, id=c.name, marks=[pytest.mark.wsgi_matrix, *skip]) for c in state.cells]
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is not None and state.error:
+        raise pytest.UsageError(state.error)
 
 
 @pytest.hookimpl(wrapper=True)

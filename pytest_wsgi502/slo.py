@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
+from pytest_wsgi502.config.values import DAY, MAX_COUNT, MAX_RATE, ConfigError, shown
 
 # metric name -> (kind, path into a cell result dict, description)
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -34,15 +34,17 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
 _RE = re.compile(
-    r"^\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|==|<|>)\s*"
-    r"(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|us|s|%)?\s*$"
+    r"\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|==|<|>)\s*"
+    r"(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|us|s|%)?\s*"
 )
 _LATENCY_UNITS = {None: 1.0, "ms": 1.0, "us": 1e-3, "s": 1e3}
+# the largest limit each kind takes (in its canonical unit): beyond it a limit is a typo, not an objective
+_MAX = {"latency": DAY * 1000.0, "ratio": 1.0, "count": float(MAX_COUNT), "rate": MAX_RATE}
 
 
 @dataclass(frozen=True)
 class SLO:
-    text: str  # normalized, e.g. "p99<500ms"
+    text: str  # normalized, e.g. "p99<500ms": parse_slo(text) gives this SLO back
     metric: str
     op: str
     limit: float  # in the metric's canonical unit (ms for latency, fraction for ratio)
@@ -55,35 +57,68 @@ class SLO:
 
 
 def parse_slo(text: str) -> SLO:
-    m = _RE.match(text)
+    """One ``metric op value``; raises ConfigError (one line). Limits are finite and within the metric's range
+    (latency <= 24 h, error_rate in [0, 1], counts whole numbers <= 1e12, rps <= 1e6); a limit nothing can meet
+    (``x<0``, a latency of 0) is refused."""
+    if not isinstance(text, str):
+        raise ConfigError(f"bad SLO {shown(text)}: expected text like 'p99<500ms' or 'error_rate<1e-3'")
+    m = _RE.fullmatch(text)
+    bad = f"bad SLO {shown(text.strip())}"
     if not m:
-        raise pytest.UsageError(
-            f"bad SLO {text.strip()!r}: expected 'metric op value', e.g. 'p99<500ms' or 'error_rate<1e-3'"
-        )
+        raise ConfigError(f"{bad}: expected 'metric op value', e.g. 'p99<500ms' or 'error_rate<1e-3'")
     metric, op, num, unit = m["metric"], m["op"], float(m["num"]), m["unit"]
     if metric not in METRICS:
-        raise pytest.UsageError(f"bad SLO {text.strip()!r}: unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        raise ConfigError(f"{bad}: unknown metric {shown(metric)}; known: {', '.join(METRICS)}")
     kind = METRICS[metric][0]
     if kind == "latency":
         if unit == "%":
-            raise pytest.UsageError(f"bad SLO {text.strip()!r}: a latency takes us, ms or s, not %")
+            raise ConfigError(f"{bad}: a latency takes us, ms or s, not %")
         limit = num * _LATENCY_UNITS[unit]
     elif unit == "%":
         if kind != "ratio":
-            raise pytest.UsageError(f"bad SLO {text.strip()!r}: only error_rate takes %")
+            raise ConfigError(f"{bad}: only error_rate takes %")
         limit = num / 100.0
     elif unit is not None:
-        raise pytest.UsageError(f"bad SLO {text.strip()!r}: {metric} takes no unit {unit!r}")
+        raise ConfigError(f"{bad}: {metric} takes no unit {unit!r}")
     else:
         limit = num
-    if kind == "ratio" and not 0 <= limit <= 1:
-        raise pytest.UsageError(f"bad SLO {text.strip()!r}: error_rate is a fraction in 0..1 (or use %)")
+    if kind == "ratio" and not 0 <= limit <= 1:  # also catches inf (nan cannot come out of the pattern)
+        raise ConfigError(f"{bad}: error_rate is a fraction in 0..1 (or use %)")
+    if not math.isfinite(limit) or limit > _MAX[kind]:
+        unit_name = "ms" if kind == "latency" else ""
+        raise ConfigError(f"{bad}: {metric} limits go up to {_MAX[kind]:g}{unit_name}")
+    if kind == "count" and limit != int(limit):
+        raise ConfigError(f"{bad}: {metric} is a count; use a whole number")
+    if kind == "latency" and limit == 0:
+        raise ConfigError(f"{bad}: no response takes 0 ms; give a latency > 0")
+    if op == "<" and limit == 0:
+        raise ConfigError(f"{bad}: nothing is < 0; use {metric}==0 or a limit > 0")
     return SLO(f"{metric}{op}{m['num']}{unit or ''}", metric, op, limit)
 
 
 def parse_slos(spec: str | Iterable[str]) -> list[SLO]:
-    parts = re.split(r"[,;\n]", spec) if isinstance(spec, str) else list(spec)
-    return [parse_slo(p) for p in parts if p.strip()]
+    """SLOs from ``"a<1, b<2; c==0"`` (``,``, ``;`` or newline between them) or a list of such strings. A metric
+    given twice is an error: which of the two limits was meant would be a guess."""
+    if isinstance(spec, str):
+        parts: list[Any] = re.split(r"[,;\n]", spec)
+    elif isinstance(spec, Iterable) and not isinstance(spec, Mapping | bytes):
+        parts = []
+        for item in spec:
+            if not isinstance(item, str):
+                raise ConfigError(f"bad SLO {shown(item)}: each SLO is text like 'p99<500ms'")
+            parts.extend(re.split(r"[,;\n]", item))
+    else:
+        raise ConfigError(f"SLOs must be text or a list of texts like ['p99<500ms'], got {shown(spec)}")
+    slos: list[SLO] = []
+    for part in parts:
+        if not part.strip():
+            continue
+        slo = parse_slo(part)
+        twice = next((s for s in slos if s.metric == slo.metric), None)
+        if twice:
+            raise ConfigError(f"SLO metric {slo.metric} given twice ({twice.text}, {slo.text}); give one limit")
+        slos.append(slo)
+    return slos
 
 
 def measured(result: Mapping[str, Any], metric: str) -> float | None:
@@ -131,8 +166,8 @@ def verdict(slos: Iterable[SLO], result: Mapping[str, Any]) -> dict[str, Any]:
     for slo in slos:
         ok, value = slo.evaluate(result)
         unit = "ms" if METRICS[slo.metric][0] == "latency" else ""
-        shown = "not measured" if value is None else f"{_fmt(value)}{unit}"
-        line = f"{slo.text}: measured {shown}, limit {slo.op} {_fmt(slo.limit)}{unit}"
+        got = "not measured" if value is None else f"{_fmt(value)}{unit}"
+        line = f"{slo.text}: measured {got}, limit {slo.op} {_fmt(slo.limit)}{unit}"
         check: dict[str, Any] = {"slo": slo.text, "value": value, "limit": slo.limit, "op": slo.op}
         if slo.metric == "error_rate" and slo.op in ("<", "<=") and value is not None:
             n = int(result.get("requests") or 0)

@@ -13,7 +13,8 @@ Format (see the built-in ``seed_matrix.toml``)::
     [cells.uwsgi-8w.options]   # raw server settings, passed through (uWSGI ini keys / gunicorn settings)
     harakiri = 30
 
-Unknown keys, wrong types and impossible combinations raise ``pytest.UsageError`` naming the cell and key.
+Unknown keys, wrong types, non-finite or out-of-range numbers and impossible combinations raise ``ConfigError``
+(one line, naming the cell and key); the pytest edge shows it as a usage error.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from pytest_wsgi502.config import values
+from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
 
 SEED_MATRIX = Path(__file__).resolve().parent.parent / "seed_matrix.toml"
 BUILTIN = {"seed": SEED_MATRIX, "seed-unix": SEED_MATRIX.parent / "seed_unix.toml",
@@ -38,7 +40,7 @@ DRIVERS = ("mysqlclient", "pymysql")
 POOLS = ("none", "sqlalchemy")
 SOCKETS = ("tcp", "unix")
 SERVER_VERSION = re.compile(r"\d+\.\d+(\.\d+){0,2}")  # a uWSGI release: 2.0.24, 2.0.25.1
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")  # fullmatch: a trailing newline is not a name
 
 
 @dataclass(frozen=True)
@@ -100,32 +102,69 @@ _STR_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("str", "str | None")}
 _FLOAT_FIELDS = {n for n, f in _FIELDS.items() if f.type == "float | None"}
 LOAD_MODES = ("closed", "open", "ramp")
 _MIX_KEYS = {"path", "weight", "verify_contains", "method"}
+# (lo, hi) of every number a cell takes; beyond them a value is a typo that would overflow or hang a run
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "workers": (1, MAX_CONCURRENCY), "threads": (0, MAX_CONCURRENCY), "async_cores": (0, MAX_CONCURRENCY),
+    "max_requests": (0, MAX_COUNT), "max_requests_delta": (0, MAX_COUNT), "max_requests_jitter": (0, MAX_COUNT),
+    "keepalive": (0, DAY), "listen": (0, MAX_CONCURRENCY), "pool_size": (0, MAX_CONCURRENCY),
+    "max_overflow": (0, MAX_CONCURRENCY), "conn_max_age": (0, DAY), "mysql_max_connections": (1, MAX_CONCURRENCY),
+    "concurrency": (1, MAX_CONCURRENCY), "n_max": (1, MAX_COUNT),
+    "start_rate": (0, MAX_RATE), "think_time": (0, DAY), "duration": (0.001, DAY),
+}
+_OPEN_BOUNDS: dict[str, tuple[float, float]] = {"rate": (0, MAX_RATE), "cpus": (0, 1024)}  # > lo, <= hi
+_MAX_WEIGHT = 1e9
+_OPTION_KEY = re.compile(r"[A-Za-z0-9_-]+")  # uWSGI ini keys (add-header) and gunicorn settings (preload_app)
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MAX_INT_OPTION = 2**63 - 1  # what a TOML integer can hold; the servers read 64-bit values at most
 
 
 def load_matrix(path: Path | None = None) -> list[Cell]:
+    """Read and expand a matrix file. Every problem (missing, unreadable, a directory, not UTF-8, bad TOML, a
+    NUL in the name) is one ConfigError line."""
     path = path or SEED_MATRIX
-    where = str(path)
+    where = _label(str(path))
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise pytest.UsageError(f"matrix file not found: {where}") from None
+        raise ConfigError(f"matrix file not found: {where}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"matrix file {where} is a directory; give a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"matrix file {where}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise pytest.UsageError(f"matrix file {where}: invalid TOML: {exc}") from None
+        raise ConfigError(f"matrix file {where}: invalid TOML: {_one_line(exc)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"matrix file {where}: not UTF-8 text (TOML files are UTF-8)") from None
+    except ValueError as exc:  # a NUL in the path: open() refuses it
+        raise ConfigError(f"matrix file {where}: {_one_line(exc)}") from None
     return expand(data, where)
 
 
 def expand(data: Mapping[str, Any], where: str = "matrix") -> list[Cell]:
+    """The cells of a parsed matrix, in file order. Raises ConfigError (one line, naming the cell and key)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: a matrix is a table with [defaults] and [cells.NAME], got {shown(data)}")
     unknown = set(data) - {"defaults", "cells"}
     if unknown:
-        raise pytest.UsageError(
-            f"{where}: unknown top-level key(s) {sorted(unknown)}; expected [defaults], [cells.NAME]"
-        )
+        raise ConfigError(f"{where}: unknown top-level key(s) {_keys(unknown)}; expected [defaults], [cells.NAME]")
     defaults = data.get("defaults", {})
+    if not isinstance(defaults, Mapping):
+        raise ConfigError(f"{where}: [defaults] must be a table, got {shown(defaults)}")
     cells_raw = data.get("cells", {})
     if not isinstance(cells_raw, Mapping) or not cells_raw:
-        raise pytest.UsageError(f"{where}: no cells defined; add at least one [cells.NAME] table")
-    _check_keys(defaults, f"{where} [defaults]", allow_extends=False)
+        raise ConfigError(f"{where}: no cells defined; add at least one [cells.NAME] table")
+    _check_table(defaults, f"{where} [defaults]", allow_extends=False)
+    for name, raw in cells_raw.items():
+        at = f"{where} cell {shown(name)}"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(f"{at}: names use a-z, 0-9, '-', '_', '.' (at most 100; they become pytest ids)")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: cells.{name} must be a table, got {shown(raw)}")
+        _check_table(raw, at, allow_extends=True)
+        parent = raw.get("extends")
+        if parent is not None and (not isinstance(parent, str) or parent not in cells_raw):
+            raise ConfigError(f"{at}: extends unknown cell {shown(parent)}; known: {_keys(cells_raw, sort=False)}")
 
     resolved: dict[str, dict[str, Any]] = {}
 
@@ -133,18 +172,11 @@ def expand(data: Mapping[str, Any], where: str = "matrix") -> list[Cell]:
         if name in resolved:
             return resolved[name]
         if name in chain:
-            raise pytest.UsageError(f"{where}: 'extends' cycle: {' -> '.join((*chain, name))}")
+            raise ConfigError(f"{where}: 'extends' cycle: {' -> '.join((*chain, name))}")
         raw = cells_raw[name]
-        if not isinstance(raw, Mapping):
-            raise pytest.UsageError(f"{where}: cells.{name} must be a table")
-        _check_keys(raw, f"{where} cell {name!r}", allow_extends=True)
         base: dict[str, Any] = dict(defaults)
         parent = raw.get("extends")
         if parent is not None:
-            if parent not in cells_raw:
-                raise pytest.UsageError(
-                    f"{where} cell {name!r}: extends unknown cell {parent!r}; known: {', '.join(cells_raw)}"
-                )
             base = {k: v for k, v in resolve(parent, (*chain, name)).items() if k != "description"}
         merged = {**base, **{k: v for k, v in raw.items() if k != "extends"}}
         for table in ("options", "env"):  # merge tables key by key instead of replacing them
@@ -156,85 +188,173 @@ def expand(data: Mapping[str, Any], where: str = "matrix") -> list[Cell]:
     return [_make_cell(name, resolve(name, ()), where) for name in cells_raw]
 
 
-def _check_keys(raw: Mapping[str, Any], where: str, allow_extends: bool) -> None:
+def _check_table(raw: Mapping[str, Any], where: str, allow_extends: bool) -> None:
+    """Known keys only; ``options`` and ``env`` are tables of safe keys and one-line scalar values (checked here,
+    before they are merged through ``extends``)."""
     allowed = set(_FIELDS) - {"name"} | ({"extends"} if allow_extends else set())
-    unknown = sorted(set(raw) - allowed)
+    unknown = set(raw) - allowed
     if unknown:
-        raise pytest.UsageError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {_keys(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    if "options" in raw:
+        _check_options(raw["options"], where)
+    if "env" in raw:
+        _check_env(raw["env"], where)
+
+
+def _check_options(options: Any, where: str) -> None:
+    """Raw server settings: ``[A-Za-z0-9_-]+`` keys; values a string (one line), integer, finite number, boolean
+    or a list of those (a repeated uWSGI key). The renderers quote them again; this refuses what no quoting can
+    make safe (a newline adding an ini line, nan as a timeout)."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}: options must be a table of server settings, got {shown(options)}")
+    for key, value in options.items():
+        if not isinstance(key, str) or not _OPTION_KEY.fullmatch(key):
+            raise ConfigError(f"{where}: options key {shown(key)} must be letters, digits, '_' or '-'")
+        for item in value if isinstance(value, list) else [value]:
+            _option_scalar(item, f"{where}: options.{key}")
+
+
+def _option_scalar(value: Any, what: str) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        values.number(value, what, -_MAX_INT_OPTION, _MAX_INT_OPTION, integer=True)
+    elif isinstance(value, float):
+        values.number(value, what, -float(_MAX_INT_OPTION), float(_MAX_INT_OPTION))
+    elif isinstance(value, str):
+        values.single_line(value, what)
+    else:
+        raise ConfigError(f"{what} must be a string, number, boolean or a list of them, got {shown(value)}")
+
+
+def _check_env(env: Any, where: str) -> None:
+    if not isinstance(env, Mapping):
+        raise ConfigError(f"{where}: env must be a table of NAME = value, got {shown(env)}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
+            raise ConfigError(f"{where}: env name {shown(key)} must be letters, digits and '_' (not first a digit)")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{where}: env.{key} must be a string or a number, got {shown(value)}")
+        if isinstance(value, float):
+            values.number(value, f"{where}: env.{key}", -float(_MAX_INT_OPTION), float(_MAX_INT_OPTION))
+        values.single_line(str(value), f"{where}: env.{key}")
 
 
 def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
-    at = f"{where} cell {name!r}"
-    if not _NAME.match(name):
-        raise pytest.UsageError(f"{at}: names use a-z, 0-9, '-', '_', '.' (they become pytest ids)")
+    at = f"{where} cell {shown(name)}"
     for key, value in raw.items():
-        if key in _INT_FIELDS and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise pytest.UsageError(f"{at}: {key} must be an integer, got {value!r}")
-        if key in _INT_FIELDS and value < 0:
-            raise pytest.UsageError(f"{at}: {key} must be >= 0, got {value}")
-        if key in _STR_FIELDS and not isinstance(value, str):
-            raise pytest.UsageError(f"{at}: {key} must be a string, got {value!r}")
-        if key in _FLOAT_FIELDS and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-            raise pytest.UsageError(f"{at}: {key} must be a number >= 0, got {value!r}")
-        if key in ("options", "env") and not isinstance(value, Mapping):
-            raise pytest.UsageError(f"{at}: {key} must be a table")
+        if value is None and key in _FIELDS and _FIELDS[key].default is not None:
+            raise ConfigError(f"{at}: {key} must be set to a value, got None")
+        if key in _INT_FIELDS and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{at}: {key} must be an integer, got {shown(value)}")
+            lo, hi = _BOUNDS[key]
+            values.number(value, f"{at}: {key}", lo, hi, integer=True)
+        if key in _STR_FIELDS and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{at}: {key} must be a string, got {shown(value)}")
+        if key in _FLOAT_FIELDS and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{at}: {key} must be a number, got {shown(value)}")
+            if key in _OPEN_BOUNDS:
+                lo, hi = _OPEN_BOUNDS[key]
+                values.number(value, f"{at}: {key}", lo, hi, lo_open=True)
+            else:
+                lo, hi = _BOUNDS[key]
+                values.number(value, f"{at}: {key}", lo, hi)
     if "server" not in raw:
-        raise pytest.UsageError(f"{at}: missing 'server' (one of {', '.join(SERVERS)})")
+        raise ConfigError(f"{at}: missing 'server' (one of {', '.join(SERVERS)})")
     server = raw["server"]
     if server not in SERVERS:
-        raise pytest.UsageError(f"{at}: server {server!r} unknown; choose one of {', '.join(SERVERS)}")
+        raise ConfigError(f"{at}: server {shown(server)} unknown; choose one of {', '.join(SERVERS)}")
     wc = raw.get("worker_class", "")
     if wc and wc not in WORKER_CLASSES[server]:
-        raise pytest.UsageError(
-            f"{at}: worker_class {wc!r} is not a {server} worker; choose one of {', '.join(WORKER_CLASSES[server])}"
-        )
+        choices = ", ".join(WORKER_CLASSES[server])
+        raise ConfigError(f"{at}: worker_class {shown(wc)} is not a {server} worker; choose one of {choices}")
     for key, allowed in (("driver", DRIVERS), ("pool", POOLS), ("socket", SOCKETS)):
         if key in raw and raw[key] not in allowed:
-            raise pytest.UsageError(f"{at}: {key} {raw[key]!r} unknown; choose one of {', '.join(allowed)}")
+            raise ConfigError(f"{at}: {key} {shown(raw[key])} unknown; choose one of {', '.join(allowed)}")
     if raw.get("workers", 1) < 1:
-        raise pytest.UsageError(f"{at}: workers must be >= 1")
+        raise ConfigError(f"{at}: workers must be >= 1")
     only = {"max_requests_delta": "uwsgi", "max_requests_jitter": "gunicorn", "keepalive": "gunicorn"}
     for key, srv in only.items():
         if raw.get(key) and server != srv:
-            raise pytest.UsageError(f"{at}: {key} is a {srv} setting; this cell runs {server}")
+            raise ConfigError(f"{at}: {key} is a {srv} setting; this cell runs {server}")
     if raw.get("server_version") and server != "uwsgi":
-        raise pytest.UsageError(f"{at}: server_version is for uwsgi cells (pin gunicorn with pip in the environment)")
+        raise ConfigError(f"{at}: server_version is for uwsgi cells (pin gunicorn with pip in the environment)")
     if raw.get("server_version") and not SERVER_VERSION.fullmatch(raw["server_version"]):
-        raise pytest.UsageError(f"{at}: server_version must be a release like 2.0.24, got {raw['server_version']!r}")
-    if "mem_limit" in raw and not re.fullmatch(r"[0-9]+(\.[0-9]+)?[kmg]?", str(raw["mem_limit"]).lower()):
-        raise pytest.UsageError(f"{at}: mem_limit must look like 256m, 1g or 512k, got {raw['mem_limit']!r}")
+        raise ConfigError(f"{at}: server_version must be a release like 2.0.24, got {shown(raw['server_version'])}")
+    if raw.get("mem_limit") is not None and not _mem_limit_ok(raw["mem_limit"]):
+        raise ConfigError(f"{at}: mem_limit must look like 256m, 1g or 512k (at most 1024g), "
+                          f"got {shown(raw['mem_limit'])}")
     if raw.get("cpus") is not None and raw["cpus"] == 0:
-        raise pytest.UsageError(f"{at}: cpus must be > 0")
-    if not str(raw.get("path") or "/").startswith("/"):
-        raise pytest.UsageError(f"{at}: path must start with '/'")
+        raise ConfigError(f"{at}: cpus must be > 0")
+    if raw.get("path") is not None:
+        values.origin_form(raw["path"], f"{at}: path")
+    if raw.get("verify_contains") is not None:
+        _text(raw["verify_contains"], f"{at}: verify_contains")
     if raw.get("load_mode", "") not in ("", *LOAD_MODES):
-        raise pytest.UsageError(f"{at}: load_mode {raw['load_mode']!r} unknown; choose one of {', '.join(LOAD_MODES)}")
+        raise ConfigError(f"{at}: load_mode {shown(raw['load_mode'])} unknown; choose one of {', '.join(LOAD_MODES)}")
     mix = raw.get("mix", [])
     if not isinstance(mix, list) or not all(isinstance(m, Mapping) for m in mix):
-        raise pytest.UsageError(f"{at}: mix must be a list of tables, e.g. mix = [{{path = \"/a\", weight = 3}}]")
-    for m in mix:
-        bad = sorted(set(m) - _MIX_KEYS)
-        if bad or "path" not in m or not str(m["path"]).startswith("/"):
-            raise pytest.UsageError(f"{at}: each mix entry needs path (starting with '/') and may have "
-                                    f"{', '.join(sorted(_MIX_KEYS - {'path'}))}; got {dict(m)}")
+        raise ConfigError(f"{at}: mix must be a list of tables, e.g. mix = [{{path = \"/a\", weight = 3}}]")
+    for i, m in enumerate(mix):
+        bad = set(m) - _MIX_KEYS
+        if bad or "path" not in m:
+            raise ConfigError(f"{at}: each mix entry needs path (starting with '/') and may have "
+                              f"{', '.join(sorted(_MIX_KEYS - {'path'}))}; got {shown(dict(m))}")
+        values.origin_form(m["path"], f"{at}: mix[{i}].path")
         weight = m.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
-            raise pytest.UsageError(f"{at}: mix weight must be a number > 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ConfigError(f"{at}: mix weight must be a number > 0, got {shown(weight)}")
+        values.number(weight, f"{at}: mix[{i}].weight", 0, _MAX_WEIGHT, lo_open=True)
+        if "method" in m:
+            values.method(m["method"], f"{at}: mix[{i}].method")
+        if "verify_contains" in m:
+            _text(m["verify_contains"], f"{at}: mix[{i}].verify_contains")
     slo = raw.get("slo", ())
     if isinstance(slo, str):
         slo = [slo]
+    if not isinstance(slo, list | tuple):
+        raise ConfigError(f"{at}: slo must be a string or a list of strings like [\"p99<500ms\"], got {shown(slo)}")
     from pytest_wsgi502.slo import parse_slos
 
     try:
         slos = tuple(s.text for s in parse_slos(list(slo)))
-    except pytest.UsageError as exc:
-        raise pytest.UsageError(f"{at}: {exc}") from None
-    values = {k: v for k, v in raw.items() if k in _FIELDS}
-    values.update(name=name, slo=slos, options=dict(raw.get("options", {})), mix=tuple(dict(m) for m in mix),
-                  env={k: str(v) for k, v in raw.get("env", {}).items()})
-    return Cell(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{at}: {exc}") from None
+    values_ = {k: v for k, v in raw.items() if k in _FIELDS}
+    values_.update(name=name, slo=slos, options=dict(raw.get("options", {})), mix=tuple(dict(m) for m in mix),
+                   env={k: str(v) for k, v in raw.get("env", {}).items()})
+    return Cell(**values_)
+
+
+def _text(value: Any, what: str) -> None:
+    if not isinstance(value, str) or len(value) > 8000:
+        raise ConfigError(f"{what} must be a string of at most 8000 characters, got {shown(value)}")
+
+
+def _mem_limit_ok(value: Any) -> bool:
+    m = re.fullmatch(r"([0-9]{1,12})(\.[0-9]{1,6})?([kmg]?)", value.lower()) if isinstance(value, str) else None
+    if not m:
+        return False
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[m[3]]
+    return float(m[1] + (m[2] or "")) * scale <= 1024 * 2**30
+
+
+def _label(path: str) -> str:
+    """A file name as it can appear in a one-line message (``repr`` only when it has odd characters)."""
+    return path if path.isprintable() else shown(path, 200)
+
+
+def _keys(keys: Iterable[Any], sort: bool = True) -> str:
+    """Keys for a message: plain when they are plain names, else ``repr`` (a newline never splits the line)."""
+    shown_keys = [k if isinstance(k, str) and re.fullmatch(r"[\w.-]{1,60}", k, re.ASCII) else shown(k)
+                  for k in keys]
+    return ", ".join(sorted(shown_keys) if sort else shown_keys)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def select(cells: list[Cell], names: str | None) -> list[Cell]:
@@ -245,7 +365,5 @@ def select(cells: list[Cell], names: str | None) -> list[Cell]:
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
-        raise pytest.UsageError(
-            f"--wsgi-cells: unknown cell(s) {', '.join(unknown)}; known: {', '.join(by_name)}"
-        )
+        raise ConfigError(f"--wsgi-cells: unknown cell(s) {_keys(unknown, sort=False)}; known: {', '.join(by_name)}")
     return [by_name[n] for n in wanted]

@@ -6,6 +6,7 @@ knows why a run used 5 s instead of 10 s.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -13,55 +14,52 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
+from pytest_wsgi502.config import values
+from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
+
+_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|min)?\s*")
 
 
 def parse_duration(text: str) -> float:
-    """'10', '10s', '250ms', '2m' -> seconds. Raises ValueError with a usable message."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|min)?\s*", str(text))
+    """'10', '10s', '250ms', '2m' -> seconds, finite. Raises ConfigError with a usable message."""
+    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 10, 10s, 250ms, 2m)")
-    value = float(m.group(1))
-    unit = m.group(2) or "s"
-    return value * {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}[unit]
+        raise ConfigError("not a duration (use e.g. 10, 10s, 250ms, 2m)")  # the caller names the value
+    value = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}[m.group(2) or "s"]
+    if not math.isfinite(value):
+        raise ConfigError("not a finite duration (at most 24h)")
+    return value
 
 
-def _positive(cast: type, what: str) -> Callable[[str], Any]:
-    """A converter for numbers > 0 (underscores allowed: 1_000_000)."""
+def _integer(lo: int, hi: int) -> Callable[[str], int]:
+    """A converter for whole numbers in [lo, hi] (underscores allowed: 1_000_000)."""
 
-    def convert(text: str) -> Any:
-        try:
-            value = cast(str(text).replace("_", ""))
-        except ValueError:
-            raise ValueError(f"not {what}: {text!r}") from None
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {text!r}")
-        return value
+    def convert(text: str) -> int:
+        return int(values.number(text, "the value", lo, hi, integer=True))
 
     return convert
 
 
-_positive_int = _positive(int, "an integer")
-_rate = _positive(float, "a rate in requests/s")
+def _rate(text: str) -> float:
+    return float(values.number(text, "a rate in requests/s", 0, MAX_RATE, lo_open=True))
 
 
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {text!r}")
-    return value
+def _duration(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        return float(values.number(parse_duration(text), "the duration in seconds", lo, hi, lo_open=lo_open))
+
+    return convert
 
 
-def _non_negative_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {text!r}")
-    return value
+def _idle_timeout(text: str) -> float:
+    """nginx reads its timeouts in whole seconds: a fraction is rounded up (0.5 -> 1 s; the header says so)."""
+    value = values.number(parse_duration(text), "the timeout in seconds", 0, DAY, lo_open=True)
+    return float(math.ceil(value))
 
 
 def _mode(text: str) -> str:
     if text not in MODES:
-        raise ValueError(f"unknown load mode {text!r}; choose one of: {', '.join(MODES)}")
+        raise ConfigError(f"unknown load mode {shown(text)}; choose one of: {', '.join(MODES)}")
     return text
 
 
@@ -71,38 +69,55 @@ def _bool(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+    raise ConfigError(f"not a boolean: {shown(text)} (use true or false)")
 
 
 def _backend(text: str) -> str:
     if text not in BACKENDS:
-        raise ValueError(f"unknown backend {text!r}; choose one of: {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {shown(text)}; choose one of: {', '.join(BACKENDS)}")
     return text
 
 
 def _str(text: str) -> str:
-    return str(text)
+    """Free text that ends up in a path, a config file or a command line: one line, no control characters."""
+    return values.single_line(text, "the value")
+
+
+def _text(text: str) -> str:
+    """A response-body substring (``verify_contains``): any text up to 8000 characters."""
+    if not isinstance(text, str) or len(text) > 8000:
+        raise ConfigError(f"must be text of at most 8000 characters, got {shown(text)}")
+    return text
+
+
+def _path(text: str) -> str:
+    return values.origin_form(text, "the request path")
+
+
+def _app(text: str) -> str:
+    return values.wsgi_app(text, "the WSGI app")
+
+
+def _module(text: str) -> str:
+    return values.dotted(text, "the settings module")
 
 
 def _slo_list(text: str) -> tuple[str, ...]:
     from pytest_wsgi502.slo import parse_slos  # pure, cheap
 
-    try:
-        return tuple(s.text for s in parse_slos(text))
-    except pytest.UsageError as exc:
-        raise ValueError(str(exc)) from None
+    return tuple(s.text for s in parse_slos(text))
 
 
 def _checks(text: str) -> tuple[Any, ...]:
-    from pytest_wsgi502.report.compare import parse_checks  # pure, stdlib only
+    from pytest_wsgi502.config.checks import parse_checks  # pure, stdlib only
 
     return parse_checks(text)
 
 
 def _save_name(text: str) -> str:
     name = str(text).strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"not a run name: {text!r} (letters, digits, '.', '_', '-')")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise ConfigError(f"not a run name: {shown(text)} (letters, digits, '.', '_', '-')")
     return name
 
 
@@ -136,6 +151,9 @@ class Setting:
         return f"WSGI502_{self.name.upper()}"
 
 
+_count = _integer(1, MAX_COUNT)
+_connections = _integer(1, MAX_CONCURRENCY)
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("backend", "where services run: local processes, containers (a Docker-compatible engine), or auto "
             "(containers when an engine answers)", "local", _backend, "NAME"),
@@ -143,37 +161,40 @@ SETTINGS: tuple[Setting, ...] = (
             "scenarios", None,
             _str, "PATH"),
     Setting("cells", "comma-separated cell names to run (default: all; -k also works)", None, _str, "NAMES"),
-    Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m", "10s", _positive_duration, "TIME"),
-    Setting("requests", "maximum requests per cell (the other bound besides duration)", "1000000",
-            _positive_int, "N"),
-    Setting("concurrency", "concurrent connections (closed loop: virtual users)", "32", _positive_int, "N"),
+    Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m (1ms to 24h)", "10s",
+            _duration(0.001, DAY), "TIME"),
+    Setting("requests", "maximum requests per cell (the other bound besides duration; 1 to 10^12)", "1000000",
+            _count, "N"),
+    Setting("concurrency", "concurrent connections (closed loop: virtual users; 1 to 100000)", "32", _connections,
+            "N"),
     Setting("mode", "load profile: closed (N users), open (constant --wsgi-rate, latency from the intended "
             "send time), ramp (--wsgi-start-rate to --wsgi-rate)", "closed", _mode, "MODE"),
-    Setting("rate", "requests/s for open and ramp load", None, _rate, "RPS"),
-    Setting("start_rate", "ramp: requests/s at the start", None, _rate, "RPS"),
-    Setting("think_time", "closed loop: pause of each user between a response and its next request", "0s",
-            _non_negative_duration, "TIME"),
-    Setting("processes", "load engine processes (each takes a share of connections and rate)", "1",
-            _positive_int, "N"),
-    Setting("timeout", "per-request client timeout (longer than the proxy's, so its 504 is seen)", "65s",
-            _positive_duration, "TIME"),
-    Setting("idle_timeout", "proxy idle/read timeout to the backend, like the LB's (AWS default 60s)", "60s",
-            _positive_duration, "TIME"),
+    Setting("rate", "requests/s for open and ramp load (> 0, at most 10^6)", None, _rate, "RPS"),
+    Setting("start_rate", "ramp: requests/s at the start (> 0, at most 10^6)", None, _rate, "RPS"),
+    Setting("think_time", "closed loop: pause of each user between a response and its next request (0 to 24h)", "0s",
+            _duration(0, DAY), "TIME"),
+    Setting("processes", "load engine processes (each takes a share of connections and rate; 1 to 100000)", "1",
+            _connections, "N"),
+    Setting("timeout", "per-request client timeout (longer than the proxy's, so its 504 is seen; 1s to 24h)", "65s",
+            _duration(1, DAY), "TIME"),
+    Setting("idle_timeout", "proxy idle/read timeout to the backend, like the LB's (AWS default 60s); whole "
+            "seconds up to 24h, a fraction is rounded up (0.5 -> 1s, shown in the header)", "60s", _idle_timeout,
+            "TIME"),
     Setting("slo", "SLOs for every cell, e.g. 'error_rate<1e-3, p99<500ms, respawns<=20'", None, _slo_list,
             "SLOS"),
     Setting("json", "write the results of every cell as JSON to this path", None, _str, "PATH"),
     Setting("mysqld", "MariaDB/MySQL server binary (default: mariadbd or mysqld on PATH or in /usr/sbin)",
             None, _str, "PATH"),
     Setting("nginx", "nginx binary (default: nginx on PATH or in /usr/sbin)", None, _str, "PATH"),
-    Setting("app", "WSGI callable the servers load, module:callable", "sampleapp.wsgi:application", _str,
+    Setting("app", "WSGI callable the servers load, module:callable", "sampleapp.wsgi:application", _app,
             "MODULE:NAME"),
     Setting("chdir", "directory the servers run in (relative to the ini file's directory)", ".", _str, "DIR"),
-    Setting("path", "request path for cells that set none; {n} becomes a random integer 1..n_max", "/", _str,
-            "PATH"),
+    Setting("path", "request path for cells that set none (origin-form: /a?b=1); {n} becomes a random integer "
+            "1..n_max", "/", _path, "PATH"),
     Setting("verify_contains", "a 2xx response body must contain this ({n} substituted); unset: status only",
-            None, _str, "TEXT"),
+            None, _text, "TEXT"),
     Setting("django_settings", "the app's Django settings module: the harness runs it with DATABASES pointed at "
-            "its MySQL (no change to your settings needed)", None, _str, "MODULE"),
+            "its MySQL (no change to your settings needed)", None, _module, "MODULE"),
     Setting("setup_command", "command run once after the database is up (DB settings in WSGI502_DB_* env)",
             "python manage.py migrate --noinput", _str, "CMD"),
     Setting("strict", "fail a cell whose config has a lint finding (default: a warning)", "false", _bool, "BOOL"),
@@ -187,7 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compare", "compare with a saved run: latest (no value), a number, a name or a file", None, _str,
             "RUN", const="latest"),
     Setting("compare_fail", "fail the session on regression vs the compared run (default latest), e.g. "
-            "'p99:10%,error_rate:0.0001'", None, _checks, "CHECKS"),
+            "'p99:10%,error_rate:0.0001' (one limit per metric)", None, _checks, "CHECKS"),
     # containers backend (README "Containers backend")
     Setting("mysql_image", "containers: MySQL image for testcontainers' MySqlContainer", "mysql:8.4", _str, "IMAGE"),
     Setting("base_image", "containers: base image of the app image (its python3 must match this Python's "
@@ -221,7 +242,7 @@ class EffectiveSettings:
 def resolve(
     options: Mapping[str, Any], env: Mapping[str, str], ini: Mapping[str, str | None]
 ) -> EffectiveSettings:
-    """Resolve every setting; a bad value raises pytest.UsageError naming the source to fix."""
+    """Resolve every setting; a bad value raises ConfigError (one line) naming the source to fix."""
     out = EffectiveSettings()
     for s in SETTINGS:
         for source, raw, where in (
@@ -234,12 +255,16 @@ def resolve(
                 continue
             try:
                 out.values[s.name] = Resolved(s.convert(raw), source, str(raw))
-            except ValueError as exc:
-                raise pytest.UsageError(f"{where}={raw!r}: {exc}") from None
+            except ValueError as exc:  # ConfigError, or a converter's own ValueError
+                raise ConfigError(f"{where}={shown(raw)}: {_one_line(exc)}") from None
             break
         else:
             out.values[s.name] = Resolved(None, "default")
     return out
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def env_snapshot() -> dict[str, str]:

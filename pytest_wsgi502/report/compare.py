@@ -6,33 +6,18 @@ pytest-benchmark's ``FileStorage``): one "benchmark" per cell whose ``stats`` ar
 ``pytest-benchmark compare --storage <storage>`` read our runs too; the whole cell summary (error rate, p99,
 req/s, respawns, kills, causes, the HdrHistogram) rides in ``extra_info["wsgi502"]``.
 
-Comparison and regression checks are pure functions over two summaries. A check is ``metric:N%`` (relative
-change) or ``metric:X`` (absolute change), the pytest-benchmark syntax; "worse" is larger for latency, error
-rate, respawns and kills, and smaller for req/s.
+Comparison and regression checks are pure functions over two summaries. The checks themselves (``metric:N%`` or
+``metric:X``) are parsed in ``config/checks.py``, so the settings never import the report layer.
 """
 
 from __future__ import annotations
 
 import datetime
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# metric -> (how to read it from a cell summary, unit, larger_is_worse)
-METRICS: dict[str, tuple[str, str, bool]] = {
-    "p50": ("latency_ms.p50", "ms", True),
-    "p90": ("latency_ms.p90", "ms", True),
-    "p95": ("latency_ms.p95", "ms", True),
-    "p99": ("latency_ms.p99", "ms", True),
-    "p99.9": ("latency_ms.p99.9", "ms", True),
-    "max": ("latency_ms.max", "ms", True),
-    "mean": ("latency_ms.mean", "ms", True),
-    "error_rate": ("error_rate", "", True),
-    "rps": ("rps", "req/s", False),
-    "respawns": ("respawns", "", True),
-    "kills": ("kills", "", True),
-}
+from pytest_wsgi502.config.checks import METRICS, Check, parse_checks  # noqa: F401 (parse_checks: re-exported)
+
 SHOWN = ("error_rate", "p50", "p95", "p99", "rps", "respawns", "kills")
 SUMMARY_KEYS = ("name", "server", "config", "requests", "error_rate", "error_count", "status_counts", "errors",
                 "latency_ms", "rps", "respawns", "kills", "attribution", "histogram", "slo", "load")
@@ -46,46 +31,6 @@ def value(summary: dict[str, Any], metric: str) -> float | None:
     if tail:
         cur = cur.get(tail) if isinstance(cur, dict) else None
     return float(cur) if isinstance(cur, int | float) else None
-
-
-@dataclass(frozen=True)
-class Check:
-    metric: str
-    threshold: float
-    percent: bool
-    text: str
-
-    def change(self, now: float, saved: float) -> float:
-        """How much worse ``now`` is than ``saved`` (percent or absolute; negative = better)."""
-        worse = now - saved if METRICS[self.metric][2] else saved - now
-        if not self.percent:
-            return worse
-        if saved == 0:
-            return 0.0 if worse == 0 else (float("inf") if worse > 0 else float("-inf"))
-        return 100.0 * worse / abs(saved)
-
-    def fails(self, now: float | None, saved: float | None) -> bool:
-        if now is None or saved is None:
-            return False
-        return self.change(now, saved) > self.threshold
-
-
-_CHECK = re.compile(r"^\s*(?P<metric>[a-z0-9_.]+)\s*:\s*(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<pct>%)?\s*$")
-
-
-def parse_checks(text: str) -> tuple[Check, ...]:
-    """``"p99:10%,error_rate:0.0001"`` -> checks. Raises ValueError naming the bad part and the metrics known."""
-    checks = []
-    for part in (p for p in str(text).split(",") if p.strip()):
-        m = _CHECK.match(part)
-        if not m:
-            raise ValueError(f"not a check: {part.strip()!r} (use metric:10% or metric:0.001, e.g. p99:10%)")
-        if m["metric"] not in METRICS:
-            raise ValueError(f"unknown metric {m['metric']!r} in {part.strip()!r}; known: {', '.join(METRICS)}")
-        checks.append(Check(m["metric"], float(m["num"]), bool(m["pct"]), part.strip()))
-    if not checks:
-        raise ValueError("no checks given (e.g. p99:10%,error_rate:0.0001)")
-    return tuple(checks)
 
 
 # --- storage (pytest-benchmark's FileStorage) ----------------------------------------------------------------

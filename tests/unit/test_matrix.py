@@ -1,8 +1,11 @@
+import math
+import os
 import textwrap
 
 import pytest
 
 from pytest_wsgi502.config.matrix import SEED_MATRIX, Cell, expand, load_matrix, select
+from pytest_wsgi502.config.values import ConfigError
 
 SEED_CELLS = ["uwsgi-2w", "uwsgi-8w", "uwsgi-16w", "uwsgi-delta", "uwsgi-sqlalchemy-pool", "uwsgi-gevent-pymysql",
               "gunicorn-sync", "gunicorn-gthread", "gunicorn-gevent"]
@@ -66,22 +69,135 @@ def test_defaults_apply_and_cells_override():
         ({"cell": {}}, "unknown top-level key"),
         ({"cells": {}}, "no cells defined"),
         ({"defaults": {"extends": "a"}, "cells": {"a": {"server": "uwsgi"}}}, "unknown key(s) extends"),
+        # issue 12 item 4: wrong types crashed with INTERNALERROR
+        ({"cells": {"a": {"server": "uwsgi", "slo": [5]}}}, "bad SLO 5: each SLO is text"),
+        ({"cells": {"a": {"server": "uwsgi", "slo": 5}}}, "slo must be a string or a list of strings"),
+        ({"defaults": 5, "cells": {"a": {"server": "uwsgi"}}}, "[defaults] must be a table, got 5"),
+        ({"defaults": [1], "cells": {"a": {"server": "uwsgi"}}}, "[defaults] must be a table"),
+        ({"cells": {"a": {"server": "uwsgi", "extends": ["b"]}, "b": {"server": "uwsgi"}}},
+         "extends unknown cell ['b']; known: a, b"),
+        ({"defaults": {"options": 5}, "cells": {"a": {"server": "uwsgi", "options": {"x": 1}}}},
+         "[defaults]: options must be a table of server settings, got 5"),
+        ({"defaults": {"env": ["X"]}, "cells": {"a": {"server": "uwsgi", "env": {"X": "1"}}}}, "env must be a table"),
+        ({"cells": {"a": {"server": "uwsgi", "wo\nrkers": 2}}}, "unknown key(s) 'wo\\nrkers'"),
+        ({"cells": {"a\nb": {"server": "uwsgi"}}}, "cell 'a\\nb': names use"),
+        ({"cells": {"a\n": {"server": "uwsgi"}}}, "names use"),  # re.match with $ accepted a trailing newline
+        ({"cells": {"a": {"server": "uwsgi", "server_version": "2.0.24\n"}}}, "server_version must be a release"),
+        ({"cells": {"a": 5}}, "cells.a must be a table, got 5"),
+        ({"c\nells": {}}, "unknown top-level key(s) 'c\\nells'"),
+        ({"cells": {"a": {"server": ["uwsgi"]}}}, "server must be a string, got ['uwsgi']"),
+        ({"cells": {"a": {"server": "uwsgi", "workers": None}}}, "workers must be set to a value"),
+        # issue 12 item 5: non-finite and absurd numbers
+        ({"cells": {"a": {"server": "uwsgi", "rate": math.nan}}}, "rate must be a finite number, got nan"),
+        ({"cells": {"a": {"server": "uwsgi", "rate": math.inf}}}, "rate must be a finite number, got inf"),
+        ({"cells": {"a": {"server": "uwsgi", "rate": 0}}}, "rate must be > 0"),
+        ({"cells": {"a": {"server": "uwsgi", "rate": 2e6}}}, "rate must be > 0 and <= 1000000"),
+        ({"cells": {"a": {"server": "uwsgi", "start_rate": math.nan}}}, "start_rate must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "duration": math.nan}}}, "duration must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "duration": math.inf}}}, "duration must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "duration": 0}}}, "duration must be >= 0.001 and <= 86400"),
+        ({"cells": {"a": {"server": "uwsgi", "duration": 86_401}}}, "duration must be >= 0.001 and <= 86400"),
+        ({"cells": {"a": {"server": "uwsgi", "think_time": math.nan}}}, "think_time must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "think_time": -1}}}, "think_time must be >= 0"),
+        ({"cells": {"a": {"server": "uwsgi", "cpus": math.nan}}}, "cpus must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "cpus": math.inf}}}, "cpus must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "concurrency": 100_001}}}, "concurrency must be >= 1 and <= 100000"),
+        ({"cells": {"a": {"server": "uwsgi", "concurrency": 0}}}, "concurrency must be >= 1"),
+        ({"cells": {"a": {"server": "uwsgi", "workers": 10**20}}}, "workers must be >= 1 and <= 100000"),
+        ({"cells": {"a": {"server": "uwsgi", "max_requests": 10**13}}}, "max_requests must be >= 0 and <= 10000"),
+        ({"cells": {"a": {"server": "uwsgi", "n_max": 0}}}, "n_max must be >= 1"),
+        ({"cells": {"a": {"server": "uwsgi", "mem_limit": "99999999999g"}}}, "mem_limit must look like"),
+        ({"cells": {"a": {"server": "uwsgi", "mix": [{"path": "/a", "weight": math.nan}]}}},
+         "mix[0].weight must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "mix": [{"path": "/a", "weight": math.inf}]}}},
+         "mix[0].weight must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "mix": [{"path": "/a", "weight": 0}]}}}, "mix[0].weight must be > 0"),
+        ({"cells": {"a": {"server": "uwsgi", "slo": ["p99<1e999"]}}}, "p99 limits go up to"),
+        ({"cells": {"a": {"server": "uwsgi", "slo": ["kills==0.5"]}}}, "kills is a count"),
+        ({"cells": {"a": {"server": "uwsgi", "slo": ["p99<1", "p99<2"]}}}, "p99 given twice"),
+        # paths, methods, options and env that reach a request line or a config file
+        ({"cells": {"a": {"server": "uwsgi", "path": "//192.0.2.10:8080/api"}}}, "path must not start with '//'"),
+        ({"cells": {"a": {"server": "uwsgi", "path": "http://198.51.100.7/x"}}}, "path must start with '/'"),
+        ({"cells": {"a": {"server": "uwsgi", "path": "/a\r\nHost: x"}}}, "path must be printable ASCII"),
+        ({"cells": {"a": {"server": "uwsgi", "mix": [{"path": "//h/x"}]}}}, "mix[0].path must not start with '//'"),
+        ({"cells": {"a": {"server": "uwsgi", "mix": [{"path": "/x", "method": "GET /evil"}]}}},
+         "mix[0].method must be an HTTP method token"),
+        ({"cells": {"a": {"server": "uwsgi", "mix": [{"path": "/x", "method": 5}]}}}, "method must be an HTTP"),
+        ({"cells": {"a": {"server": "uwsgi", "mix": [{"path": "/x", "verify_contains": 5}]}}},
+         "verify_contains must be a string"),
+        ({"cells": {"a": {"server": "uwsgi", "options": {"harakiri": "30\nexec-pre-app = id"}}}},
+         "options.harakiri must be one line"),
+        ({"cells": {"a": {"server": "uwsgi", "options": {"exec-pre-app = id\nx": 1}}}},
+         "options key 'exec-pre-app = id\\nx' must be letters"),
+        ({"cells": {"a": {"server": "gunicorn", "options": {"timeout": math.nan}}}},
+         "options.timeout must be a finite number"),
+        ({"cells": {"a": {"server": "uwsgi", "options": {"x": {"y": 1}}}}}, "options.x must be a string, number"),
+        ({"cells": {"a": {"server": "uwsgi", "options": {"x": [[1]]}}}}, "options.x must be a string, number"),
+        ({"cells": {"a": {"server": "uwsgi", "env": {"A=B": "1"}}}}, "env name 'A=B' must be letters"),
+        ({"cells": {"a": {"server": "uwsgi", "env": {"1A": "1"}}}}, "env name '1A'"),
+        ({"cells": {"a": {"server": "uwsgi", "env": {"A": "x\ny"}}}}, "env.A must be one line"),
+        ({"cells": {"a": {"server": "uwsgi", "env": {"A": [1]}}}}, "env.A must be a string or a number"),
+        ({"cells": {"a": {"server": "uwsgi", "env": {"A": math.nan}}}}, "env.A must be a finite number"),
     ],
 )
-def test_bad_matrix_is_one_usage_error(data, message):
-    with pytest.raises(pytest.UsageError, match=None) as info:
+def test_bad_matrix_is_one_config_error(data, message):
+    with pytest.raises(ConfigError) as info:
         expand(data, "m.toml")
     text = str(info.value)
     assert message in text and "\n" not in text
 
 
 def test_load_matrix_file_errors(tmp_path):
-    with pytest.raises(pytest.UsageError, match="matrix file not found"):
+    with pytest.raises(ConfigError, match="matrix file not found"):
         load_matrix(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[cells.a\nserver=")
-    with pytest.raises(pytest.UsageError, match="invalid TOML"):
+    with pytest.raises(ConfigError, match="invalid TOML"):
         load_matrix(bad)
+
+
+def _one_line_error(path, message):
+    with pytest.raises(ConfigError) as info:
+        load_matrix(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreadable_matrix_files_are_one_line(tmp_path):
+    """Issue 12 item 4: each of these was an INTERNALERROR (UnicodeDecodeError, IsADirectoryError, ValueError)."""
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes(b'[cells.a]\nserver = "uwsgi"\ndescription = "caf\xe9"\n')
+    _one_line_error(latin, "not UTF-8 text")
+    _one_line_error(tmp_path, "is a directory")
+    _one_line_error(tmp_path / "m\x00.toml", "matrix file")
+    odd = tmp_path / "new\nline.toml"
+    odd.write_text('[cells.a]\nserver = "uwsgi"\nworkerz = 1\n')
+    _one_line_error(odd, "new\\nline.toml")  # the name echoed with its newline escaped
+    toml_keys = tmp_path / "keys.toml"
+    toml_keys.write_text('[cells.a]\nserver = "uwsgi"\n"wor\\nkers" = 2\n')
+    _one_line_error(toml_keys, "unknown key(s) 'wor\\nkers'")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file; the directory case covers OSError")
+def test_unreadable_matrix_file_as_non_root(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text('[cells.a]\nserver = "uwsgi"\n')
+    f.chmod(0)
+    try:
+        _one_line_error(f, "cannot read it (Permission denied)")
+    finally:
+        f.chmod(0o600)
+
+
+def test_good_values_pass_through(tmp_path):
+    (cell,) = expand({"defaults": {"options": {"add-header": "Connection: close", "lazy-apps": True}},
+                      "cells": {"a": {"server": "uwsgi", "rate": 317, "start_rate": 0, "think_time": 0.05,
+                                      "duration": 86_400, "cpus": 1.5, "options": {"harakiri": 30, "x": [1, "b"]},
+                                      "env": {"N": 3, "F": 0.5, "S": "x y"}, "path": "/api/{n}?q=1",
+                                      "mix": [{"path": "/a", "weight": 0.5, "method": "POST"}],
+                                      "slo": "p99<1s,kills==0"}}})
+    assert dict(cell.options) == {"add-header": "Connection: close", "lazy-apps": True, "harakiri": 30, "x": [1, "b"]}
+    assert dict(cell.env) == {"N": "3", "F": "0.5", "S": "x y"}
+    assert cell.slo == ("p99<1s", "kills==0") and cell.rate == 317
 
 
 def test_user_matrix_file_roundtrip(tmp_path):
@@ -105,24 +221,44 @@ def test_select_keeps_order_and_rejects_unknown():
     cells = load_matrix(SEED_MATRIX)
     assert [c.name for c in select(cells, "gunicorn-sync, uwsgi-2w")] == ["gunicorn-sync", "uwsgi-2w"]
     assert select(cells, None) == cells
-    with pytest.raises(pytest.UsageError, match=r"unknown cell.*nope.*known: uwsgi-2w"):
+    with pytest.raises(ConfigError, match=r"unknown cell.*nope.*known: uwsgi-2w"):
         select(cells, "uwsgi-2w,nope")
+    with pytest.raises(ConfigError) as info:
+        select(cells, "a\rb")
+    assert "'a\\rb'" in str(info.value)
 
 
-def test_unix_socket_cell_renders_a_socket_file_for_server_and_proxy():
+def test_every_builtin_matrix_still_loads():
+    from pytest_wsgi502.config.matrix import BUILTIN
+
+    for path in BUILTIN.values():
+        assert load_matrix(path)
+
+
+def test_matrix_and_slo_do_not_import_pytest():
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest_wsgi502.config.matrix as m, pytest_wsgi502.slo; m.load_matrix(); "
+            "print([k for k in sys.modules if k == 'pytest' or k.startswith('_pytest')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_unix_socket_cell_renders_a_socket_file_for_server_and_proxy(tmp_path):
     from pytest_wsgi502.servers.base import ServerSpec, make_server
 
     for server in ("uwsgi", "gunicorn"):
         (cell,) = expand({"cells": {"a": {"server": server, "socket": "unix", "duration": 25}}})
-        srv = make_server(ServerSpec(cell, workdir=None, app="a:b", chdir=None, port=4321), binary="x")  # type: ignore[arg-type]
+        srv = make_server(ServerSpec(cell, workdir=tmp_path, app="a:b", chdir=None, port=4321), binary="x")  # type: ignore[arg-type]
         sock = str(srv.unix_socket)
-        assert sock.endswith("wsgi502-4321.sock") and len(sock) < 100  # sun_path holds ~107 bytes
+        assert sock == str(tmp_path / "sock" / "server.sock") and len(sock) < 100  # sun_path holds ~107 bytes
         assert srv.upstream == f"unix:{sock}"
         rendered = srv.settings()
         assert (rendered["http-socket"] == sock) if server == "uwsgi" else (rendered["bind"] == [f"unix:{sock}"])
         assert cell.duration == 25
     (tcp,) = expand({"cells": {"a": {"server": "uwsgi"}}})
-    srv = make_server(ServerSpec(tcp, workdir=None, app="a:b", chdir=None, port=4321), binary="x")  # type: ignore[arg-type]
+    srv = make_server(ServerSpec(tcp, workdir=tmp_path, app="a:b", chdir=None, port=4321), binary="x")  # type: ignore[arg-type]
     assert srv.unix_socket is None and srv.upstream == srv.address == "127.0.0.1:4321"
 
 

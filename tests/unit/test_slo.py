@@ -1,5 +1,6 @@
 import pytest
 
+from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.slo import parse_slo, parse_slos, verdict
 
 RESULT = {
@@ -41,12 +42,49 @@ def test_parse(text, metric, op, limit):
         ("error_rate<2", "fraction in 0..1"),
         ("kills<3%", "only error_rate takes %"),
         ("p99<-1ms", "expected 'metric op value'"),
+        # issue 12 item 5: non-finite, absurd or impossible limits
+        ("p99<1e999", "p99 limits go up to 8.64e+07ms"),
+        ("p99<1e999s", "limits go up to"),
+        ("rps>1e999", "rps limits go up to 1e+06"),
+        ("requests>1e13", "requests limits go up to 1e+12"),
+        ("kills==0.5", "kills is a count; use a whole number"),
+        ("respawns<=2.5", "respawns is a count"),
+        ("error_rate<0", "nothing is < 0"),
+        ("error_rate<1e999", "fraction in 0..1"),
+        ("error_rate<200%", "fraction in 0..1"),
+        ("p99<0", "no response takes 0 ms"),
+        ("p99<=0s", "no response takes 0 ms"),
+        ("kills<0", "nothing is < 0"),
+        ("p99<5 x", "expected 'metric op value'"),
     ],
 )
-def test_bad_slo_is_one_line_usage_error(text, message):
-    with pytest.raises(pytest.UsageError) as info:
+def test_bad_slo_is_one_line_config_error(text, message):
+    with pytest.raises(ConfigError) as info:
         parse_slo(text)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("p99<1,p99<2", "SLO metric p99 given twice (p99<1, p99<2)"),
+        (["p99<1", "p99>0.5"], "p99 given twice"),
+        ([5], "bad SLO 5: each SLO is text"),
+        (5, "SLOs must be text or a list"),
+        ({"p99": 5}, "SLOs must be text or a list"),
+        ([None], "bad SLO None"),
+    ],
+)
+def test_bad_slo_list_is_one_line_config_error(spec, message):
+    with pytest.raises(ConfigError) as info:
+        parse_slos(spec)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_slo_text_round_trips():
+    for text in ("error_rate<1e-3", "p99<0.5s", "kills==0", "errors<1e3", "error_rate<=0.1%", "rps>=1000000"):
+        slo = parse_slo(text)
+        assert parse_slo(slo.text) == slo
 
 
 def test_parse_list_separators():
