@@ -328,7 +328,7 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir
             target = Target(cell, ctx, _base_env())
             started.append(target)
             return target.start()
-        except ServiceError as exc:
+        except (ServiceError, ValueError) as exc:  # ValueError: ConfigError from a renderer, one line
             _fail(exc)
             raise  # unreachable: pytest.fail raises
 

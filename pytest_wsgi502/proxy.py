@@ -24,7 +24,10 @@ from pytest_wsgi502.services.process import LocalProcess, find_binary, free_port
 
 _LOG_FORMAT = (
     '{"t":$msec,"status":$status,"conn":$connection,"upstream_status":"$upstream_status","upstream_addr":"$upstream_addr",'
-    '"request_time":$request_time,"upstream_time":"$upstream_response_time","uri":"$request_uri"}'
+    '"request_time":$request_time,"upstream_time":"$upstream_response_time","uri":"$request_uri",'
+    # whether nginx could keep the upstream connection after this response (attribution.reusable)
+    '"upstream_connection":"$upstream_http_connection","upstream_content_length":"$upstream_http_content_length",'
+    '"upstream_transfer_encoding":"$upstream_http_transfer_encoding"}'
 )
 
 

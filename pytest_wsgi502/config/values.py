@@ -128,6 +128,6 @@ def single_line(value: Any, what: str) -> str:
     """A free-text value that goes into a config file: one line, no control characters."""
     if not isinstance(value, str):
         raise ConfigError(f"{what} must be a string, got {shown(value)}")
-    if re.search(r"[\x00-\x1f\x7f]", value):
-        raise ConfigError(f"{what} must be one line without control characters, got {shown(value)}")
+    if not value.isprintable():  # controls, line and paragraph separators (U+0085, U+2028), lone surrogates
+        raise ConfigError(f"{what} must be one line of printable text, got {shown(value)}")
     return value
