@@ -247,7 +247,18 @@ class LocalProcess:
             return list(self.argv), uid
         return [wrapper, "--pdeathsig", "KILL", "--", *self.argv], uid
 
+    def _check_runnable(self) -> None:
+        """Behind setpriv a missing program is an exit 127 later, not an OSError now: keep the early, clear error."""
+        target = self.argv[0] if self.argv else ""
+        if os.sep in target:
+            path: str | None = str(Path(self.cwd or ".") / target) if not os.path.isabs(target) else target
+        else:
+            path = shutil.which(target, path=(self.env if self.env is not None else os.environ).get("PATH"))
+        if not target or path is None or not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise ServiceError(f"{self.name}: cannot run {target or '(empty command)'}: not an executable file")
+
     def start(self) -> LocalProcess:
+        self._check_runnable()
         argv, uid = self._command()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
@@ -498,6 +509,7 @@ def new_run_dir(base: Path, keep: Path | None = None) -> Path:
         return record
     run = keep / name
     run.mkdir(parents=True)
+    os.chmod(run, 0o700)  # sockets and configs live here too: other users must not reach them
     (run / "owner.pid").write_text(owner)  # for people reading the kept files: which process wrote them
     (record / _KEPT_NAME).write_text(f"{run}\n")
     _LEDGERS[run] = record / _LEDGER_NAME

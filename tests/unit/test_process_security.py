@@ -221,7 +221,7 @@ def test_children_start_without_preexec_fn_and_die_with_their_parent(tmp_path, m
 def test_a_kept_sessions_processes_are_still_reaped(base, tmp_path):
     keep = tmp_path / "keep"
     run = process.new_run_dir(base, keep=keep)
-    assert run.parent == keep and (run / "owner.pid").exists()
+    assert run.parent == keep and (run / "owner.pid").exists() and run.stat().st_mode & 0o777 == 0o700
     ledger = process.ledger_path(run)
     assert ledger.parent.parent == base  # the ledger stays in the private base, not in the user's keep dir
     lp = LocalProcess("sleeper", ["sleep", "60"], run / "log", ledger=ledger).start()
@@ -263,3 +263,10 @@ def test_a_service_run_as_mysql_is_recorded_and_reaped_when_root(base, tmp_path)
         assert process.reap_orphans(base) == [lp.pid]
     finally:
         lp.stop(timeout=1)
+
+
+def test_a_missing_program_is_still_a_clear_error_before_anything_runs(tmp_path):
+    with pytest.raises(ServiceError, match=r"^x: cannot run /nonexistent/prog: not an executable file$"):
+        LocalProcess("x", ["/nonexistent/prog"], tmp_path / "log").start()
+    with pytest.raises(ServiceError, match="cannot run no-such-program-wsgi502"):
+        LocalProcess("x", ["no-such-program-wsgi502"], tmp_path / "log").start()
