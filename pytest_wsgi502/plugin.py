@@ -74,8 +74,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for s in SETTINGS:
         default = f"; default {s.default}" if s.default else ""
         extra: dict[str, Any] = {"nargs": "?", "const": s.const} if s.const is not None else {}
-        group.addoption(s.option, dest=s.dest, metavar=s.metavar, default=None,
-                        help=f"{s.help} [env {s.env}, ini {s.ini}{default}]", **extra)
+        text = f"{s.help} [env {s.env}, ini {s.ini}{default}]".replace("%", "%%")  # argparse formats help with %
+        group.addoption(s.option, dest=s.dest, metavar=s.metavar, default=None, help=text, **extra)
         parser.addini(s.ini, s.help, default=None)
 
 

@@ -43,7 +43,7 @@ def test_header_shows_each_setting_and_its_source(project, monkeypatch):
     ("args", "message"),
     [
         (["--wsgi-duration=soon"], "ERROR: --wsgi-duration='soon': not a duration*"),
-        (["--wsgi-concurrency=0"], "ERROR: --wsgi-concurrency='0': must be > 0*"),
+        (["--wsgi-concurrency=0"], "ERROR: --wsgi-concurrency='0': the value must be >= 1 and <= 100000, got 0"),
         (["--wsgi-slo=p99 < fast"], "ERROR: --wsgi-slo='p99 < fast': bad SLO*"),
         (["--wsgi-backend=k8s"], "ERROR: --wsgi-backend='k8s': unknown backend*"),
         (["--wsgi-matrix", "--wsgi-cells=uwsgi-2w,nope"], "ERROR: --wsgi-cells: unknown cell(s) nope; known: *"),
@@ -59,6 +59,15 @@ def test_bad_input_is_one_line_no_traceback(project, args, message):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_fractional_idle_timeout_is_rounded_up_and_the_header_says_so(project):
+    """nginx reads whole seconds: --wsgi-idle-timeout=0.5 used to become 'proxy_read_timeout 0s' silently."""
+    args = ("--wsgi-matrix", "--collect-only", "--wsgi-cells=gunicorn-sync")
+    result = project.runpytest(*args, "--wsgi-idle-timeout=0.5")
+    assert "idle_timeout=0.5 -> 1s, rounded up to whole seconds (option)" in result.stdout.str()
+    result = project.runpytest(*args, "--wsgi-idle-timeout=30")
+    assert "idle_timeout=30 (option)" in result.stdout.str()
 
 
 def test_bad_matrix_file_key_is_a_usage_error(project):
