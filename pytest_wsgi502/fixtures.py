@@ -10,7 +10,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,22 +60,26 @@ def wsgi_settings(pytestconfig: pytest.Config) -> Any:
 
 @pytest.fixture(scope="session")
 def wsgi_run_dir(pytestconfig: pytest.Config) -> Iterator[Path]:
-    """This session's private directory: every config, log and socket of every cell. Removed at the end
-    unless --wsgi-keep-dir is given; leftovers of crashed sessions are reaped first."""
-    from pytest_wsgi502.services.process import new_run_dir, reap_orphans
+    """This session's private directory (0700): every config, log and socket of every cell. It lives in a
+    per-user base (``<tempdir>/pytest-wsgi502-<uid>``, 0700, its owner and mode checked before use), or under
+    --wsgi-keep-dir, which keeps it after the session. Leftovers of crashed sessions are reaped first."""
+    from pytest_wsgi502.services.process import (
+        ServiceError,
+        base_dir,
+        new_run_dir,
+        reap_orphans,
+        release_run_dir,
+    )
 
     state = _state(pytestconfig)
-    base = Path(tempfile.gettempdir()) / "pytest-wsgi502"
-    reap_orphans(base)
-    keep = state.settings.keep_dir
-    run = new_run_dir(state.path("keep_dir") if keep else base)
-    if keep:
-        (run / "keep").touch()
+    try:
+        base = base_dir()
+        reap_orphans(base)
+        run = new_run_dir(base, keep=state.path("keep_dir") if state.settings.keep_dir else None)
+    except (ServiceError, OSError) as exc:
+        _fail(exc)
     yield run
-    if not keep:
-        import shutil
-
-        shutil.rmtree(run, ignore_errors=True)
+    release_run_dir(run)
 
 
 @pytest.fixture(scope="session")
