@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import secrets
 import shutil
 import signal
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config.matrix import Cell
+from pytest_wsgi502.config.values import ConfigError, shown
 from pytest_wsgi502.services.process import LocalProcess, ServiceError, find_binary, free_ports
 
 SUN_PATH_MAX = 107  # bytes in a unix socket path (sun_path is 108 with its NUL)
@@ -24,6 +27,41 @@ def comment_label(name: str) -> str:
     """A cell name as it may appear in a config file's comment line: as is when it is a plain name, else its
     ASCII repr (a newline in a name built by hand must not end the comment and start a directive)."""
     return name if _LABEL.fullmatch(name) else ascii(name)
+
+
+# options that make a server listen (uWSGI ini keys, gunicorn settings): a cell may add or move a listener, but
+# only on loopback or a unix socket — services never listen where another machine could reach them
+LISTEN_KEYS = {"uwsgi": re.compile(r"(.*-)?socket|https?|stats(-server)?|http-to|snmp|zerg-server"),
+               "gunicorn": re.compile(r"bind")}
+
+
+def loopback_listeners(cell: str, server: str, options: Mapping[str, Any]) -> None:
+    """ConfigError when an option would make the server listen off loopback (``0.0.0.0:80``, ``:8000``, a host
+    name). Accepted: 127.0.0.0/8, ``[::1]``, ``localhost`` with a port, and unix socket paths."""
+    pattern = LISTEN_KEYS[server]
+    for key, value in options.items():
+        if not (isinstance(key, str) and pattern.fullmatch(key)):
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if not _loopback_address(str(v)):
+                raise ConfigError(f"cell {shown(cell)}: option {shown(key)} = {shown(v)} would listen off this "
+                                  "machine; use 127.0.0.1:PORT, [::1]:PORT or a unix socket path")
+
+
+def _loopback_address(addr: str) -> bool:
+    addr = addr.strip()
+    if addr.startswith("unix:") or addr.startswith("/") or addr.startswith("./") or addr.startswith("@"):
+        return True  # a socket file, or an abstract unix socket (@name)
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        return False
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from pytest_wsgi502.config.values import ConfigError, shown, wsgi_app
-from pytest_wsgi502.servers.base import LocalServer, comment_label
+from pytest_wsgi502.servers.base import LocalServer, comment_label, loopback_listeners
 from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, summarize
 
 HOOKS = ("post_fork", "worker_exit", "child_exit", "worker_abort", "worker_int")  # defined by _HOOKS below
@@ -136,6 +136,7 @@ class Gunicorn(LocalServer):
         if cell.listen is not None:
             s["backlog"] = cell.listen
         check_option_names(cell.name, cell.options)
+        loopback_listeners(cell.name, "gunicorn", cell.options)
         s.update(cell.options)
         return checked_settings(cell.name, s)
 

@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any
 
 from pytest_wsgi502.config.values import ConfigError, shown, wsgi_app
-from pytest_wsgi502.servers.base import LocalServer, comment_label
+from pytest_wsgi502.servers.base import LocalServer, comment_label, loopback_listeners
 from pytest_wsgi502.servers.telemetry import UWSGI_PATTERNS, summarize
 
 _KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -121,6 +121,7 @@ class UWSGI(LocalServer):
             s["gevent-early-monkey-patch"] = True
         if cell.listen is not None:
             s["listen"] = cell.listen
+        loopback_listeners(cell.name, "uwsgi", cell.options)
         s.update(cell.options)  # raw options win
         return checked_settings(cell.name, s)
 
