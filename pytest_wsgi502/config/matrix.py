@@ -295,7 +295,7 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     if raw.get("load_mode", "") not in ("", *LOAD_MODES):
         raise ConfigError(f"{at}: load_mode {shown(raw['load_mode'])} unknown; choose one of {', '.join(LOAD_MODES)}")
     mix = raw.get("mix", [])
-    if not isinstance(mix, list) or not all(isinstance(m, Mapping) for m in mix):
+    if not isinstance(mix, list | tuple) or not all(isinstance(m, Mapping) for m in mix):
         raise ConfigError(f"{at}: mix must be a list of tables, e.g. mix = [{{path = \"/a\", weight = 3}}]")
     for i, m in enumerate(mix):
         bad = set(m) - _MIX_KEYS
