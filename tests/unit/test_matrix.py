@@ -177,15 +177,32 @@ def test_unreadable_matrix_files_are_one_line(tmp_path):
     _one_line_error(toml_keys, "unknown key(s) 'wor\\nkers'")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file; the directory case covers OSError")
-def test_unreadable_matrix_file_as_non_root(tmp_path):
+def test_unreadable_matrix_file_is_one_line(tmp_path):
+    """A mode-000 file as a user who cannot read it. Root reads anything, so as root the check runs in a child
+    process as nobody (setpriv); it skips only where that child cannot import the package."""
+    import shutil
+    import subprocess
+    import sys
+
     f = tmp_path / "m.toml"
     f.write_text('[cells.a]\nserver = "uwsgi"\n')
     f.chmod(0)
-    try:
+    if os.geteuid() != 0:
         _one_line_error(f, "cannot read it (Permission denied)")
-    finally:
-        f.chmod(0o600)
+        return
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: cannot become a user who is refused the file")
+    tmp_path.chmod(0o755)
+    code = ("from pytest_wsgi502.config.matrix import load_matrix\nfrom pytest_wsgi502.config.values import "
+            f"ConfigError\ntry:\n    load_matrix({str(f)!r})\nexcept ConfigError as e:\n    print('ERROR', e)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__import__("pytest_wsgi502").__file__)))
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c"]
+    probe = subprocess.run([*nobody, "import pytest_wsgi502.config.matrix"], capture_output=True, text=True,
+                           env={"PYTHONPATH": root}, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"nobody cannot import the package here: {probe.stderr.strip().splitlines()[-1:]}")
+    r = subprocess.run([*nobody, code], capture_output=True, text=True, env={"PYTHONPATH": root}, timeout=60)
+    assert r.stdout.strip().splitlines() == [f"ERROR matrix file {f}: cannot read it (Permission denied)"], r.stderr
 
 
 def test_good_values_pass_through(tmp_path):
