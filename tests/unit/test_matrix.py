@@ -1,6 +1,7 @@
 import math
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -195,7 +196,9 @@ def test_unreadable_matrix_file_is_one_line(tmp_path):
     tmp_path.chmod(0o755)
     code = ("from pytest_wsgi502.config.matrix import load_matrix\nfrom pytest_wsgi502.config.values import "
             f"ConfigError\ntry:\n    load_matrix({str(f)!r})\nexcept ConfigError as e:\n    print('ERROR', e)")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__import__("pytest_wsgi502").__file__)))
+    import pytest_wsgi502
+
+    root = str(Path(str(pytest_wsgi502.__file__)).resolve().parent.parent)
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c"]
     probe = subprocess.run([*nobody, "import pytest_wsgi502.config.matrix"], capture_output=True, text=True,
                            env={"PYTHONPATH": root}, timeout=60)
