@@ -2,6 +2,9 @@
 
     def test_cell(wsgi_cell_run):          # parametrized over the matrix by the plugin
         wsgi_cell_run.assert_slo()
+
+Typed for users (``WsgiServerFactory``, ``WsgiLoadFactory`` and the types they return are exported by
+``pytest_wsgi502``); the heavy modules behind them load only when a fixture runs.
 """
 
 from __future__ import annotations
@@ -10,20 +13,42 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
 from pytest_wsgi502.config.matrix import Cell
+from pytest_wsgi502.config.settings import EffectiveSettings
+from pytest_wsgi502.results import CellRun, Result, record
+from pytest_wsgi502.state import State
+from pytest_wsgi502.state import get_state as _state
+
+if TYPE_CHECKING:  # annotations only: these modules load heavy dependencies (httpx, docker)
+    import httpx
+
+    from pytest_wsgi502.cellrun import CellContext, Target
+    from pytest_wsgi502.report.progress import LiveProgress
+    from pytest_wsgi502.servers.factory import ServerFactory
+    from pytest_wsgi502.services.containers.session import ContainerSession
+    from pytest_wsgi502.services.mysql import MySQLInfo
+
+T = TypeVar("T")
 
 
-def _state(config: pytest.Config) -> Any:
-    from pytest_wsgi502.plugin import STATE
+class WsgiServerFactory(Protocol):
+    """What ``wsgi_server`` gives a test: call it with a ``Cell``, a matrix cell name or a table of matrix keys
+    (plus keyword overrides) to start that server behind the ELB-like proxy."""
 
-    return config.stash[STATE]
+    def __call__(self, config: Cell | str | Mapping[str, Any] | None = None, **overrides: Any) -> Target: ...
+
+
+class WsgiLoadFactory(Protocol):
+    """What ``wsgi_load`` gives a test: drive load through a started ``Target`` and get its ``Result``."""
+
+    def __call__(self, target: Target, *, slo: str | Iterable[str] = (),
+                 verify: Callable[[httpx.Response], bool] | None = None, **profile: Any) -> Result: ...
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -32,7 +57,7 @@ def _fail(exc: Exception) -> NoReturn:
     raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
-def _started(start: Callable[[], Any], stop: Callable[[], Any]) -> Iterator[Any]:
+def _started(start: Callable[[], T], stop: Callable[[], object]) -> Iterator[T]:
     """The body of a session fixture around one service: yield what ``start`` returns and ``stop`` at the end;
     a ``ServiceError`` from ``start`` stops what it left half-started and fails with its one-line message."""
     from pytest_wsgi502.services import ServiceError
@@ -53,7 +78,7 @@ def _base_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def wsgi_settings(pytestconfig: pytest.Config) -> Any:
+def wsgi_settings(pytestconfig: pytest.Config) -> EffectiveSettings:
     """The effective pytest-wsgi502 settings (each value with the source it came from)."""
     return _state(pytestconfig).settings
 
@@ -83,10 +108,10 @@ def wsgi_run_dir(pytestconfig: pytest.Config) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator[Any]:
+def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator[ContainerSession | None]:
     """The containers backend's session (engine client, network, images; ``.timings``), or None when the
     backend is local. Every container and network it made is removed at the end (README "Containers backend")."""
-    from pytest_wsgi502.services.engine import BACKEND, choose
+    from pytest_wsgi502.services.backend import BACKEND, choose
 
     state = _state(pytestconfig)
     choice = pytestconfig.stash.get(BACKEND, None)
@@ -98,14 +123,15 @@ def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator
     if choice.name != "containers" or not choice.docker_host:
         yield None
         return
-    from pytest_wsgi502.services.containers import ContainerSession
+    from pytest_wsgi502.services.containers.session import ContainerSession
 
     session = ContainerSession(choice.docker_host, wsgi_run_dir, state.settings, state.path("chdir"))
     yield from _started(session.open, session.close)
 
 
 @pytest.fixture(scope="session")
-def wsgi_mysql(wsgi_settings: Any, wsgi_run_dir: Path, wsgi_containers: Any) -> Iterator[Any]:
+def wsgi_mysql(wsgi_settings: EffectiveSettings, wsgi_run_dir: Path,
+               wsgi_containers: ContainerSession | None) -> Iterator[MySQLInfo]:
     """A private MariaDB/MySQL server for this session (one per xdist worker): ``MySQLInfo``."""
     from pytest_wsgi502.services.mysql import LocalMySQL, find_mysqld
     from pytest_wsgi502.services.process import ledger_path
@@ -121,7 +147,7 @@ def wsgi_mysql(wsgi_settings: Any, wsgi_run_dir: Path, wsgi_containers: Any) -> 
 
 
 @pytest.fixture(scope="session")
-def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: Any, wsgi_run_dir: Path) -> Any:
+def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: MySQLInfo, wsgi_run_dir: Path) -> MySQLInfo:
     """The database with the app's setup command (migrations) applied once."""
     state = _state(pytestconfig)
     command = state.settings.setup_command
@@ -132,7 +158,7 @@ def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: Any, wsgi_run_dir: Pa
         log = wsgi_run_dir / "setup-command.log"
         env = {**_base_env(), **wsgi_mysql.env()}
         if state.settings.django_settings:
-            from pytest_wsgi502.cellrun import django_overlay
+            from pytest_wsgi502.services.django import django_overlay
 
             env.update(django_overlay(wsgi_run_dir, state.settings.django_settings, env))
         try:
@@ -148,53 +174,10 @@ def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: Any, wsgi_run_dir: Pa
     return wsgi_mysql
 
 
-class Result(dict[str, Any]):
-    """A cell's result: the JSON contract as a dict, its top-level keys also as attributes
-    (``result.error_rate``, ``result.latency_ms["p99"]``, ``result.slo["failures"]``)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    @property
-    def passed(self) -> bool:
-        return bool(self["slo"]["passed"])
-
-    @property
-    def outcome(self) -> str:
-        """``pass``, ``fail`` (an SLO breached) or ``invalid`` (the run says nothing about the server)."""
-        return str(self["slo"].get("outcome") or ("pass" if self.passed else "fail"))
-
-    def assert_slo(self) -> None:
-        """Fail the test with one line per breached SLO: the SLO, the measured value, the limit; an invalid run
-        fails with the reasons it is invalid."""
-        if not self.passed:
-            lines = "\n".join("  " + f for f in self["slo"]["failures"])
-            what = "invalid run" if self.outcome == "invalid" else "SLO breached"
-            pytest.fail(f"cell {self['name']}: {what}\n{lines}", pytrace=False)
-
-
-@dataclass
-class CellRun:
-    """What ``wsgi_cell_run`` returns: the cell and its ``Result`` (also written by --wsgi-json)."""
-
-    cell: Cell
-    result: Result
-
-    @property
-    def passed(self) -> bool:
-        return self.result.passed
-
-    def assert_slo(self) -> None:
-        self.result.assert_slo()
-
-
-def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> Any:
+def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo) -> CellContext:
     from pytest_wsgi502.cellrun import CellContext
     from pytest_wsgi502.proxy import find_nginx
-    from pytest_wsgi502.servers.base import binary_for
+    from pytest_wsgi502.servers import binary_for
     from pytest_wsgi502.services.process import ledger_path
 
     state = _state(request.config)
@@ -211,11 +194,11 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: Any) -> An
     )
 
 
-def _server_factory(request: pytest.FixtureRequest) -> Any:
-    session = request.getfixturevalue("wsgi_containers")
+def _server_factory(request: pytest.FixtureRequest) -> ServerFactory | None:
+    session: ContainerSession | None = request.getfixturevalue("wsgi_containers")
     if session is None:
         return None
-    from pytest_wsgi502.servers.container import server_factory
+    from pytest_wsgi502.servers.in_container import server_factory
 
     return server_factory(session)
 
@@ -228,44 +211,21 @@ def _marker_slos(request: pytest.FixtureRequest) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _report(request: pytest.FixtureRequest, result: Result) -> None:
-    """Hand the result to the reporter (via the test's report) and record the SLO values and verdicts as JUnit
-    XML properties (``record_property``): ``wsgi502.<cell>.<metric>`` and ``wsgi502.<cell>.slo.<slo>``."""
-    from pytest_wsgi502.plugin import RESULTS
-
-    request.node.stash.setdefault(RESULTS, []).append(dict(result))
-    for name, value in junit_properties(result):
-        request.node.user_properties.append((name, value))
-
-
-def junit_properties(result: dict[str, Any]) -> list[tuple[str, str]]:
-    prefix = f"wsgi502.{result['name']}"
-    lat = result.get("latency_ms") or {}
-    props = [(f"{prefix}.{k}", str(v)) for k, v in (
-        ("requests", result.get("requests")), ("error_rate", result.get("error_rate")),
-        ("http_502", (result.get("status_counts") or {}).get("502", 0)), ("p50_ms", lat.get("p50")),
-        ("p99_ms", lat.get("p99")), ("rps", result.get("rps")), ("respawns", result.get("respawns")),
-        ("kills", result.get("kills")))]
-    for check in result["slo"]["checks"]:
-        measured = "not measured" if check["value"] is None else f"{check['value']:.6g}"
-        props.append((f"{prefix}.slo.{check['slo']}",
-                      f"{'pass' if check['passed'] else 'FAIL'} (measured {measured})"))
-    props.append((f"{prefix}.slo", "pass" if result["slo"]["passed"] else "FAIL"))
-    return props
-
-
-def _progress(request: pytest.FixtureRequest, name: str) -> Any:
+def _progress(request: pytest.FixtureRequest, name: str) -> LiveProgress:
     from pytest_wsgi502.report.progress import LiveProgress
 
     return LiveProgress(request.config, name)
 
 
 @pytest.fixture
-def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database: Any, wsgi_run_dir: Path) -> CellRun:
-    """Run one cell of the matrix (server + proxy + load) and return its ``CellRun``."""
+def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database: MySQLInfo,
+                  wsgi_run_dir: Path) -> CellRun:
+    """Run one cell of the matrix (server + proxy + load) and return its ``CellRun``. The cell is the one
+    ``pytest_wsgi502_modify_cell`` returns, if a hook changes it."""
     from pytest_wsgi502.cellrun import run_cell
     from pytest_wsgi502.services import ServiceError
 
+    wsgi_cell = _modified(request.config, wsgi_cell)
     in_containers = request.getfixturevalue("wsgi_containers") is not None
     if (wsgi_cell.cpus or wsgi_cell.mem_limit) and not in_containers:
         pytest.skip(f"cell {wsgi_cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers")
@@ -275,7 +235,7 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
     live = _progress(request, wsgi_cell.name)
     try:
         result = Result(run_cell(wsgi_cell, ctx, _base_env(), _marker_slos(request), progress=live.callback))
-    except (ServiceError, ValueError, pytest.UsageError) as exc:
+    except (ServiceError, ValueError) as exc:  # ValueError: ConfigError (e.g. --wsgi-strict's lint), one line
         _fail(exc)
     finally:
         live.finish()
@@ -283,11 +243,23 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
 
     for finding in result.get("lint", []):
         warnings.warn(f"wsgi502 lint [{finding['code']}] {finding['message']}", UserWarning, stacklevel=1)
-    _report(request, result)
+    record(request, result)
     return CellRun(wsgi_cell, result)
 
 
-def _as_cell(config: Any, state: Any, overrides: dict[str, Any]) -> Cell:
+def _modified(config: pytest.Config, cell: Cell) -> Cell:
+    """The cell as the project's ``pytest_wsgi502_modify_cell`` hooks leave it (the first answer wins)."""
+    changed: object = config.hook.pytest_wsgi502_modify_cell(cell=cell, config=config)
+    if changed is None:
+        return cell
+    if not isinstance(changed, Cell):
+        raise pytest.fail.Exception(
+            f"pytest_wsgi502_modify_cell returned {type(changed).__name__} for cell {cell.name}: return a Cell "
+            "(dataclasses.replace(cell, ...)) or None", pytrace=False)
+    return changed
+
+
+def _as_cell(config: Cell | str | Mapping[str, Any] | None, state: State, overrides: dict[str, Any]) -> Cell:
     """A Cell from a Cell, a matrix cell name, or a table of matrix keys (validated like the matrix file)."""
     import dataclasses
 
@@ -309,10 +281,12 @@ def _as_cell(config: Any, state: Any, overrides: dict[str, Any]) -> Cell:
 
 
 @pytest.fixture
-def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir: Path) -> Iterator[Any]:
+def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo,
+                wsgi_run_dir: Path) -> Iterator[WsgiServerFactory]:
     """Factory: ``wsgi_server({"server": "gunicorn", "workers": 4})`` (matrix keys), a cell name, or a ``Cell``
     starts that server behind the ELB-like proxy and returns a ``Target`` (``.url``, ``.cell``, ``.dir``).
-    Everything it started stops at the end of the test."""
+    The cell passes through ``pytest_wsgi502_modify_cell`` first. Everything it started stops at the end of the
+    test."""
     from pytest_wsgi502.cellrun import Target
     from pytest_wsgi502.services import ServiceError
 
@@ -320,11 +294,12 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: Any, wsgi_run_dir
     state = _state(request.config)
     started: list[Target] = []
 
-    def start(config: Any = None, **overrides: Any) -> Target:
+    def start(config: Cell | str | Mapping[str, Any] | None = None, **overrides: Any) -> Target:
         try:
             cell = _as_cell(config, state, overrides)
         except (ValueError, TypeError) as exc:  # ConfigError: a bad key or value, one line
             _fail(exc)
+        cell = _modified(request.config, cell)
         if cell.server not in ctx.server_binaries and ctx.server_factory is None:  # containers bring their own
             pytest.fail(f"{cell.server} is not installed: pip install 'pytest-wsgi502[servers]'", pytrace=False)
         try:
@@ -371,7 +346,7 @@ def _profile(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Any:
+def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> WsgiLoadFactory:
     """Factory: ``wsgi_load(target, rate=300, mode="open", duration=10, slo=["p99<200ms"])`` drives load through
     the target's proxy and returns a ``Result`` (the JSON contract) whose SLO verdict includes the test's
     ``wsgi_slo`` marker, the session's --wsgi-slo and ``slo``. Profile keys: those of ``LoadSpec``
@@ -380,7 +355,8 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> An
 
     from pytest_wsgi502.cellrun import effective_slos, load_spec
 
-    def load(target: Any, *, slo: Any = (), verify: Any = None, **profile: Any) -> Result:
+    def load(target: Target, *, slo: str | Iterable[str] = (),
+             verify: Callable[[httpx.Response], bool] | None = None, **profile: Any) -> Result:
         try:
             spec = dataclasses.replace(load_spec(target.cell, target.ctx, target.url), **_profile(profile))
             spec.validate()
@@ -393,7 +369,7 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> An
             result = Result(target.measure(spec, slos, verify, progress=live.callback))
         finally:
             live.finish()
-        _report(request, result)
+        record(request, result)
         return result
 
     return load

@@ -1,4 +1,6 @@
-"""pytest glue only: options, header, parametrization, result collection, summary. Logic lives elsewhere.
+"""pytest glue only: hooks and options, the header, parametrization; the ``ConfigError -> UsageError`` edge.
+Logic lives elsewhere: run state in state.py, fixtures in fixtures.py, results and the reporter in results.py,
+the hooks a project implements in hookspec.py.
 
 Imports here stay cheap (no Django, gevent, httpx, testcontainers): this module loads in every pytest run of
 every project that has the plugin installed.
@@ -7,55 +9,19 @@ every project that has the plugin installed.
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_wsgi502.config.matrix import BUILTIN, Cell, load_matrix, select
-from pytest_wsgi502.config.settings import SETTINGS, EffectiveSettings, env_snapshot, resolve
+from pytest_wsgi502.config.settings import SETTINGS, env_snapshot, resolve
 from pytest_wsgi502.config.values import ConfigError
+from pytest_wsgi502.results import MatrixReporter
+from pytest_wsgi502.state import REPORT_ATTR, RESULTS, STATE, State
 
 pytest_plugins = ["pytest_wsgi502.fixtures"]
-
-REPORT_ATTR = "wsgi502_results"  # TestReport attribute carrying cell results (xdist ships it to the controller)
-RESULTS = pytest.StashKey[list[dict[str, Any]]]()  # results a test's fixtures produced, on its item
-
-
-@dataclass
-class State:
-    settings: EffectiveSettings
-    enabled: bool
-    rootdir: Path
-    _cells: list[Cell] | None = None
-    results: list[dict[str, Any]] = field(default_factory=list)
-    compare: dict[str, Any] | None = None  # the comparison with a saved run, once computed
-    written: list[str] = field(default_factory=list)  # "what: path" lines for the summary
-    error: str | None = None  # a bad matrix met while collecting: a usage error once collection is done
-
-    @property
-    def cells(self) -> list[Cell]:
-        if self._cells is None:
-            name = self.settings.matrix_file
-            matrix = load_matrix(BUILTIN.get(name) or self.path("matrix_file") if name else None)
-            self._cells = select(matrix, self.settings.cells)
-        return self._cells
-
-    def path(self, name: str) -> Path:
-        """A path setting: relative to the ini file's directory when it came from ini (or is the default),
-        else to the current directory."""
-        p = Path(self.settings.values[name].value)
-        if p.is_absolute():
-            return p
-        base = self.rootdir if self.settings.source(name) in ("ini", "default") else Path.cwd()
-        return (base / p).resolve()
-
-
-STATE = pytest.StashKey[State]()
 
 
 @contextmanager
@@ -65,6 +31,12 @@ def _usage() -> Iterator[None]:
         yield
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_wsgi502 import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -99,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = state
     if state.enabled:
         from pytest_wsgi502.preflight import check
-        from pytest_wsgi502.services.engine import resolve_backend
+        from pytest_wsgi502.services.backend import resolve_backend
 
         with _usage():
             check(state.settings, state.cells, state.path("chdir"), backend=resolve_backend(config, settings.backend))
@@ -156,7 +128,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         if name == "idle_timeout" and r.raw is not None and r.value != _seconds(r.raw):
             value = f"{r.raw} -> {r.value:g}s, rounded up to whole seconds"
         parts.append(f"{name}={value} ({r.source})")
-    from pytest_wsgi502.services.engine import header_line
+    from pytest_wsgi502.services.backend import header_line
 
     return ["wsgi502: " + ", ".join(parts), *header_line(config),
             f"wsgi502: cells: {', '.join(c.name for c in state.cells)}"]
@@ -190,87 +162,19 @@ def pytest_collection_modifyitems(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if call.when == "call" and item.stash.get(RESULTS, None):
         setattr(report, REPORT_ATTR, item.stash[RESULTS])
     return report
 
 
-class MatrixReporter:
-    """Collects each cell's result from its test report, and on the controller only: prints the table and the
-    comparison, writes JSON / HTML / PNG / GitHub step summary, saves the run, fails the session on regression."""
-
-    def __init__(self, config: pytest.Config, state: State) -> None:
-        self.config, self.state = config, state
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call":
-            self.state.results.extend(dict(r) for r in getattr(report, REPORT_ATTR, None) or ())
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        state, s = self.state, self.state.settings
-        if hasattr(self.config, "workerinput") or not state.results:
-            return
-        from pytest_wsgi502.report import compare, manifest  # both stdlib-only at import
-
-        doc = manifest.build(state.results, s, state.rootdir)
-        if s.compare or s.compare_fail:
-            store = compare.storage(state.path("storage"))
-            path = compare.find_run(store, s.compare or "latest")
-            saved_doc, saved = compare.load(path)
-            result = compare.compare(state.results, saved, s.compare_fail or ())
-            commit = ((saved_doc.get("commit_info") or {}).get("id") or "")[:12]
-            label = f"{path.stem} ({saved_doc.get('datetime', '?')[:19]}, commit {commit or '?'})"
-            state.compare = {**result, "lines": compare.render(result, label)}
-            doc["compare"] = {"against": str(path), "checks": [c.text for c in s.compare_fail or ()],
-                              "rows": result["rows"], "failures": result["failures"]}
-            if result["failures"] and session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if s.save:
-            saved_path = compare.save(compare.storage(state.path("storage")), s.save, state.results,
-                                      doc["environment"])
-            state.written.append(f"run saved as {saved_path}")
-        if s.json:
-            manifest.write_json(state.path("json"), doc)
-            state.written.append(f"results written to {state.path('json')}")
-        if s.html or s.png:
-            from pytest_wsgi502.report import html
-
-            if s.html:
-                state.written.append(f"HTML report: {html.write_html(doc, state.path('html'))}")
-            if s.png:
-                pngs = html.write_png(doc, state.path("png"))
-                state.written.append(f"{len(pngs)} PNG charts in {state.path('png')}")
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:
-            from pytest_wsgi502.report.table import render_markdown
-
-            with open(summary, "a", encoding="utf-8") as fh:
-                fh.write(render_markdown(state.results, (state.compare or {}).get("lines", ())))
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        state = self.state
-        if not state.results:
-            return
-        from pytest_wsgi502.report.table import render_table
-
-        terminalreporter.section("wsgi502 matrix")
-        for line in render_table(state.results):
-            terminalreporter.write_line(line)
-        if state.compare is not None:
-            terminalreporter.section("wsgi502 compare")
-            for line in state.compare["lines"]:
-                terminalreporter.write_line(line, red=line.startswith("regression"))
-        for line in state.written:
-            terminalreporter.write_line(f"wsgi502: {line}")
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     from pytest_wsgi502.services.process import stop_all
 
     stop_all()  # anything a fixture could not tear down (Ctrl-C, internal errors)
-    from pytest_wsgi502.services.engine import close_containers
+    from pytest_wsgi502.services.backend import close_containers
 
     close_containers()  # the same for containers (only if the containers backend was used)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: the reporter reads pytest's terminal, the report package never imports pytest
+    import pytest
 
 PLAIN_EVERY = 5.0  # seconds between plain lines when output is not a terminal
 
@@ -28,15 +33,16 @@ class LiveProgress:
     """``callback`` goes to the load engine; ``finish`` ends the live line. Thread-safe (the engine may call from
     a helper thread)."""
 
-    def __init__(self, config: Any, name: str, clock: Any = time.monotonic) -> None:
+    def __init__(self, config: pytest.Config, name: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.name, self.clock = name, clock
-        tr = config.pluginmanager.get_plugin("terminalreporter")
+        tr: pytest.TerminalReporter | None = config.pluginmanager.get_plugin("terminalreporter")
         quiet = config.get_verbosity() < 0 or hasattr(config, "workerinput")
         self.tr = None if quiet or tr is None else tr
         self.tty = bool(self.tr is not None and self.tr.isatty)
         capman = config.pluginmanager.get_plugin("capturemanager")
         # the test's output is being captured while the cell runs: step around it, as pytest's live logging does
-        self._uncaptured = capman.global_and_fixture_disabled if capman is not None else contextlib.nullcontext
+        self._uncaptured: Callable[[], AbstractContextManager[Any]] = (
+            capman.global_and_fixture_disabled if capman is not None else contextlib.nullcontext)
         self._lock = threading.Lock()
         self._last_plain = clock()
         self._live = False

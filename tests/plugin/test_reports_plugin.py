@@ -6,10 +6,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-# A test that hands the reporter a result the way wsgi_cell_run does (the real _report), with a p50 from env.
+# A test that hands the reporter a result the way wsgi_cell_run does (the real record), with a p50 from env.
 FAKE_CELL = """
 import os
-from pytest_wsgi502.fixtures import Result, _report
+from pytest_wsgi502.results import Result, record
 from pytest_wsgi502 import slo
 from hdrh.histogram import HdrHistogram
 
@@ -23,7 +23,7 @@ def test_cell(request):
     h.record_value(int(p50 * 1000), 1000)
     r["histogram"] = h.encode().decode()
     r["slo"] = slo.verdict(slo.parse_slos(["p50<1000ms", "error_rate<0.01"]), r)
-    _report(request, Result(r))
+    record(request, Result(r))
 """
 
 

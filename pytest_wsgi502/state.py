@@ -1,0 +1,55 @@
+"""The plugin's per-run state, kept in ``config.stash`` (glue: both plugin.py and fixtures.py read it).
+
+Cheap to import: the pure core and pytest only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_wsgi502.config.matrix import BUILTIN, Cell, load_matrix, select
+from pytest_wsgi502.config.settings import EffectiveSettings
+
+REPORT_ATTR = "wsgi502_results"  # TestReport attribute carrying cell results (xdist ships it to the controller)
+RESULTS = pytest.StashKey[list[dict[str, Any]]]()  # results a test's fixtures produced, on its item
+
+
+@dataclass
+class State:
+    settings: EffectiveSettings
+    enabled: bool
+    rootdir: Path
+    _cells: list[Cell] | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    compare: dict[str, Any] | None = None  # the comparison with a saved run, once computed
+    written: list[str] = field(default_factory=list)  # "what: path" lines for the summary
+    error: str | None = None  # a bad matrix met while collecting: a usage error once collection is done
+
+    @property
+    def cells(self) -> list[Cell]:
+        if self._cells is None:
+            name = self.settings.matrix_file
+            matrix = load_matrix(BUILTIN.get(name) or self.path("matrix_file") if name else None)
+            self._cells = select(matrix, self.settings.cells)
+        return self._cells
+
+    def path(self, name: str) -> Path:
+        """A path setting: relative to the ini file's directory when it came from ini (or is the default),
+        else to the current directory."""
+        p = Path(self.settings.values[name].value)
+        if p.is_absolute():
+            return p
+        base = self.rootdir if self.settings.source(name) in ("ini", "default") else Path.cwd()
+        return (base / p).resolve()
+
+
+STATE = pytest.StashKey[State]()
+
+
+def get_state(config: pytest.Config) -> State:
+    """This run's state (set in ``pytest_configure``)."""
+    return config.stash[STATE]
