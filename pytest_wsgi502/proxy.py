@@ -3,32 +3,23 @@
 Like the LB: an idle keep-alive pool to the target, no retry of a failed request (nginx's default silently
 retries on a stale keep-alive connection and would hide the very race we look for), a 10 s connect timeout and
 an idle timeout (60 s default). The access log records status and upstream status per request, the error log
-keeps nginx's reason for each 502/504.
+keeps nginx's reason for each 502/504; both logs' formats and parsers live in ``nginxlog.py``.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import math
 import os
 import re
 import signal
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config.values import DAY, ConfigError, number, shown
+from pytest_wsgi502.nginxlog import ACCESS_LOG, ACCESS_LOG_FORMAT, ERROR_LOG
 from pytest_wsgi502.services.process import LocalProcess, find_binary, free_port
-
-_LOG_FORMAT = (
-    '{"t":$msec,"status":$status,"conn":$connection,"upstream_status":"$upstream_status","upstream_addr":"$upstream_addr",'
-    '"request_time":$request_time,"upstream_time":"$upstream_response_time","uri":"$request_uri",'
-    # whether nginx could keep the upstream connection after this response (attribution.reusable)
-    '"upstream_connection":"$upstream_http_connection","upstream_content_length":"$upstream_http_content_length",'
-    '"upstream_transfer_encoding":"$upstream_http_transfer_encoding"}'
-)
 
 
 @dataclass(frozen=True)
@@ -82,11 +73,11 @@ def render_nginx(cfg: ProxyConfig, workdir: Path) -> str:
 master_process off;
 worker_processes 1;
 pid {nginx_quoted(workdir / 'nginx.pid', 'pid path')};
-error_log {nginx_quoted(workdir / 'proxy-error.log', 'error log path')} info;
+error_log {nginx_quoted(workdir / ERROR_LOG, 'error log path')} info;
 events {{ worker_connections 4096; }}
 http {{
-    log_format lb escape=json '{_LOG_FORMAT}';
-    access_log {nginx_quoted(workdir / 'proxy-access.log', 'access log path')} lb buffer=64k flush=1s;
+    log_format lb escape=json '{ACCESS_LOG_FORMAT}';
+    access_log {nginx_quoted(workdir / ACCESS_LOG, 'access log path')} lb buffer=64k flush=1s;
 {temps}
     upstream target {{
         server {nginx_quoted(cfg.upstream, 'upstream')};
@@ -136,7 +127,7 @@ class LocalProxy:
             (self.dir / "nginx-temp" / kind).mkdir(parents=True, exist_ok=True)
         conf = self.dir / "nginx.conf"
         conf.write_text(text, encoding="utf-8")
-        argv = [self.binary, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "proxy-error.log")]
+        argv = [self.binary, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / ERROR_LOG)]
         # SIGQUIT: graceful stop, which also flushes the buffered access log
         self.process = LocalProcess("nginx", argv, self.dir / "proxy-stdout.log", stop_signal=signal.SIGQUIT,
                                     ledger=self.ledger).start()
@@ -154,50 +145,3 @@ class LocalProxy:
 
 def find_nginx(explicit: str | None) -> str | None:
     return find_binary("nginx", explicit)
-
-
-def parse_access_log(path: Path, since: float = 0.0) -> dict[str, Any]:
-    """Counts from the proxy's access log: statuses as the client saw them and as the upstream answered."""
-    statuses: Counter[str] = Counter()
-    upstream: Counter[str] = Counter()
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("t", 0) < since:
-            continue
-        statuses[str(rec["status"])] += 1
-        upstream[rec.get("upstream_status") or "-"] += 1
-    return {"status_counts": dict(sorted(statuses.items())), "upstream_status": dict(sorted(upstream.items()))}
-
-
-def parse_error_log(path: Path) -> dict[str, int]:
-    """Why nginx failed requests: a count per known upstream-failure reason."""
-    reasons = {
-        "upstream prematurely closed connection": "upstream_closed",
-        "Connection reset by peer": "upstream_reset",
-        "Connection refused": "upstream_refused",
-        "upstream timed out": "upstream_timeout",
-        "Resource temporarily unavailable": "upstream_backlog_full",
-        "no live upstreams": "no_live_upstreams",
-    }
-    counts: Counter[str] = Counter()
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {}
-    for line in text.splitlines():
-        if "[error]" not in line and "[crit]" not in line:
-            continue
-        for needle, key in reasons.items():
-            if needle in line:
-                counts[key] += 1
-                break
-        else:
-            counts["other"] += 1
-    return dict(counts)

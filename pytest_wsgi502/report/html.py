@@ -15,10 +15,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.events import KILLS, RESPAWNS
+
 RESPAWN_COLOR = "#00b050"  # green: used for nothing else, so a picture test can look for it
 KILL_COLOR = "#e00000"
-RESPAWN_KINDS = frozenset({"respawn"})  # uWSGI's "Respawned uWSGI worker", gunicorn's post_fork after the first N
-KILL_KINDS = frozenset({"no_mercy", "harakiri", "died_signal", "timeout", "worker_abort"})
 
 
 def _pyplot() -> Any:
@@ -39,9 +39,9 @@ def event_offsets(cell: dict[str, Any]) -> dict[str, list[float]]:
     for e in (cell.get("telemetry") or {}).get("events", []):
         if e.get("t") is None or not -0.5 <= e["t"] - started <= end:
             continue
-        if e["kind"] in RESPAWN_KINDS:
+        if e["kind"] in RESPAWNS:
             out["respawn"].append(e["t"] - started)
-        elif e["kind"] in KILL_KINDS:
+        elif e["kind"] in KILLS:
             out["kill"].append(e["t"] - started)
     return out
 

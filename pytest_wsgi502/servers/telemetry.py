@@ -13,36 +13,36 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_wsgi502 import events as ev
+
 _TS = r"^(?P<ts>\d{9,11}\.\d{6}) "  # the arrival stamp the harness writes on every server log line
 _GUNICORN_TS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ([+-]\d{4})\]")  # gunicorn: whole seconds
 
 UWSGI_PATTERNS: dict[str, re.Pattern[str]] = {
-    "spawn": re.compile(r"spawned uWSGI worker (?P<worker>\d+) \(pid: (?P<pid>\d+)"),
-    "respawn": re.compile(r"Respawned uWSGI worker (?P<worker>\d+) \(new pid: (?P<pid>\d+)\)"),
-    "recycle": re.compile(r"\.\.\.The work of process (?P<pid>\d+) is done\. Seeya!"),
-    "lifetime": re.compile(r"worker (?P<worker>\d+) lifetime reached"),
-    "no_mercy": re.compile(r"worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) is taking too much time to die"),
-    "harakiri": re.compile(r"HARAKIRI ON WORKER (?P<worker>\d+) \(pid: (?P<pid>\d+)"),
-    "died_signal": re.compile(
+    ev.SPAWN: re.compile(r"spawned uWSGI worker (?P<worker>\d+) \(pid: (?P<pid>\d+)"),
+    ev.RESPAWN: re.compile(r"Respawned uWSGI worker (?P<worker>\d+) \(new pid: (?P<pid>\d+)\)"),
+    ev.RECYCLE: re.compile(r"\.\.\.The work of process (?P<pid>\d+) is done\. Seeya!"),
+    ev.LIFETIME: re.compile(r"worker (?P<worker>\d+) lifetime reached"),
+    ev.NO_MERCY: re.compile(r"worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) is taking too much time to die"),
+    ev.HARAKIRI: re.compile(r"HARAKIRI ON WORKER (?P<worker>\d+) \(pid: (?P<pid>\d+)"),
+    ev.DIED_SIGNAL: re.compile(
         r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died, killed by signal (?P<signal>\d+)"
     ),
-    "died": re.compile(r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died(?!, killed)"),
-    "listen_queue_full": re.compile(r"listen queue of socket .* full"),
-    "respawning_too_fast": re.compile(r"worker respawning too fast"),
-    "db_error": re.compile(r"django\.db\.utils\.OperationalError: \((?P<code>\d+)"),
+    ev.DIED: re.compile(r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died(?!, killed)"),
+    ev.LISTEN_QUEUE_FULL: re.compile(r"listen queue of socket .* full"),
+    ev.RESPAWNING_TOO_FAST: re.compile(r"worker respawning too fast"),
+    ev.DB_ERROR: re.compile(r"django\.db\.utils\.OperationalError: \((?P<code>\d+)"),
 }
 
 GUNICORN_PATTERNS: dict[str, re.Pattern[str]] = {
-    "spawn": re.compile(r"Booting worker with pid: (?P<pid>\d+)"),
-    "recycle": re.compile(r"Autorestarting worker after current request"),
-    "exit": re.compile(r"Worker exiting \(pid: (?P<pid>\d+)\)"),
-    "timeout": re.compile(r"WORKER TIMEOUT \(pid:(?P<pid>\d+)\)"),
-    "died_signal": re.compile(r"Worker \(pid:(?P<pid>\d+)\) was sent (?P<signame>SIG[A-Z]+)"),
-    "died_code": re.compile(r"Worker \(pid:(?P<pid>\d+)\) exited with code (?P<code>\d+)"),
-    "db_error": UWSGI_PATTERNS["db_error"],
+    ev.SPAWN: re.compile(r"Booting worker with pid: (?P<pid>\d+)"),
+    ev.RECYCLE: re.compile(r"Autorestarting worker after current request"),
+    ev.EXIT: re.compile(r"Worker exiting \(pid: (?P<pid>\d+)\)"),
+    ev.TIMEOUT: re.compile(r"WORKER TIMEOUT \(pid:(?P<pid>\d+)\)"),
+    ev.DIED_SIGNAL: re.compile(r"Worker \(pid:(?P<pid>\d+)\) was sent (?P<signame>SIG[A-Z]+)"),
+    ev.DIED_CODE: re.compile(r"Worker \(pid:(?P<pid>\d+)\) exited with code (?P<code>\d+)"),
+    ev.DB_ERROR: UWSGI_PATTERNS[ev.DB_ERROR],
 }
-
-_KILL_KINDS = {"no_mercy", "harakiri"}
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,10 @@ def parse_events(text: str, patterns: dict[str, re.Pattern[str]]) -> list[Event]
             if m is None:
                 continue
             g = m.groupdict()
-            if kind == "died_signal" and "signal" in g and g["signal"] != "9":
-                kind = "died_other_signal"
-            if kind == "died_signal" and g.get("signame") not in (None, "SIGKILL"):
-                kind = "died_other_signal"
+            if kind == ev.DIED_SIGNAL and "signal" in g and g["signal"] != "9":
+                kind = ev.DIED_OTHER_SIGNAL
+            if kind == ev.DIED_SIGNAL and g.get("signame") not in (None, "SIGKILL"):
+                kind = ev.DIED_OTHER_SIGNAL
             events.append(Event(kind, t, int(g["pid"]) if g.get("pid") else None,
                                 int(g["worker"]) if g.get("worker") else None, line.strip()[:300]))
             break
@@ -91,8 +91,8 @@ def _gunicorn_time(line: str) -> float | None:
 def summarize(events: list[Event], initial_workers: int) -> dict[str, Any]:
     """respawns: workers started after the initial set; kills: distinct worker pids that got SIGKILL."""
     counts = Counter(e.kind for e in events)
-    spawns = counts["spawn"] + counts["respawn"]
-    killed = {e.pid for e in events if e.kind in _KILL_KINDS or e.kind == "died_signal"}
+    spawns = sum(counts[kind] for kind in ev.SPAWNS)
+    killed = {e.pid for e in events if e.kind in ev.SIGKILLED}
     return {
         "respawns": max(0, spawns - initial_workers),
         "kills": len(killed),

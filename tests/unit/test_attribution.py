@@ -1,9 +1,16 @@
 from collections import deque
 
-from pytest_wsgi502.attribution import Failure, attribute, classify, read_error_reasons
+from pytest_wsgi502.attribution import attribute
+from pytest_wsgi502.attribution import classify as classify_reason_
+from pytest_wsgi502.nginxlog import Failure, classify_reason, read_error_log, reasons_by_connection
 
 RESET = "recv() failed (104: Connection reset by peer) while reading response header from upstream"
 CLOSED = "upstream prematurely closed connection while reading response header from upstream"
+
+
+def classify(text, *args, **kwargs):
+    """attribution.classify over nginx's message as nginxlog names it."""
+    return classify_reason_(classify_reason(text), *args, **kwargs)
 
 
 def test_error_log_lines_are_keyed_by_connection(tmp_path):
@@ -15,9 +22,10 @@ def test_error_log_lines_are_keyed_by_connection(tmp_path):
         '2026/11/25 14:34:31 [error] 1#1: *9 connect() failed (111: Connection refused) while connecting to '
         'upstream, client: 127.0.0.1, server: \n'
     )
-    reasons = read_error_reasons(log)
-    assert list(reasons[3]) == [RESET, CLOSED]
-    assert "Connection refused" in reasons[9][0]
+    reasons = reasons_by_connection(read_error_log(log))
+    assert [r.text for r in reasons[3]] == [RESET, CLOSED]
+    assert [r.name for r in reasons[3]] == ["upstream_reset", "upstream_closed"]
+    assert "Connection refused" in reasons[9][0].text and reasons[9][0].name == "upstream_refused"
 
 
 def test_causes():
@@ -39,7 +47,7 @@ def test_causes():
 def test_failures_pair_with_reasons_in_order_per_connection():
     failures = [Failure(100.0, 502, 3, 0.001, "/a"), Failure(101.0, 502, 3, 0.2, "/b"),
                 Failure(200.0, 502, 7, 0.001, "/c")]
-    reasons = {3: deque([RESET, CLOSED]), 7: deque([RESET])}
+    reasons = {3: deque([classify_reason(RESET), classify_reason(CLOSED)]), 7: deque([classify_reason(RESET)])}
     out = attribute(failures, reasons, [{"kind": "harakiri", "t": 101.6}])  # logged within REAP_SLACK of /b only
     assert out["counts"]["keepalive_race"] == 2 and out["counts"]["worker_killed"] == 1
     assert sum(out["counts"].values()) == 3
@@ -58,16 +66,20 @@ def test_a_full_listen_queue_is_the_recycle_when_workers_just_exited():
 def test_keepalive_race_needs_a_reusable_upstream_connection():
     """Issue 12 item 7: a 502 on a server that closes every connection was called ``keepalive_race``."""
     assert classify(RESET, 502, 100.0, 100.001, [], keepalive_reuse=False) == "unknown"
-    out = attribute([Failure(100.0, 502, 3, 0.001, "/a")], {3: deque([CLOSED])}, [], keepalive_reuse=False)
+    out = attribute([Failure(100.0, 502, 3, 0.001, "/a")], {3: deque([classify_reason(CLOSED)])}, [],
+                    keepalive_reuse=False)
     assert out["counts"]["keepalive_race"] == 0 and out["counts"]["unknown"] == 1
 
 
 def test_reuse_is_read_from_the_upstream_response_headers(tmp_path):
     import json
 
-    from pytest_wsgi502.attribution import keepalive_reuse_possible
+    from pytest_wsgi502 import nginxlog
 
     log = tmp_path / "a.log"
+
+    def keepalive_reuse_possible(path, since=0.0):
+        return nginxlog.keepalive_reuse_possible(nginxlog.read_access_log(path, since))
 
     def write(*recs):  # (t, status, Connection, Content-Length, Transfer-Encoding) of each upstream response
         log.write_text("".join(json.dumps({"t": t, "status": s, "upstream_status": str(s), "upstream_connection": c,

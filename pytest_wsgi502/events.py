@@ -1,0 +1,40 @@
+"""Worker lifecycle events: the one vocabulary of event kinds (pure, stdlib only).
+
+A server's telemetry (``servers/telemetry.py`` from its log lines, gunicorn's server hooks) produces events
+``{"kind", "t", "pid", "worker", "line"}`` whose ``kind`` is one of the names below; attribution
+(``attribution.py``) and the reports (``report/html.py``) read them through the groups defined here, so a new
+kind is added in one place.
+"""
+
+from __future__ import annotations
+
+# uWSGI and gunicorn log lines
+SPAWN = "spawn"  # a worker started (uWSGI "spawned uWSGI worker", gunicorn "Booting worker")
+RESPAWN = "respawn"  # a replacement worker (uWSGI "Respawned uWSGI worker", gunicorn's post_fork after the first N)
+RECYCLE = "recycle"  # a worker leaves after max-requests (uWSGI "...The work of process N is done", gunicorn)
+LIFETIME = "lifetime"  # uWSGI max-worker-lifetime reached
+NO_MERCY = "no_mercy"  # uWSGI reload-mercy ran out: the master SIGKILLs the worker
+HARAKIRI = "harakiri"  # uWSGI harakiri: a request ran too long, the worker is SIGKILLed
+DIED_SIGNAL = "died_signal"  # a worker died of SIGKILL (signal 9)
+DIED_OTHER_SIGNAL = "died_other_signal"  # a worker died of another signal
+DIED = "died"  # uWSGI: a worker died without a signal
+DIED_CODE = "died_code"  # gunicorn: a worker exited with a code
+EXIT = "exit"  # gunicorn "Worker exiting"
+TIMEOUT = "timeout"  # gunicorn WORKER TIMEOUT: the arbiter aborts the worker (SIGABRT, then SIGKILL)
+LISTEN_QUEUE_FULL = "listen_queue_full"  # uWSGI: the listen queue overflowed
+RESPAWNING_TOO_FAST = "respawning_too_fast"  # uWSGI throttles respawns
+DB_ERROR = "db_error"  # the app logged a database error (django.db.utils.OperationalError)
+# gunicorn server hooks (exact times)
+WORKER_EXIT = "worker_exit"
+WORKER_ABORT = "worker_abort"  # gunicorn's timeout kill
+
+KINDS = frozenset({SPAWN, RESPAWN, RECYCLE, LIFETIME, NO_MERCY, HARAKIRI, DIED_SIGNAL, DIED_OTHER_SIGNAL, DIED,
+                   DIED_CODE, EXIT, TIMEOUT, LISTEN_QUEUE_FULL, RESPAWNING_TOO_FAST, DB_ERROR, WORKER_EXIT,
+                   WORKER_ABORT})
+
+SPAWNS = frozenset({SPAWN, RESPAWN})  # a worker started (the initial set included)
+RESPAWNS = frozenset({RESPAWN})  # a worker started to replace one that left
+SIGKILLED = frozenset({NO_MERCY, HARAKIRI, DIED_SIGNAL})  # a worker got SIGKILL: the cell's ``kills`` count
+KILLS = SIGKILLED | {TIMEOUT, WORKER_ABORT}  # the server killed a worker mid-request (SIGKILL or gunicorn's abort)
+# a worker left without SIGKILL: recycled, reached its lifetime, exited, or died of another signal
+EXITS = frozenset({RECYCLE, LIFETIME, EXIT, DIED, DIED_CODE, WORKER_EXIT, DIED_OTHER_SIGNAL})

@@ -1,0 +1,191 @@
+"""The proxy's two logs, defined and read in one place (pure: files handed in, plain data out).
+
+- The **access log** is one JSON object per request, in the format ``ACCESS_LOG_FORMAT`` that ``proxy.py`` writes
+  into nginx's config: the time (``t``, seconds with ms), the status the client saw, the client connection number
+  (``conn``), the upstream's status and address, times, the URI, and three upstream response headers
+  (``upstream_connection``, ``upstream_content_length``, ``upstream_transfer_encoding``) that decide whether nginx
+  could keep the upstream connection for the next request (``reusable``). ``read_access_log`` parses it once;
+  counts, failures and reuse are functions of the records.
+- The **error log** keeps nginx's reason for each failed request, tagged with the same connection number
+  (``*N``). ``read_error_log`` parses it once and ``classify_reason`` names each reason once; the counts in a
+  cell's result (``proxy.error_reasons``) and the attribution of each 502 (``attribution.py``) both use them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ACCESS_LOG = "proxy-access.log"  # file names inside a cell's directory
+ERROR_LOG = "proxy-error.log"
+
+ACCESS_LOG_FORMAT = (
+    '{"t":$msec,"status":$status,"conn":$connection,"upstream_status":"$upstream_status","upstream_addr":"$upstream_addr",'
+    '"request_time":$request_time,"upstream_time":"$upstream_response_time","uri":"$request_uri",'
+    # whether nginx could keep the upstream connection after this response (``reusable``)
+    '"upstream_connection":"$upstream_http_connection","upstream_content_length":"$upstream_http_content_length",'
+    '"upstream_transfer_encoding":"$upstream_http_transfer_encoding"}'
+)
+FAILED = (502, 503, 504)  # statuses the proxy answers itself when the upstream fails
+
+# --- access log -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request the proxy failed (502/503/504)."""
+
+    t: float  # when the proxy logged the response (s)
+    status: int
+    conn: int
+    request_time: float
+    uri: str
+
+
+def read_access_log(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
+    """The access log's records logged at or after ``since``; a missing file or a line that is not a JSON object
+    (a torn last line) is skipped."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("t", 0) >= since:
+            records.append(rec)
+    return records
+
+
+def access_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Statuses as the client saw them and as the upstream answered (``-``: no upstream answer)."""
+    statuses: Counter[str] = Counter()
+    upstream: Counter[str] = Counter()
+    for rec in records:
+        if "status" not in rec:
+            continue
+        statuses[str(rec["status"])] += 1
+        upstream[rec.get("upstream_status") or "-"] += 1
+    return {"status_counts": dict(sorted(statuses.items())), "upstream_status": dict(sorted(upstream.items()))}
+
+
+def parse_access_log(path: Path, since: float = 0.0) -> dict[str, Any]:
+    """``access_counts`` of the access log at ``path``: a cell result's ``proxy`` counts."""
+    return access_counts(read_access_log(path, since))
+
+
+def failures(records: Iterable[dict[str, Any]]) -> list[Failure]:
+    """The requests the proxy failed, in log order."""
+    return [Failure(rec["t"], rec["status"], int(rec.get("conn", 0)), float(rec.get("request_time", 0)),
+                    rec.get("uri", ""))
+            for rec in records if rec.get("status") in FAILED]
+
+
+def reusable(rec: dict[str, Any]) -> bool:
+    """Would nginx keep the upstream connection after this response? Only when the response did not say
+    ``Connection: close`` and its end was known without the connection closing (a Content-Length or chunked
+    body). uWSGI's http-socket answers without either unless the app sets Content-Length, then closes."""
+    if str(rec.get("upstream_connection", "")).strip().lower() == "close":
+        return False
+    te = str(rec.get("upstream_transfer_encoding", "")).lower()
+    return bool(str(rec.get("upstream_content_length", "")).strip()) or "chunked" in te
+
+
+def keepalive_reuse_possible(records: Iterable[dict[str, Any]]) -> bool:
+    """Could the proxy have reused an upstream connection in this run? Only after a ``reusable`` response; the
+    access log records the headers that decide it. No record of them (an older log format): assume it could."""
+    seen = False
+    for rec in records:
+        if "upstream_connection" not in rec or not rec.get("upstream_status"):
+            continue
+        if rec.get("status") in FAILED:  # the proxy's own error: no upstream response to reuse after
+            continue
+        seen = True
+        if reusable(rec):
+            return True
+    return not seen
+
+
+# --- error log ------------------------------------------------------------------------------------------------
+
+# nginx's reason for a failed upstream request -> our name for it; the first rule whose needle is in the message
+# wins. The errno forms ("(104:") catch the same reasons in other wordings.
+REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("upstream_closed", ("prematurely closed",)),
+    ("upstream_reset", ("reset by peer", "(104:")),
+    ("upstream_refused", ("Connection refused", "(111:")),
+    ("upstream_timeout", ("timed out",)),
+    ("upstream_backlog_full", ("Resource temporarily unavailable",)),  # EAGAIN: a unix socket's queue is full
+    ("no_live_upstreams", ("no live upstreams",)),
+)
+OTHER = "other"
+REASON_NAMES = (*(name for name, _ in REASONS), OTHER)
+_PHASES = (("connecting", "while connecting"), ("sending", "while sending"), ("reading", "while reading"))
+_LEVEL = re.compile(r"\[(?:error|crit)\]")
+_TAGGED = re.compile(r"\[(?:error|crit)\] \d+#\d+: \*(?P<conn>\d+) (?P<msg>.*?), client:")
+
+
+@dataclass(frozen=True)
+class Reason:
+    """nginx's reason for one failed request: which (one of ``REASON_NAMES``), in which phase of the upstream
+    request (``connecting``, ``sending``, ``reading`` or ``""``), and its text."""
+
+    name: str
+    phase: str
+    text: str
+
+
+def classify_reason(text: str) -> Reason:
+    """Name nginx's failure message (the one place its wording is matched)."""
+    name = next((n for n, needles in REASONS if any(s in text for s in needles)), OTHER)
+    phase = next((p for p, needle in _PHASES if needle in text), "")
+    return Reason(name, phase, text)
+
+
+@dataclass(frozen=True)
+class ErrorLine:
+    conn: int | None  # the client connection (``*N``) the line is about, when it names one
+    reason: Reason
+
+
+def read_error_log(path: Path) -> list[ErrorLine]:
+    """The error log's ``[error]`` and ``[crit]`` lines, in order; a missing file is no lines."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        if not _LEVEL.search(line):
+            continue
+        m = _TAGGED.search(line)
+        out.append(ErrorLine(int(m["conn"]), classify_reason(m["msg"])) if m else
+                   ErrorLine(None, classify_reason(line)))
+    return out
+
+
+def reason_counts(lines: Iterable[ErrorLine]) -> dict[str, int]:
+    """A count per reason name, in order of first appearance (a cell result's ``proxy.error_reasons``)."""
+    return dict(Counter(line.reason.name for line in lines))
+
+
+def parse_error_log(path: Path) -> dict[str, int]:
+    """``reason_counts`` of the error log at ``path``."""
+    return reason_counts(read_error_log(path))
+
+
+def reasons_by_connection(lines: Iterable[ErrorLine]) -> dict[int, deque[Reason]]:
+    """Connection number -> nginx's failure reasons for it, in order (lines naming no connection are left out)."""
+    by_conn: dict[int, deque[Reason]] = defaultdict(deque)
+    for line in lines:
+        if line.conn is not None:
+            by_conn[line.conn].append(line.reason)
+    return by_conn
