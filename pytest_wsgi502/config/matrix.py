@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config import values
+from pytest_wsgi502.config.modes import load_mode
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
 
 SEED_MATRIX = Path(__file__).resolve().parent.parent / "seed_matrix.toml"
@@ -100,7 +101,6 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
 _INT_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("int", "int | None")}
 _STR_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("str", "str | None")}
 _FLOAT_FIELDS = {n for n, f in _FIELDS.items() if f.type == "float | None"}
-LOAD_MODES = ("closed", "open", "ramp")
 _MIX_KEYS = {"path", "weight", "verify_contains", "method"}
 # (lo, hi) of every number a cell takes; beyond them a value is a typo that would overflow or hang a run
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -292,8 +292,8 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
         values.origin_form(raw["path"], f"{at}: path")
     if raw.get("verify_contains") is not None:
         _text(raw["verify_contains"], f"{at}: verify_contains")
-    if raw.get("load_mode", "") not in ("", *LOAD_MODES):
-        raise ConfigError(f"{at}: load_mode {shown(raw['load_mode'])} unknown; choose one of {', '.join(LOAD_MODES)}")
+    if raw.get("load_mode", "") != "":
+        load_mode(raw["load_mode"], f"{at}: load_mode")
     mix = raw.get("mix", [])
     if not isinstance(mix, list | tuple) or not all(isinstance(m, Mapping) for m in mix):
         raise ConfigError(f"{at}: mix must be a list of tables, e.g. mix = [{{path = \"/a\", weight = 3}}]")

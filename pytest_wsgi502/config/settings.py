@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_wsgi502.config import values
+from pytest_wsgi502.config.modes import load_mode
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
 
 _DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|min)?\s*")
@@ -55,12 +56,6 @@ def _idle_timeout(text: str) -> float:
     """nginx reads its timeouts in whole seconds: a fraction is rounded up (0.5 -> 1 s; the header says so)."""
     value = values.number(parse_duration(text), "the timeout in seconds", 0, DAY, lo_open=True)
     return float(math.ceil(value))
-
-
-def _mode(text: str) -> str:
-    if text not in MODES:
-        raise ConfigError(f"unknown load mode {shown(text)}; choose one of: {', '.join(MODES)}")
-    return text
 
 
 def _bool(text: str) -> bool:
@@ -121,7 +116,6 @@ def _save_name(text: str) -> str:
     return name
 
 
-MODES = ("closed", "open", "ramp")
 BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-compatible engine answers
 
 
@@ -168,7 +162,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("concurrency", "concurrent connections (closed loop: virtual users; 1 to 100000)", "32", _connections,
             "N"),
     Setting("mode", "load profile: closed (N users), open (constant --wsgi-rate, latency from the intended "
-            "send time), ramp (--wsgi-start-rate to --wsgi-rate)", "closed", _mode, "MODE"),
+            "send time), ramp (--wsgi-start-rate to --wsgi-rate)", "closed", load_mode, "MODE"),
     Setting("rate", "requests/s for open and ramp load (> 0, at most 10^6)", None, _rate, "RPS"),
     Setting("start_rate", "ramp: requests/s at the start (> 0, at most 10^6)", None, _rate, "RPS"),
     Setting("think_time", "closed loop: pause of each user between a response and its next request (0 to 24h)", "0s",

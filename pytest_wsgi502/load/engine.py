@@ -34,11 +34,11 @@ from typing import Any
 import httpx
 
 from pytest_wsgi502.config import values
+from pytest_wsgi502.config.modes import load_mode
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.load.transport import FastTransport, serialize
 from pytest_wsgi502.metrics.stats import Stats, new_histogram
 
-MODES = ("closed", "open", "ramp")
 DEAD_TARGET_S = 2.0  # no success and only refused connects for this long: the target is gone
 
 
@@ -89,8 +89,7 @@ class LoadSpec:
         """Every field finite, bounded and of its type; paths origin-form; methods and headers tokens/text.
         ``share``: this is one process's part (``share()``), whose connections are split but not its processes."""
         base_url_parts(self.base_url)
-        if not isinstance(self.mode, str) or self.mode not in MODES:
-            raise ConfigError(f"load mode {values.shown(self.mode)} unknown; choose one of {', '.join(MODES)}")
+        load_mode(self.mode)
         for name, lo, hi in (("concurrency", 1, values.MAX_CONCURRENCY), ("processes", 1, values.MAX_CONCURRENCY),
                              ("max_requests", 1, values.MAX_COUNT), ("n_max", 1, values.MAX_COUNT)):
             values.number(getattr(self, name), name, lo, hi, integer=True)

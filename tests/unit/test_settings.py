@@ -68,7 +68,7 @@ def test_durations(text, seconds):
         ({"wsgi502_matrix_file": "m\x00.toml"}, "one line"),
         ({"wsgi502_save": "a/b"}, "not a run name"),
         ({"wsgi502_strict": "maybe"}, "not a boolean"),
-        ({"wsgi502_mode": "burst"}, "unknown load mode"),
+        ({"wsgi502_mode": "burst"}, "load mode 'burst' unknown; choose one of closed, open, ramp"),
     ],
 )
 def test_bad_values_name_their_source(opts, message):
