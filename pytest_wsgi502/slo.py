@@ -14,24 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_wsgi502.config.values import DAY, MAX_COUNT, MAX_RATE, ConfigError, shown
+from pytest_wsgi502.metrics import registry
+from pytest_wsgi502.metrics.registry import SLO_METRICS
 
-# metric name -> (kind, path into a cell result dict, description)
-METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "error_rate": ("ratio", ("error_rate",)),
-    "errors": ("count", ("error_count",)),
-    "requests": ("count", ("requests",)),
-    "rps": ("rate", ("rps",)),
-    "http_502": ("count", ("status_counts", "502")),
-    "http_5xx": ("count", ("http_5xx",)),
-    "p50": ("latency", ("latency_ms", "p50")),
-    "p90": ("latency", ("latency_ms", "p90")),
-    "p95": ("latency", ("latency_ms", "p95")),
-    "p99": ("latency", ("latency_ms", "p99")),
-    "p99.9": ("latency", ("latency_ms", "p99.9")),
-    "max": ("latency", ("latency_ms", "max")),
-    "respawns": ("count", ("respawns",)),
-    "kills": ("count", ("kills",)),
-}
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
 _RE = re.compile(
     r"\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|==|<|>)\s*"
@@ -50,10 +35,10 @@ class SLO:
     limit: float  # in the metric's canonical unit (ms for latency, fraction for ratio)
 
     def evaluate(self, result: Mapping[str, Any]) -> tuple[bool, float | None]:
-        value = measured(result, self.metric)
-        if value is None:
+        got = registry.value(result, self.metric)
+        if got is None:
             return False, None
-        return bool(_OPS[self.op](value, self.limit)), value
+        return bool(_OPS[self.op](got, self.limit)), got
 
 
 def parse_slo(text: str) -> SLO:
@@ -67,9 +52,9 @@ def parse_slo(text: str) -> SLO:
     if not m:
         raise ConfigError(f"{bad}: expected 'metric op value', e.g. 'p99<500ms' or 'error_rate<1e-3'")
     metric, op, num, unit = m["metric"], m["op"], float(m["num"]), m["unit"]
-    if metric not in METRICS:
-        raise ConfigError(f"{bad}: unknown metric {shown(metric)}; known: {', '.join(METRICS)}")
-    kind = METRICS[metric][0]
+    if metric not in SLO_METRICS:
+        raise ConfigError(f"{bad}: unknown metric {shown(metric)}; known: {', '.join(SLO_METRICS)}")
+    kind = SLO_METRICS[metric].kind
     if kind == "latency":
         if unit == "%":
             raise ConfigError(f"{bad}: a latency takes us, ms or s, not %")
@@ -121,15 +106,6 @@ def parse_slos(spec: str | Iterable[str]) -> list[SLO]:
     return slos
 
 
-def measured(result: Mapping[str, Any], metric: str) -> float | None:
-    node: Any = result
-    for key in METRICS[metric][1]:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key, 0 if metric == "http_502" else None)
-    return None if node is None else float(node)
-
-
 def error_rate_upper_bound(errors: int, n: int, confidence: float = 0.95) -> float:
     """One-sided upper confidence bound on a rate seen as ``errors`` in ``n`` trials.
 
@@ -165,7 +141,7 @@ def verdict(slos: Iterable[SLO], result: Mapping[str, Any]) -> dict[str, Any]:
     checks, failures = [], []
     for slo in slos:
         ok, value = slo.evaluate(result)
-        unit = "ms" if METRICS[slo.metric][0] == "latency" else ""
+        unit = "ms" if SLO_METRICS[slo.metric].kind == "latency" else ""
         got = "not measured" if value is None else f"{_fmt(value)}{unit}"
         line = f"{slo.text}: measured {got}, limit {slo.op} {_fmt(slo.limit)}{unit}"
         check: dict[str, Any] = {"slo": slo.text, "value": value, "limit": slo.limit, "op": slo.op}

@@ -1,9 +1,9 @@
 """Regression checks for ``--wsgi-compare-fail`` (pure, stdlib only).
 
 A check is ``metric:N%`` (relative change) or ``metric:X`` (absolute change), the pytest-benchmark syntax;
-"worse" is larger for latency, error rate, respawns and kills, and smaller for req/s. The parser lives here, in
-the configuration layer, so that ``config/settings.py`` never imports ``report/``; ``report/compare.py`` uses
-these types to compare two runs.
+"worse" is larger for latency, error rate, respawns and kills, and smaller for req/s (the metrics and their
+direction come from ``metrics/registry.py``). The parser lives here, in the configuration layer, so that
+``config/settings.py`` never imports ``report/``; ``report/compare.py`` uses these types to compare two runs.
 """
 
 from __future__ import annotations
@@ -12,21 +12,8 @@ import re
 from dataclasses import dataclass
 
 from pytest_wsgi502.config.values import MAX_COUNT, ConfigError, number, shown
+from pytest_wsgi502.metrics.registry import CHECKED_METRICS
 
-# metric -> (how to read it from a cell summary, unit, larger_is_worse)
-METRICS: dict[str, tuple[str, str, bool]] = {
-    "p50": ("latency_ms.p50", "ms", True),
-    "p90": ("latency_ms.p90", "ms", True),
-    "p95": ("latency_ms.p95", "ms", True),
-    "p99": ("latency_ms.p99", "ms", True),
-    "p99.9": ("latency_ms.p99.9", "ms", True),
-    "max": ("latency_ms.max", "ms", True),
-    "mean": ("latency_ms.mean", "ms", True),
-    "error_rate": ("error_rate", "", True),
-    "rps": ("rps", "req/s", False),
-    "respawns": ("respawns", "", True),
-    "kills": ("kills", "", True),
-}
 MAX_PERCENT = 1e6  # a relative threshold above 10,000x is a typo, not a tolerance
 
 
@@ -39,7 +26,7 @@ class Check:
 
     def change(self, now: float, saved: float) -> float:
         """How much worse ``now`` is than ``saved`` (percent or absolute; negative = better)."""
-        worse = now - saved if METRICS[self.metric][2] else saved - now
+        worse = now - saved if CHECKED_METRICS[self.metric].larger_is_worse else saved - now
         if not self.percent:
             return worse
         if saved == 0:
@@ -66,8 +53,9 @@ def parse_checks(text: str) -> tuple[Check, ...]:
         if not m:
             raise ConfigError(f"not a check: {shown(part.strip())} (use metric:10% or metric:0.001, e.g. p99:10%)")
         metric = m["metric"]
-        if metric not in METRICS:
-            raise ConfigError(f"unknown metric {shown(metric)} in {shown(part.strip())}; known: {', '.join(METRICS)}")
+        if metric not in CHECKED_METRICS:
+            raise ConfigError(f"unknown metric {shown(metric)} in {shown(part.strip())}; "
+                              f"known: {', '.join(CHECKED_METRICS)}")
         if any(c.metric == metric for c in checks):
             raise ConfigError(f"metric {metric} is checked twice ({shown(part.strip())}); give one limit per metric")
         percent = bool(m["pct"])

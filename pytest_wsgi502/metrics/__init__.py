@@ -1,5 +1,1 @@
-"""Mergeable load statistics (pure)."""
-
-from pytest_wsgi502.metrics.stats import ERROR_CLASSES, Stats
-
-__all__ = ["ERROR_CLASSES", "Stats"]
+"""Metrics: the registry of metric names (``registry``, stdlib only) and mergeable load statistics (``stats``)."""

@@ -16,21 +16,12 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.config.checks import METRICS, Check, parse_checks  # noqa: F401 (parse_checks: re-exported)
+from pytest_wsgi502.config.checks import Check
+from pytest_wsgi502.metrics.registry import CHECKED_METRICS, value
 
 SHOWN = ("error_rate", "p50", "p95", "p99", "rps", "respawns", "kills")
 SUMMARY_KEYS = ("name", "server", "config", "requests", "error_rate", "error_count", "status_counts", "errors",
                 "latency_ms", "rps", "respawns", "kills", "attribution", "histogram", "slo", "load")
-
-
-def value(summary: dict[str, Any], metric: str) -> float | None:
-    cur: Any = summary
-    path = METRICS[metric][0]
-    head, _, tail = path.partition(".")
-    cur = cur.get(head) if isinstance(cur, dict) else None
-    if tail:
-        cur = cur.get(tail) if isinstance(cur, dict) else None
-    return float(cur) if isinstance(cur, int | float) else None
 
 
 # --- storage (pytest-benchmark's FileStorage) ----------------------------------------------------------------
@@ -49,7 +40,8 @@ def storage(path: Path) -> Any:
     from pytest_benchmark.storage.file import FileStorage
     from pytest_benchmark.utils import get_machine_id
 
-    return FileStorage(path, logger=_Log(), default_machine_id=get_machine_id())
+    machine_id = get_machine_id()  # type: ignore[no-untyped-call]  # pytest-benchmark ships no annotations
+    return FileStorage(path, logger=_Log(), default_machine_id=machine_id)  # type: ignore[no-untyped-call]
 
 
 def saved_runs(store: Any) -> list[Path]:
@@ -167,12 +159,17 @@ def compare(now: list[dict[str, Any]], saved: dict[str, dict[str, Any]],
             rows.append({"cell": cell["name"], "metric": metric, "saved": a, "now": b, "check": check.text
                          if check else "", "failed": failed})
             if failed and check and a is not None and b is not None:
-                unit = METRICS[metric][1] if METRICS[metric][1] == "ms" else ""
+                unit = _unit(metric)
                 failures.append(f"{cell['name']}: {metric} {fmt(a, unit)} -> {fmt(b, unit)} "
                                 f"({change_text(a, b)}), limit {check.text}")
     return {"rows": rows, "failures": failures,
             "only_now": [c["name"] for c in now if c["name"] not in saved],
             "only_saved": [n for n in saved if n not in {c["name"] for c in now}]}
+
+
+def _unit(metric: str) -> str:
+    """The unit ``fmt`` writes after a value: ms for latency, none otherwise (req/s is the column's meaning)."""
+    return "ms" if CHECKED_METRICS[metric].unit == "ms" else ""
 
 
 def fmt(x: float | None, unit: str = "") -> str:
@@ -197,7 +194,7 @@ def render(result: dict[str, Any], label: str) -> list[str]:
     head = ("cell", "metric", "saved", "now", "change", "check", "")
     table = [head]
     for r in result["rows"]:
-        unit = METRICS[r["metric"]][1] if METRICS[r["metric"]][1] == "ms" else ""
+        unit = _unit(r["metric"])
         verdict = "FAIL" if r["failed"] else ("ok" if r["check"] else "")
         table.append((r["cell"], r["metric"], fmt(r["saved"], unit), fmt(r["now"], unit),
                       change_text(r["saved"], r["now"]), r["check"], verdict))

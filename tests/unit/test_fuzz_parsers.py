@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pytest_wsgi502.config import values
-from pytest_wsgi502.config.checks import METRICS as CHECK_METRICS
 from pytest_wsgi502.config.checks import Check, parse_checks
 from pytest_wsgi502.config.matrix import _BOUNDS, _FIELDS, _OPEN_BOUNDS, Cell, expand, load_matrix
 from pytest_wsgi502.config.settings import SETTINGS, resolve
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError
-from pytest_wsgi502.slo import METRICS as SLO_METRICS
+from pytest_wsgi502.metrics.registry import CHECKED_METRICS as CHECK_METRICS
+from pytest_wsgi502.metrics.registry import SLO_METRICS
 from pytest_wsgi502.slo import SLO, parse_slo, parse_slos
 
 

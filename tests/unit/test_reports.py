@@ -5,6 +5,7 @@ import copy
 
 import pytest
 
+from pytest_wsgi502.config.checks import parse_checks
 from pytest_wsgi502.report import compare
 from pytest_wsgi502.report.manifest import comparable
 from pytest_wsgi502.report.progress import LiveProgress, format_line
@@ -27,7 +28,7 @@ def cell(name="c", p99=100.0, rps=500.0, error_rate=0.0, **extra):
     ("kills:0", 1, 0, True),
 ])
 def test_check_direction_and_kind(text, now, saved, fails):
-    (check,) = compare.parse_checks(text)
+    (check,) = parse_checks(text)
     assert check.fails(now, saved) is fails
 
 
@@ -37,11 +38,11 @@ def test_check_direction_and_kind(text, now, saved, fails):
 ])
 def test_bad_checks_name_the_part(text, message):
     with pytest.raises(ValueError, match=message):
-        compare.parse_checks(text)
+        parse_checks(text)
 
 
 def test_compare_rows_failures_and_unmatched_cells():
-    checks = compare.parse_checks("p99:10%, error_rate:0.001")
+    checks = parse_checks("p99:10%, error_rate:0.001")
     now = [cell("a", p99=150.0), cell("b"), cell("new")]
     saved = {"a": cell("a"), "b": cell("b"), "gone": cell("gone")}
     result = compare.compare(now, saved, checks)
