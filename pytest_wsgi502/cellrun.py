@@ -8,9 +8,9 @@ plain, JSON-ready dict. ``wsgi_server`` / ``wsgi_load`` use the same two steps s
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,13 @@ from pytest_wsgi502.attribution import attribute_cell
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
-from pytest_wsgi502.proxy import LocalProxy, parse_access_log, parse_error_log
-from pytest_wsgi502.servers.base import ServerSpec, make_server
+from pytest_wsgi502.nginxlog import parse_access_log, parse_error_log
+from pytest_wsgi502.proxy import LocalProxy
+from pytest_wsgi502.servers import Server, ServerFactory, ServerSpec, make_server
+from pytest_wsgi502.services.django import overlay_env, write_overlay
+from pytest_wsgi502.services.mysql import MySQLInfo
 from pytest_wsgi502.services.process import ServiceError, free_ports
+from pytest_wsgi502.services.programs import program_version
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,9 @@ class CellContext:
     django_settings: str | None = None
     strict: bool = False
     db_version: str = ""
-    db: Any = None  # the session's MySQLInfo: ``admin_connect()`` logs in as root with the session's password
-    server_factory: Any = None  # containers backend: makes servers that run in containers (default: local)
-    say: Any = None  # a one-line message to the terminal (a pinned server being built), or None
+    db: MySQLInfo | None = None  # the session's database (``set_max_connections`` logs in as root)
+    server_factory: ServerFactory | None = None  # containers backend: servers that run in containers (default: local)
+    say: Callable[[str], None] | None = None  # a one-line message to the terminal (a pinned server being built)
 
     def server_binary(self, cell: Cell) -> str:
         """The cell's server binary: the installed one, or the release its ``server_version`` pins (built once
@@ -81,7 +85,7 @@ REPORT_GRACE = {"uwsgi": 1.5, "gunicorn": 1.2}
 class _Sampler(threading.Thread):
     """Polls the server's telemetry channel about once a second while the load runs."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Server) -> None:
         super().__init__(daemon=True, name="wsgi502-sampler")
         self.server, self.stopped = server, threading.Event()
 
@@ -135,13 +139,14 @@ class Target:
             self.dir = ctx.run_dir / "cells" / f"{cell.name}-{n}"
         self.dir.mkdir(parents=True)
         port, stats_port, proxy_port = free_ports(3)
+        self.env = cell_env(cell, ctx, base_env)
+        overlay = write_overlay(ctx.run_dir, ctx.django_settings) if ctx.django_settings else None
+        if overlay is not None:
+            self.env.update(overlay_env(overlay, self.env))
         self.server = (ctx.server_factory or make_server)(
-            ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port),
+            ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port, settings_overlay=overlay),
             ctx.server_binary(cell), ctx.ledger)
         self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port)
-        self.env = cell_env(cell, ctx, base_env)
-        if ctx.django_settings:
-            self.env.update(django_overlay(ctx.run_dir, ctx.django_settings, self.env))
         self._sampler: _Sampler | None = None
         self._restore_max_connections: int | None = None
         self.stopped = False
@@ -158,7 +163,7 @@ class Target:
     def start(self) -> Target:
         try:
             if self.cell.mysql_max_connections is not None:
-                self._restore_max_connections = self._max_connections(self.cell.mysql_max_connections)
+                self._restore_max_connections = self._database().set_max_connections(self.cell.mysql_max_connections)
             # any answer below 500 means the app is up
             self.server.start(self.env, lambda: self.server.http_status("/health") < 500)
             self.proxy.start("/health")
@@ -180,26 +185,16 @@ class Target:
         self.stop_sent_at = time.time()  # server events logged after this are the harness's own stop
         self.server.stop()
         if self._restore_max_connections is not None:
-            self._max_connections(self._restore_max_connections)
+            self._database().set_max_connections(self._restore_max_connections)
 
-    def _max_connections(self, value: int) -> int:
-        """Set MySQL's global max_connections (the session's private server); return the previous value."""
-        if self.ctx.db is None or not hasattr(self.ctx.db, "admin_connect"):
+    def _database(self) -> MySQLInfo:
+        if self.ctx.db is None:
             raise ServiceError(f"cell {self.cell.name}: mysql_max_connections needs the session's MySQL "
                                "(the wsgi_mysql fixture), which this run does not have")
-        conn = self.ctx.db.admin_connect(timeout=5)  # root with the session's random password, never logged
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT @@GLOBAL.max_connections")
-                row = cur.fetchone()
-                cur.execute("SET GLOBAL max_connections = %s", (int(value),))
-            return int(row[0]) if row else 151
-        finally:
-            conn.close()
+        return self.ctx.db
 
     def lint(self) -> list[dict[str, str]]:
         from pytest_wsgi502.lint import lint, somaxconn, uwsgi_options
-        from pytest_wsgi502.report.manifest import program_version
 
         uwsgi = self.cell.server == "uwsgi"
         known = uwsgi_options(self.server.binary) if uwsgi else ()
@@ -255,16 +250,13 @@ class Target:
         result["attribution"], result["attribution_matches"] = attributed["counts"], attributed["matches"]
         result["attribution_keepalive_reuse"] = attributed["keepalive_reuse"]  # False: no keepalive_race possible
         result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
-        from pytest_wsgi502.report.manifest import program_version
-
         result["services"] = {"mysql": self.ctx.db_version or None, "nginx": program_version(self.ctx.nginx),
                               cell.server: program_version(self.server.binary)}
         result["histogram"] = load["stats"].histogram.encode().decode("ascii")  # HdrHistogram V2, base64
         result["rendered"] = self.rendered()
         result["ports"] = {"server": self.server.spec.port, "stats": self.server.spec.stats_port,
                            "proxy": self.proxy.port}
-        if hasattr(self.server, "describe"):  # containers backend: image, limits, engine
-            result["container"] = self.server.describe()
+        result.update(self.server.describe())  # where it ran: {} locally; containers: image, limits, engine
         result["slo"] = slo_mod.verdict(slos, result)
         judge(result, load.get("engine_error"))
         return result
@@ -343,44 +335,3 @@ def run_cell(
     result = target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos), spec)
     result["lint"] = findings
     return result
-
-
-_OVERLAY = '''"""Rendered by pytest-wsgi502: {module} with its database pointed at the harness's MySQL.
-
-Values come from the WSGI502_DB_* environment of each cell (driver, pool, CONN_MAX_AGE).
-"""
-import os as _os
-
-if _os.environ.get("WSGI502_DB_DRIVER") == "pymysql":
-    import pymysql as _pymysql
-
-    _pymysql.install_as_MySQLdb()
-
-from {module} import *  # noqa: F403
-
-_env = _os.environ.get
-_pool = _env("WSGI502_DB_POOL") == "sqlalchemy"
-DATABASES = {{**globals().get("DATABASES", {{}}), "default": {{
-    "ENGINE": "dj_db_conn_pool.backends.mysql" if _pool else "django.db.backends.mysql",
-    "HOST": _env("WSGI502_DB_HOST"), "PORT": int(_env("WSGI502_DB_PORT")), "NAME": _env("WSGI502_DB_NAME"),
-    "USER": _env("WSGI502_DB_USER"), "PASSWORD": _env("WSGI502_DB_PASSWORD"),
-    "CONN_MAX_AGE": int(_env("WSGI502_CONN_MAX_AGE", "0")), "OPTIONS": {{"charset": "utf8mb4"}},
-    **({{"POOL_OPTIONS": {{"POOL_SIZE": int(_env("WSGI502_DB_POOL_SIZE", "5")),
-                          "MAX_OVERFLOW": int(_env("WSGI502_DB_MAX_OVERFLOW", "10")), "RECYCLE": 3600}}}}
-       if _pool else {{}}),
-}}}}
-ALLOWED_HOSTS = [*globals().get("ALLOWED_HOSTS", []), "127.0.0.1", "localhost"]
-'''
-
-
-def django_overlay(run_dir: Path, module: str, env: dict[str, str]) -> dict[str, str]:
-    """Write a settings module that imports the user's and points DATABASES at our MySQL; return the env that
-    makes Django (servers and the setup command) use it. The user's files stay untouched."""
-    from pytest_wsgi502.config.values import dotted
-
-    module = dotted(module, "--wsgi-django-settings")  # pasted into Python source below: a dotted name only
-    overlay = run_dir / "django-overlay"
-    overlay.mkdir(exist_ok=True)
-    (overlay / "wsgi502_settings.py").write_text(_OVERLAY.format(module=module))
-    pythonpath = os.pathsep.join(p for p in (str(overlay), env.get("PYTHONPATH", "")) if p)
-    return {"DJANGO_SETTINGS_MODULE": "wsgi502_settings", "PYTHONPATH": pythonpath}

@@ -1,4 +1,11 @@
-"""What every server has: a config rendered from the cell into the cell's directory, a process, telemetry."""
+"""What every server has: a config rendered from the cell, a ``Runner`` that runs it, telemetry from its logs.
+
+A server class (``UWSGI``, ``Gunicorn``) knows its config and its telemetry; *where* it runs is its ``Runner``:
+a process on this host (``servers/local.py``) or a container (``servers/in_container.py``). The runner says
+where the server finds things and listens, as the server sees them (a ``Placement``); the renderers are pure
+functions of (cell, app, placement). Either way the cell's directory on this host holds the config, the
+stamped ``server.log`` and the telemetry files, and the server answers at the same host address.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,14 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.config.values import ConfigError, shown
-from pytest_wsgi502.services.process import LocalProcess, ServiceError, find_binary, free_ports
+from pytest_wsgi502.services.process import ServiceError
 
 SUN_PATH_MAX = 107  # bytes in a unix socket path (sun_path is 108 with its NUL)
 _LABEL = re.compile(r"[A-Za-z0-9_.-]+")
@@ -75,21 +82,59 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     stats_port: int = 0
+    settings_overlay: Path | None = None  # a directory first on the app's import path (services/django.py)
 
 
-class LocalServer:
-    """A WSGI server process rendered from a cell. Subclasses: ``render`` and ``telemetry``."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a server finds things and listens, as the server itself sees them: host paths and loopback ports
+    for a local process; the image's paths and the container's ports (published on loopback) in a container."""
+
+    address: str  # what it binds: host:port, or a unix socket's path
+    stats: str  # uWSGI's stats server (host:port)
+    chdir: str
+    config_dir: str  # the cell's directory: the config file, gunicorn's hook events
+    binary: str
+    virtualenv: str | None = None  # uWSGI's virtualenv (it embeds libpython and would miss site-packages)
+    unix: bool = False  # ``address`` is a unix socket
+    fixed: bool = False  # these win over the cell's options (a container's published ports and image paths)
+
+
+class Runner(Protocol):
+    """Runs a server's rendered config, here or in a container; the server's output goes to its ``log``, each
+    line stamped on arrival (``services.process.copy_stamped``), and it answers at the server's ``address``."""
+
+    start_timeout: float
+
+    @property
+    def placement(self) -> Placement: ...
+
+    def start(self, env: dict[str, str], ready: Callable[[], bool], timeout: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Keys for the cell's result about where the server ran: ``{}`` for a local process."""
+        ...
+
+
+RunnerFactory = Callable[["Server"], Runner]
+
+
+class Server:
+    """A WSGI server rendered from a cell, run by a ``Runner``. Subclasses: ``settings``, ``render``,
+    ``argv`` and ``telemetry``."""
 
     kind = ""
     stop_signal = signal.SIGINT  # uWSGI 2.0 treats SIGTERM as "reload", not "stop"
     config_name = ""
 
-    def __init__(self, spec: ServerSpec, binary: str, ledger: Path | None = None) -> None:
+    def __init__(self, spec: ServerSpec, binary: str, ledger: Path | None = None, *, runner: RunnerFactory) -> None:
         self.spec, self.binary, self.ledger = spec, binary, ledger
-        self.process: LocalProcess | None = None
         self._socket: Path | None = None
         self._socket_tmp: Path | None = None  # a private temp dir for the socket (a long cell dir)
         self._socket_tmp_made = False  # removed at stop only if this server made it
+        self.runner: Runner = runner(self)
 
     @property
     def unix_socket(self) -> Path | None:
@@ -126,8 +171,13 @@ class LocalServer:
             raise ServiceError(f"{sock.parent} is not owned by this user: refusing to put the server's socket there")
 
     @property
+    def name(self) -> str:
+        """How errors name this server: ``uwsgi (cell)``."""
+        return f"{self.kind} ({self.spec.cell.name})"
+
+    @property
     def address(self) -> str:
-        """What the server binds: host:port, or the socket file's path."""
+        """Where the server answers on this host: host:port, or the socket file's path."""
         sock = self.unix_socket
         return str(sock) if sock else f"127.0.0.1:{self.spec.port}"
 
@@ -155,6 +205,10 @@ class LocalServer:
     def config_path(self) -> Path:
         return self.spec.workdir / self.config_name
 
+    @property
+    def placement(self) -> Placement:
+        return self.runner.placement
+
     def settings(self) -> dict[str, Any]:
         """The server's settings as rendered (uWSGI ini keys / gunicorn settings), for the config and lint."""
         raise NotImplementedError
@@ -163,28 +217,28 @@ class LocalServer:
         raise NotImplementedError
 
     def argv(self) -> list[str]:
+        """The command line, as the server sees its binary and config (``placement``)."""
         raise NotImplementedError
 
-    def start(self, env: dict[str, str], ready: Any, timeout: float = 60.0) -> LocalServer:
+    def start(self, env: dict[str, str], ready: Callable[[], bool], timeout: float | None = None) -> Server:
         text = self.render()  # ConfigError before anything is created
         self._prepare()
         self.config_path.write_text(text, encoding="utf-8")
-        self.process = LocalProcess(
-            f"{self.kind} ({self.spec.cell.name})", self.argv(), self.log, cwd=self.spec.chdir, env=env,
-            stop_signal=self.stop_signal, ledger=self.ledger, stamp=True,
-        ).start()
-        self.process.wait_ready(ready, timeout, f"answering HTTP on {self.address}")
+        self.runner.start(env, ready, self.runner.start_timeout if timeout is None else timeout)
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+        self.runner.stop()
         if self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.unlink()
         if self._socket_tmp is not None and self._socket_tmp_made:
             shutil.rmtree(self._socket_tmp, ignore_errors=True)
             self._socket_tmp_made = False
+
+    def describe(self) -> dict[str, Any]:
+        """Keys for the cell's result about where the server ran (the runner's: ``{}`` for a local process)."""
+        return self.runner.describe()
 
     def telemetry(self, until: float | None = None) -> dict[str, Any]:
         """{"respawns": int, "kills": int, "events": [...], ...} from the server's own logs/stats, counting
@@ -199,19 +253,3 @@ class LocalServer:
 
     def sample(self) -> None:
         """Called about once a second during load (e.g. to poll a stats server). Default: nothing."""
-
-
-def binary_for(server: str) -> str | None:
-    return find_binary(server, venv=True)
-
-
-def make_server(spec: ServerSpec, binary: str, ledger: Path | None = None) -> LocalServer:
-    from pytest_wsgi502.servers.gunicorn import Gunicorn
-    from pytest_wsgi502.servers.uwsgi import UWSGI
-
-    cls = {"uwsgi": UWSGI, "gunicorn": Gunicorn}[spec.cell.server]
-    if not (spec.port and spec.stats_port):
-        port, stats_port = free_ports(2)
-        spec = ServerSpec(spec.cell, spec.workdir, spec.app, spec.chdir, spec.env, spec.port or port,
-                          spec.stats_port or stats_port)
-    return cls(spec, binary, ledger)

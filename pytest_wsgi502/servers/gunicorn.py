@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import keyword
 import math
+from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.config.values import ConfigError, shown, wsgi_app
-from pytest_wsgi502.servers.base import LocalServer, comment_label, loopback_listeners
+from pytest_wsgi502.servers.base import Placement, Server, comment_label, loopback_listeners
 from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, summarize
 
 HOOKS = ("post_fork", "worker_exit", "child_exit", "worker_abort", "worker_int")  # defined by _HOOKS below
@@ -102,49 +104,72 @@ def render_config(cell: str, settings: dict[str, Any], events_file: str) -> str:
     return "\n".join(lines) + "\n" + _HOOKS
 
 
-class Gunicorn(LocalServer):
+CONFIG_NAME = "gunicorn.conf.py"
+EVENTS_NAME = "gunicorn-events.jsonl"  # in the cell's directory: the hooks write it, telemetry reads it
+
+
+def settings_for(cell: Cell, app: str, where: Placement) -> dict[str, Any]:
+    """The gunicorn settings of ``cell`` serving ``app``, placed ``where`` (a pure function: lint and render
+    read it). The cell's options win, except over a fixed placement (a container's port and paths)."""
+    bind = [f"unix:{where.address}" if where.unix else where.address]
+    s: dict[str, Any] = {
+        "bind": bind,
+        "wsgi_app": wsgi_app(app, f"cell {cell.name}: app (--wsgi-app)"),
+        "chdir": where.chdir,
+        "workers": cell.workers,
+        "worker_class": cell.effective_worker_class,
+        "errorlog": "-",
+        "loglevel": "info",
+        # gunicorn >= 24 opens a control socket at ~/.gunicorn/gunicorn.ctl, shared by every instance on
+        # the machine (xdist workers would fight over it); we do not use it. Older versions ignore the name.
+        "control_socket_disable": True,
+    }
+    if cell.effective_worker_class == "gthread":
+        s["threads"] = cell.threads
+    if cell.effective_worker_class == "gevent":
+        s["worker_connections"] = cell.async_cores
+    if cell.max_requests:
+        s["max_requests"] = cell.max_requests
+        s["max_requests_jitter"] = cell.max_requests_jitter
+    if cell.keepalive is not None:
+        s["keepalive"] = cell.keepalive
+    if cell.listen is not None:
+        s["backlog"] = cell.listen
+    check_option_names(cell.name, cell.options)
+    loopback_listeners(cell.name, "gunicorn", cell.options)
+    s.update(cell.options)
+    checked_settings(cell.name, s)
+    if where.fixed:
+        s.update({"bind": bind, "chdir": where.chdir})
+    return s
+
+
+def render_for(cell: Cell, app: str, where: Placement) -> str:
+    """The config file as the server at ``where`` reads it: its hooks write events into the cell's directory."""
+    return render_config(cell.name, settings_for(cell, app, where), f"{where.config_dir}/{EVENTS_NAME}")
+
+
+def argv_for(where: Placement) -> list[str]:
+    return [where.binary, "--config", f"{where.config_dir}/{CONFIG_NAME}"]
+
+
+class Gunicorn(Server):
     kind = "gunicorn"
-    config_name = "gunicorn.conf.py"
+    config_name = CONFIG_NAME
 
     @property
-    def events_path(self) -> Any:
-        return self.spec.workdir / "gunicorn-events.jsonl"
+    def events_path(self) -> Path:
+        """The hooks' events file on this host."""
+        return self.spec.workdir / EVENTS_NAME
 
     def settings(self) -> dict[str, Any]:
-        cell, spec = self.spec.cell, self.spec
-        s: dict[str, Any] = {
-            "bind": [f"unix:{self.address}" if self.unix_socket else self.address],
-            "wsgi_app": wsgi_app(spec.app, f"cell {cell.name}: app (--wsgi-app)"),
-            "chdir": str(spec.chdir),
-            "workers": cell.workers,
-            "worker_class": cell.effective_worker_class,
-            "errorlog": "-",
-            "loglevel": "info",
-            # gunicorn >= 24 opens a control socket at ~/.gunicorn/gunicorn.ctl, shared by every instance on
-            # the machine (xdist workers would fight over it); we do not use it. Older versions ignore the name.
-            "control_socket_disable": True,
-        }
-        if cell.effective_worker_class == "gthread":
-            s["threads"] = cell.threads
-        if cell.effective_worker_class == "gevent":
-            s["worker_connections"] = cell.async_cores
-        if cell.max_requests:
-            s["max_requests"] = cell.max_requests
-            s["max_requests_jitter"] = cell.max_requests_jitter
-        if cell.keepalive is not None:
-            s["keepalive"] = cell.keepalive
-        if cell.listen is not None:
-            s["backlog"] = cell.listen
-        check_option_names(cell.name, cell.options)
-        loopback_listeners(cell.name, "gunicorn", cell.options)
-        s.update(cell.options)
-        return checked_settings(cell.name, s)
+        return settings_for(self.spec.cell, self.spec.app, self.placement)
 
     def render(self) -> str:
-        return render_config(self.spec.cell.name, self.settings(), str(self.events_path))
+        return render_for(self.spec.cell, self.spec.app, self.placement)
 
     def argv(self) -> list[str]:
-        return [self.binary, "--config", str(self.config_path)]
+        return argv_for(self.placement)
 
     def hook_events(self) -> list[dict[str, Any]]:
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import time
 import urllib.request
 from typing import Any
 
+from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.config.values import ConfigError, shown, wsgi_app
-from pytest_wsgi502.servers.base import LocalServer, comment_label, loopback_listeners
+from pytest_wsgi502.servers.base import Placement, Server, comment_label, loopback_listeners
 from pytest_wsgi502.servers.telemetry import UWSGI_PATTERNS, summarize
 
 _KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -76,60 +76,77 @@ def render_ini(cell: str, settings: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class UWSGI(LocalServer):
+CONFIG_NAME = "uwsgi.ini"
+
+
+def settings_for(cell: Cell, app: str, where: Placement) -> dict[str, Any]:
+    """The uWSGI settings of ``cell`` serving ``app``, placed ``where`` (a pure function: lint and render
+    read it). The cell's raw options win, except over a fixed placement (a container's ports and paths)."""
+    placed: dict[str, Any] = {"http-socket": where.address, "stats": where.stats, "chdir": where.chdir}
+    if where.virtualenv:
+        placed["virtualenv"] = where.virtualenv
+    s: dict[str, Any] = {
+        # strict: an unknown key is an error. Without it uWSGI silently ignores e.g. max-requests-delta on
+        # versions that lack it, which is how the seed's "delta had no effect" can happen.
+        "strict": True,
+        "master": True,
+        "processes": cell.workers,
+        "http-socket": where.address,
+        "stats": where.stats,
+        "stats-http": True,
+        "chdir": where.chdir,
+        **({"virtualenv": where.virtualenv} if where.virtualenv else {}),
+        "module": wsgi_app(app, f"cell {cell.name}: app (--wsgi-app)"),
+        "need-app": True,
+        "die-on-term": True,
+        "no-orphans": True,  # workers die with the master
+        "disable-logging": True,  # no per-request lines; the proxy's access log has them
+        # no log-master: with it, lines are written (and stamped) when the master drains its log pipe, up
+        # to 2 s after the event; the harness stamps each line as it arrives instead
+    }
+    if cell.max_requests:
+        s["max-requests"] = cell.max_requests
+    if cell.max_requests_delta:
+        s["max-requests-delta"] = cell.max_requests_delta
+    if cell.threads > 1:
+        s["threads"] = cell.threads
+        s["enable-threads"] = True
+    if cell.effective_worker_class == "gevent":
+        s["gevent"] = cell.async_cores
+        # patch before the app is imported in the master: with plain gevent-monkey-patch the patch comes
+        # after Django created its thread-locals, every greenlet shares one DB connection and ~all requests
+        # fail (measured: 99.96 % 502). A cell can still ask for the late patch through options.
+        s["gevent-early-monkey-patch"] = True
+    if cell.listen is not None:
+        s["listen"] = cell.listen
+    loopback_listeners(cell.name, "uwsgi", cell.options)
+    s.update(cell.options)  # raw options win
+    checked_settings(cell.name, s)
+    if where.fixed:
+        s.update(placed)
+    return s
+
+
+def argv_for(where: Placement) -> list[str]:
+    return [where.binary, "--ini", f"{where.config_dir}/{CONFIG_NAME}"]
+
+
+class UWSGI(Server):
     kind = "uwsgi"
-    config_name = "uwsgi.ini"
+    config_name = CONFIG_NAME
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stats_samples: list[dict[str, Any]] = []
 
     def settings(self) -> dict[str, Any]:
-        cell, spec = self.spec.cell, self.spec
-        s: dict[str, Any] = {
-            # strict: an unknown key is an error. Without it uWSGI silently ignores e.g. max-requests-delta on
-            # versions that lack it, which is how the seed's "delta had no effect" can happen.
-            "strict": True,
-            "master": True,
-            "processes": cell.workers,
-            "http-socket": self.address,
-            "stats": f"127.0.0.1:{spec.stats_port}",
-            "stats-http": True,
-            "chdir": str(spec.chdir),
-            # the venv of this Python (uWSGI embeds libpython and would otherwise miss its site-packages)
-            **({"virtualenv": sys.prefix} if sys.prefix != sys.base_prefix else {}),
-            "module": wsgi_app(spec.app, f"cell {cell.name}: app (--wsgi-app)"),
-            "need-app": True,
-            "die-on-term": True,
-            "no-orphans": True,  # workers die with the master
-            "disable-logging": True,  # no per-request lines; the proxy's access log has them
-            # no log-master: with it, lines are written (and stamped) when the master drains its log pipe, up
-            # to 2 s after the event; the harness stamps each line as it arrives instead
-        }
-        if cell.max_requests:
-            s["max-requests"] = cell.max_requests
-        if cell.max_requests_delta:
-            s["max-requests-delta"] = cell.max_requests_delta
-        if cell.threads > 1:
-            s["threads"] = cell.threads
-            s["enable-threads"] = True
-        if cell.effective_worker_class == "gevent":
-            s["gevent"] = cell.async_cores
-            # patch before the app is imported in the master: with plain gevent-monkey-patch the patch comes
-            # after Django created its thread-locals, every greenlet shares one DB connection and ~all requests
-            # fail (measured: 99.96 % 502). A cell can still ask for the late patch through options.
-            s["gevent-early-monkey-patch"] = True
-        if cell.listen is not None:
-            s["listen"] = cell.listen
-        loopback_listeners(cell.name, "uwsgi", cell.options)
-        s.update(cell.options)  # raw options win
-        return checked_settings(cell.name, s)
+        return settings_for(self.spec.cell, self.spec.app, self.placement)
 
     def render(self) -> str:
         return render_ini(self.spec.cell.name, self.settings())
 
     def argv(self) -> list[str]:
-        return [self.binary, "--ini", str(self.config_path)]
+        return argv_for(self.placement)
 
     def stats(self) -> dict[str, Any] | None:
         try:

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_wsgi502.config.matrix import SERVER_VERSION
-from pytest_wsgi502.report.manifest import program_version
 from pytest_wsgi502.services.process import cache_dir
+from pytest_wsgi502.services.programs import program_version
 
 BUILDABLE = ("uwsgi",)  # gunicorn is a Python package of this environment: pin it with pip instead
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("usage: python -m pytest_wsgi502.servers.versions {uwsgi VERSION | --builtin}", file=sys.stderr)
         return 2
-    from pytest_wsgi502.servers.base import binary_for
+    from pytest_wsgi502.servers.factory import binary_for
 
     for server, version in wanted:
         try:

@@ -69,6 +69,18 @@ class MySQLInfo:
         return pymysql.connect(host=self.host, port=self.port, user="root", password=self.root_password,
                                connect_timeout=timeout)
 
+    def set_max_connections(self, value: int) -> int:
+        """Set the server's global max_connections (this session's private server); return the previous value."""
+        conn = self.admin_connect(timeout=5)  # root with the session's random password, never logged
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@GLOBAL.max_connections")
+                row = cur.fetchone()
+                cur.execute("SET GLOBAL max_connections = %s", (int(value),))
+            return int(row[0]) if row else 151
+        finally:
+            conn.close()
+
 
 def find_mysqld(explicit: str | None) -> str | None:
     return find_binary(("mariadbd", "mysqld"), explicit)
@@ -200,7 +212,8 @@ class LocalMySQL:
             with conn.cursor() as cur:
                 for stmt in sql:
                     cur.execute(stmt.rstrip(";"))
-                return cur.fetchone()
+                row: tuple[object, ...] | None = cur.fetchone()
+                return row
         finally:
             conn.close()
 

@@ -30,9 +30,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO, TypeVar
 
+T = TypeVar("T")
 _LIVE: list[LocalProcess] = []
 _LEDGER_NAME = "pids"
 _DIRS_NAME = "dirs"  # private directories outside the run dir (MariaDB's, owned by `mysql`), one path a line
@@ -125,7 +127,63 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text[-lines:]) or "    (log is empty)"
 
 
-def _start_time(pid: int) -> str | None:
+def wait_until(
+    check: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    alive: Callable[[], str | None] | None = None,
+    *,
+    name: str = "service",
+    details: Callable[[], str] | None = None,
+    on_timeout: Callable[[], object] | None = None,
+    interval: float = 0.05,
+) -> T:
+    """Poll ``check`` until it returns a true value, and return that value: the one readiness loop.
+
+    ``check`` raising counts as "not yet" (its last error is shown on timeout when there is no ``details``).
+    ``alive`` is asked before every poll: None while the service runs, else how it ended ("exited (code 1)"),
+    which fails at once. ``details`` adds the service's last log lines to either error; ``on_timeout`` runs
+    before the timeout error is raised (stop what was started). Every failure is a ``ServiceError``:
+    ``<name> <how it ended> before <what>`` or ``<name> not ready after <timeout>s (<what>)``."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        gone = alive() if alive is not None else None
+        if gone is not None:
+            raise ServiceError(f"{name} {gone} before {what}" + (f"; {details()}" if details else ""))
+        try:
+            value = check()
+        except Exception as exc:
+            last, value = str(exc), None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if on_timeout is not None:
+                on_timeout()
+            why = details() if details else last or "no answer"
+            raise ServiceError(f"{name} not ready after {timeout:.0f}s ({what}); {why}")
+        time.sleep(interval)
+
+
+def copy_stamped(chunks: Iterable[bytes], out: IO[bytes], clock: Callable[[], float] = time.time) -> None:
+    """Copy a byte stream (a pipe's lines, an engine's log chunks) to ``out`` line by line, each line prefixed
+    with its arrival time (unix seconds, 6 decimals): the one log-line stamp the telemetry parsers read. A read
+    error ends the copy; a last line without a newline is written with one."""
+    buf = b""
+    with contextlib.suppress(Exception):
+        for chunk in chunks:
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            now = clock()
+            for line in lines:
+                out.write(b"%.6f " % now + line + b"\n")
+    if buf:
+        out.write(b"%.6f " % clock() + buf + b"\n")
+
+
+def start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks after boot, as text) from /proc, or None when it is gone: with the
+    pid it names one process for good (pids are reused, pid + start time are not)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -271,7 +329,7 @@ class LocalProcess:
                 )
             except OSError as exc:
                 raise ServiceError(f"{self.name}: cannot run {argv[0]}: {exc.strerror}") from None
-        started = _start_time(self.proc.pid)
+        started = start_time(self.proc.pid)
         self._start = int(started) if started and started.isdigit() else None
         if self.stamp:
             self._pump = threading.Thread(target=self._stamp_lines, daemon=True, name=f"wsgi502-log-{self.name}")
@@ -288,31 +346,23 @@ class LocalProcess:
         pipe, seen 2 s after the event); arrival time is what attribution needs."""
         assert self.proc is not None and self.proc.stdout is not None
         with open(self.log, "ab", buffering=0) as out:
-            for line in self.proc.stdout:
-                out.write(b"%.6f " % time.time() + line)
+            copy_stamped(self.proc.stdout, out)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``check`` until it is true; fail fast if the process exits, with its last log lines."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.alive():
-                rc = self.proc.returncode if self.proc else None
-                raise ServiceError(
-                    f"{self.name} exited (code {rc}) before {what}; last lines of {self.log}:\n{tail(self.log)}"
-                )
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServiceError(
-                    f"{self.name} not ready after {timeout:.0f}s ({what}); last lines of {self.log}:\n"
-                    f"{tail(self.log)}"
-                )
-            time.sleep(0.05)
+        wait_until(check, timeout, what, name=self.name, alive=self._gone, details=self._log_tail,
+                   on_timeout=self.stop)
+
+    def _gone(self) -> str | None:
+        if self.alive():
+            return None
+        return f"exited (code {self.proc.returncode if self.proc else None})"
+
+    def _log_tail(self) -> str:
+        return f"last lines of {self.log}:\n{tail(self.log)}"
 
     @contextlib.contextmanager
     def _unreaped(self) -> Iterator[bool]:
@@ -485,7 +535,7 @@ def reap_orphans(base: Path) -> list[int]:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             continue
-        if _start_time(owner_pid) == owner_start:
+        if start_time(owner_pid) == owner_start:
             continue  # the owner is alive: not ours to touch
         for _pid, started, pgid, uid in _ledger_entries(run / _LEDGER_NAME):
             killed += _kill_members(pgid, started, _allowed_uids(uid))
@@ -503,7 +553,7 @@ def new_run_dir(base: Path, keep: Path | None = None) -> Path:
     name = f"run-{os.getpid()}-{int(time.time() * 1000)}"
     record = base / name
     record.mkdir(mode=0o700)
-    owner = f"{os.getpid()} {_start_time(os.getpid())}\n"
+    owner = f"{os.getpid()} {start_time(os.getpid())}\n"
     (record / "owner.pid").write_text(owner)
     if keep is None:
         return record

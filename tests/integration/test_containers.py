@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_wsgi502.services.containers import LABEL, OWNER_LABEL, session_objects
-from pytest_wsgi502.services.engine import choose
+from pytest_wsgi502.services.backend import choose
+from pytest_wsgi502.services.containers.reaper import LABEL, OWNER_LABEL, session_objects
 
 from .conftest import SAMPLE, wait_gone
 

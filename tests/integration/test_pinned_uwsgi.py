@@ -4,8 +4,8 @@ had no effect": it appeared in 2.0.29). The first test builds 2.0.24 into the ca
 
 import pytest
 
-from pytest_wsgi502.report.manifest import program_version
-from pytest_wsgi502.servers.base import binary_for
+from pytest_wsgi502.servers import binary_for
+from pytest_wsgi502.services.programs import program_version
 
 OLD = "2.0.24"
 

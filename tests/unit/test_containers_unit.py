@@ -11,9 +11,9 @@ import pytest
 
 from pytest_wsgi502.config.matrix import expand
 from pytest_wsgi502.config.values import ConfigError
-from pytest_wsgi502.servers.container import container_env, mem_bytes
-from pytest_wsgi502.services import containers as ctr
-from pytest_wsgi502.services.engine import candidates, choose
+from pytest_wsgi502.servers.in_container import container_env, mem_bytes
+from pytest_wsgi502.services.backend import candidates, choose
+from pytest_wsgi502.services.containers import db, images, reaper, session
 from pytest_wsgi502.services.process import ServiceError
 
 
@@ -91,7 +91,7 @@ class FakeClient:
 
 def _client():
     c = FakeClient()
-    live, dead = ctr.session_labels("live", "h 1 a"), ctr.session_labels("dead", "h 2 b")
+    live, dead = reaper.session_labels("live", "h 1 a"), reaper.session_labels("dead", "h 2 b")
     for name, labels in (("live-mysql", live), ("live-app", live), ("dead-mysql", dead), ("dead-app", dead),
                          ("stranger", {"other": "x"})):
         c.api.add("container", name, labels)
@@ -102,49 +102,49 @@ def _client():
 
 def test_remove_session_removes_only_that_session():
     c = _client()
-    removed = ctr.remove_session(c, "dead")
+    removed = reaper.remove_session(c, "dead")
     assert removed == ["container dead-mysql", "container dead-app", "network net-dead"]
     assert list(c.api.items) == ["live-mysql", "live-app", "stranger", "net-live"]
-    assert ctr.session_objects(c, "dead") == []
-    assert ctr.session_objects(c, "live") == ["container live-mysql (None)", "container live-app (None)",
+    assert reaper.session_objects(c, "dead") == []
+    assert reaper.session_objects(c, "live") == ["container live-mysql (None)", "container live-app (None)",
                                               "network net-live"]
 
 
 def test_reap_removes_sessions_whose_owner_is_gone():
     c = _client()
-    removed = ctr.reap_leftovers(c, alive=lambda owner: owner == "h 1 a")
+    removed = reaper.reap_leftovers(c, alive=lambda owner: owner == "h 1 a")
     assert sorted(removed) == ["container dead-app", "container dead-mysql", "network net-dead"]
     assert [k for k, o in c.api.items.items() if o["kind"] == "network"] == ["net-live"]
 
 
 def test_owner_alive_is_true_for_this_process_and_other_hosts():
-    assert ctr.owner_alive(ctr.owner_id())
-    assert not ctr.owner_alive(ctr.owner_id().rsplit(" ", 1)[0] + " not-its-start-time")
-    assert ctr.owner_alive("some-other-host 1 1")  # cannot tell: never touched
-    assert not ctr.owner_alive("garbage")
+    assert reaper.owner_alive(reaper.owner_id())
+    assert not reaper.owner_alive(reaper.owner_id().rsplit(" ", 1)[0] + " not-its-start-time")
+    assert reaper.owner_alive("some-other-host 1 1")  # cannot tell: never touched
+    assert not reaper.owner_alive("garbage")
 
 
 def test_content_hash_changes_with_any_input(tmp_path: Path):
     f = tmp_path / "a.py"
     f.write_text("x = 1\n")
-    h1 = ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
-    assert h1 == ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
-    assert h1 != ctr.content_hash(["base-id2", "dockerfile"], [("app/a.py", f)])
-    assert h1 != ctr.content_hash(["base-iddockerfile"], [("app/a.py", f)])  # parts are length-prefixed
+    h1 = images.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+    assert h1 == images.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+    assert h1 != images.content_hash(["base-id2", "dockerfile"], [("app/a.py", f)])
+    assert h1 != images.content_hash(["base-iddockerfile"], [("app/a.py", f)])  # parts are length-prefixed
     f.write_text("x = 2\n")
-    assert h1 != ctr.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
+    assert h1 != images.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
 
 
 def test_project_files_leave_out_caches_and_vcs(tmp_path: Path):
     for rel in ("app/x.py", "app/__pycache__/x.cpython-311.pyc", ".git/HEAD", ".venv/bin/python", "y.pyc", "m.txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
-    assert [p.relative_to(tmp_path).as_posix() for p in ctr.project_files(tmp_path)] == ["m.txt", "app/x.py"]
+    assert [p.relative_to(tmp_path).as_posix() for p in images.project_files(tmp_path)] == ["m.txt", "app/x.py"]
 
 
 def test_requirements_pin_installed_versions_and_add_the_projects(tmp_path: Path):
     (tmp_path / "requirements.txt").write_text("# comment\nrequests>=2\n-e .\n")
-    reqs = ctr.requirements(tmp_path)
+    reqs = images.requirements(tmp_path)
     assert any(r.startswith("django==") for r in reqs) and reqs[-1] == "requests>=2"
     assert not any(r.startswith("-e") for r in reqs)
 
@@ -153,7 +153,7 @@ def test_container_env_points_the_app_at_mysql_on_the_network_and_keeps_the_host
     env = {"PATH": "/host/bin", "HOME": "/root", "WSGI502_DB_HOST": "127.0.0.1", "WSGI502_DB_PORT": "4321",
            "WSGI502_DB_SOCKET": "/tmp/s", "WSGI502_DB_ROOT_PASSWORD": "r", "WSGI502_DB_DRIVER": "pymysql",
            "DJANGO_SETTINGS_MODULE": "s", "PYTHONPATH": "/tmp/run/django-overlay"}
-    out = container_env(env, {"WSGI502_FAULTS": "1"}, "10.88.0.5")
+    out = container_env(env, {"WSGI502_FAULTS": "1"}, "10.88.0.5", overlay=True)
     assert out == {"WSGI502_DB_HOST": "10.88.0.5", "WSGI502_DB_PORT": "3306", "WSGI502_DB_DRIVER": "pymysql",
                    "DJANGO_SETTINGS_MODULE": "s", "PYTHONPATH": "/wsgi502/overlay", "WSGI502_FAULTS": "1",
                    "PYTHONUNBUFFERED": "1"}
@@ -175,31 +175,29 @@ def test_matrix_accepts_limits_and_rejects_bad_ones():
             expand({"cells": {"a": {"server": "uwsgi", **bad}}})
 
 
-def _spec(tmp_path: Path, server: str):
-    from pytest_wsgi502.servers.base import ServerSpec
+def _in_container(tmp_path: Path, server: str):
+    from pytest_wsgi502.servers import ServerSpec, make_server
+    from pytest_wsgi502.servers.in_container import container_runner
 
     (cell,) = expand({"cells": {"c": {"server": server, "max_requests": 100}}})
-    return ServerSpec(cell, tmp_path / "cell", "sampleapp.wsgi:application", tmp_path / "project", port=18001,
+    spec = ServerSpec(cell, tmp_path / "cell", "sampleapp.wsgi:application", tmp_path / "project", port=18001,
                       stats_port=18002)
+    return make_server(spec, server, runner=container_runner(None))  # type: ignore[arg-type]  # no engine needed
 
 
 def test_uwsgi_config_is_rewritten_for_the_container(tmp_path: Path):
-    from pytest_wsgi502.servers.container import ContainerUWSGI
-
-    server = ContainerUWSGI(_spec(tmp_path, "uwsgi"), "uwsgi", session=None)  # type: ignore[arg-type]
+    server = _in_container(tmp_path, "uwsgi")
     s = server.settings()
     assert (s["http-socket"], s["stats"], s["chdir"], s["virtualenv"]) == ("0.0.0.0:8000", "0.0.0.0:9191", "/app",
                                                                            "/opt/venv")
     assert s["max-requests"] == 100 and s["strict"] is True  # the cell's own settings are untouched
     assert server.address == "127.0.0.1:18001"  # what the proxy on the host targets (published there)
-    assert server.container_argv() == ["/opt/venv/bin/uwsgi", "--ini", "/wsgi502/cell/uwsgi.ini"]
+    assert server.argv() == ["/opt/venv/bin/uwsgi", "--ini", "/wsgi502/cell/uwsgi.ini"]
     assert str(tmp_path) not in server.render()
 
 
 def test_gunicorn_config_is_rewritten_for_the_container(tmp_path: Path):
-    from pytest_wsgi502.servers.container import ContainerGunicorn
-
-    server = ContainerGunicorn(_spec(tmp_path, "gunicorn"), "gunicorn", session=None)  # type: ignore[arg-type]
+    server = _in_container(tmp_path, "gunicorn")
     text = server.render()
     assert "bind = ['0.0.0.0:8000']" in text and "chdir = '/app'" in text
     assert "_WSGI502_EVENTS = '/wsgi502/cell/gunicorn-events.jsonl'" in text  # written where the host reads it
@@ -221,7 +219,7 @@ def test_opening_a_session_leaves_os_environ_alone(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(docker, "DockerClient", no_engine)
     before = dict(os.environ)
     with pytest.raises(ServiceError, match="container engine at unix:///nowhere"):
-        ctr.ContainerSession("unix:///nowhere", tmp_path, None, tmp_path).open()
+        session.ContainerSession("unix:///nowhere", tmp_path, None, tmp_path).open()
     assert dict(os.environ) == before  # servers started later inherit os.environ: nothing may leak into it
 
 
@@ -231,7 +229,7 @@ def test_testcontainers_settings_are_scoped_and_win_over_the_environment(monkeyp
     monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "false")  # a user's value no longer silently wins
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     saved = testcontainers_config.ryuk_disabled
-    with ctr.testcontainers_settings("unix:///e.sock") as kw:
+    with db.testcontainers_settings("unix:///e.sock") as kw:
         assert testcontainers_config.ryuk_disabled is True
         assert kw["environment"] == {"DOCKER_HOST": "unix:///e.sock"}
         os.environ["DOCKER_HOST"] = "ssh://from-a-docker-context"  # what testcontainers' client does
@@ -277,13 +275,13 @@ def test_container_mysql_gets_random_passwords_and_the_app_env_no_root(tmp_path:
     import testcontainers.community.mysql as tc_mysql
 
     monkeypatch.setattr(tc_mysql, "MySqlContainer", FakeMySqlContainer)
-    monkeypatch.setattr(ctr, "image_id", lambda client, ref: "sha256:x")
+    monkeypatch.setattr(images, "image_id", lambda client, ref: "sha256:x")
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     infos = []
     for _ in range(2):
-        s = ctr.ContainerSession("unix:///e.sock", tmp_path, SimpleNamespace(mysql_image="img"), tmp_path)
+        s = session.ContainerSession("unix:///e.sock", tmp_path, SimpleNamespace(mysql_image="img"), tmp_path)
         s.client, s.network = object(), SimpleNamespace(name="net")
-        monkeypatch.setattr(s, "_select_1", lambda *args: "10.11.0-MariaDB")
+        monkeypatch.setattr(db, "select_1", lambda *args: "10.11.0-MariaDB")
         infos.append(s.start_mysql())
     a, b = infos
     env = a.env()

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.proxy import ProxyConfig, render_nginx
-from pytest_wsgi502.servers.base import SUN_PATH_MAX, ServerSpec, binary_for, make_server
+from pytest_wsgi502.servers import ServerSpec, binary_for, make_server
+from pytest_wsgi502.servers.base import SUN_PATH_MAX
 
 FIXTURE = HealthCheck.function_scoped_fixture  # tmp_path is only read: one directory for every example is fine
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
@@ -264,13 +265,14 @@ def test_real_gunicorn_loads_the_rendered_config(tmp_path: Path) -> None:
 
 
 def test_the_events_path_is_a_render_parameter(tmp_path: Path) -> None:
-    """The container renders its own events path (the mount point) instead of patching the host's text."""
-    from pytest_wsgi502.servers.container import ContainerGunicorn
-    from pytest_wsgi502.servers.gunicorn import render_config
+    """The container renders its own events path (the mount point) instead of patching the host's text: the
+    renderer is a pure function of (cell, app, placement)."""
+    from pytest_wsgi502.servers.gunicorn import render_config, render_for
+    from pytest_wsgi502.servers.in_container import container_placement
 
     assert "_WSGI502_EVENTS = '/x/e.jsonl'" in render_config("c", {"workers": 2}, "/x/e.jsonl")
-    srv = ContainerGunicorn(server(tmp_path, "gunicorn").spec, "gunicorn", session=None)  # type: ignore[arg-type]
-    ns = gunicorn_namespace(srv.render())
+    cell = server(tmp_path, "gunicorn").spec.cell
+    ns = gunicorn_namespace(render_for(cell, "a:b", container_placement("gunicorn", "")))
     assert ns["_WSGI502_EVENTS"] == "/wsgi502/cell/gunicorn-events.jsonl" and ns["chdir"] == "/app"
 
 

@@ -115,6 +115,6 @@ def header_line(config: pytest.Config) -> list[str]:
 
 def close_containers() -> None:
     """Remove what container sessions of this process left (Ctrl-C); nothing when the backend was never used."""
-    mod = sys.modules.get("pytest_wsgi502.services.containers")
+    mod = sys.modules.get("pytest_wsgi502.services.containers.session")
     if mod is not None:
         mod.close_all()

@@ -1,0 +1,47 @@
+"""The local runner: the server as a process on this host (``services.process.LocalProcess``), killed with
+pytest, its output stamped line by line into the cell's ``server.log``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pytest_wsgi502.servers.base import Placement
+from pytest_wsgi502.services.process import LocalProcess
+
+if TYPE_CHECKING:
+    from pytest_wsgi502.servers.base import Server
+
+
+class LocalRunner:
+    """``Runner`` for a process on this host: the placement is the host's own paths and loopback ports."""
+
+    start_timeout = 60.0
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.process: LocalProcess | None = None
+
+    @property
+    def placement(self) -> Placement:
+        s = self.server
+        return Placement(
+            address=s.address, stats=f"127.0.0.1:{s.spec.stats_port}", chdir=str(s.spec.chdir),
+            config_dir=str(s.spec.workdir), binary=s.binary, unix=s.unix_socket is not None,
+            # the venv of this Python (uWSGI embeds libpython and would otherwise miss its site-packages)
+            virtualenv=sys.prefix if sys.prefix != sys.base_prefix else None,
+        )
+
+    def start(self, env: dict[str, str], ready: Callable[[], bool], timeout: float) -> None:
+        s = self.server
+        self.process = LocalProcess(s.name, s.argv(), s.log, cwd=s.spec.chdir, env=env, stop_signal=s.stop_signal,
+                                    ledger=s.ledger, stamp=True).start()
+        self.process.wait_ready(ready, timeout, f"answering HTTP on {s.address}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def describe(self) -> dict[str, Any]:
+        return {}
