@@ -18,7 +18,7 @@ def check(settings: EffectiveSettings, cells: list[Cell], chdir: Path, backend: 
     """``backend`` is the resolved one (``auto`` already decided): containers need no local MySQL or servers,
     only the proxy, which stays on the host."""
     from pytest_wsgi502.proxy import find_nginx
-    from pytest_wsgi502.servers.base import binary_for
+    from pytest_wsgi502.servers import binary_for
     from pytest_wsgi502.services.mysql import find_mysqld
 
     local = backend == "local"
