@@ -248,7 +248,11 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
 
 
 def _modified(config: pytest.Config, cell: Cell) -> Cell:
-    """The cell as the project's ``pytest_wsgi502_modify_cell`` hooks leave it (the first answer wins)."""
+    """The cell as the project's ``pytest_wsgi502_modify_cell`` hooks leave it (the first answer wins), checked
+    like a matrix file's cell: a hook cannot bring a value the matrix would refuse."""
+    from pytest_wsgi502.config.matrix import expand
+    from pytest_wsgi502.config.values import ConfigError
+
     changed: object = config.hook.pytest_wsgi502_modify_cell(cell=cell, config=config)
     if changed is None:
         return cell
@@ -256,7 +260,11 @@ def _modified(config: pytest.Config, cell: Cell) -> Cell:
         raise pytest.fail.Exception(
             f"pytest_wsgi502_modify_cell returned {type(changed).__name__} for cell {cell.name}: return a Cell "
             "(dataclasses.replace(cell, ...)) or None", pytrace=False)
-    return changed
+    table = {k: v for k, v in changed.as_dict().items() if k != "name" and v is not None}
+    try:
+        return expand({"cells": {changed.name: table}}, "pytest_wsgi502_modify_cell")[0]
+    except (ConfigError, TypeError) as exc:
+        _fail(exc)
 
 
 def _as_cell(config: Cell | str | Mapping[str, Any] | None, state: State, overrides: dict[str, Any]) -> Cell:

@@ -3,6 +3,8 @@ before it starts, ``pytest_wsgi502_cell_result`` receives each result before it 
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import json
 from types import SimpleNamespace
 from typing import Any
@@ -58,8 +60,21 @@ def _config(*answers: Any) -> Any:
 def test_modify_cell_none_keeps_the_cell_and_a_cell_replaces_it() -> None:
     cell = Cell("a", "uwsgi")
     assert _modified(_config(), cell) is cell
-    changed = Cell("a", "uwsgi", workers=1)
-    assert _modified(_config(None, changed), cell) is changed
+    changed = dataclasses.replace(cell, workers=1, options={"harakiri": 30}, slo=("p99<1s",))
+    assert _modified(_config(None, changed), cell) == changed
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"workers": 0}, "pytest_wsgi502_modify_cell*cell 'a'*workers*"),
+    ({"server": "waitress"}, "pytest_wsgi502_modify_cell*cell 'a'*waitress*"),
+    ({"slo": ("p99 < fast",)}, "*bad SLO*"),
+])
+def test_a_modified_cell_is_checked_like_a_matrix_cell(change: dict[str, Any], message: str) -> None:
+    """A hook cannot bring a value the matrix file would refuse: one line, no traceback."""
+    with pytest.raises(pytest.fail.Exception) as info:
+        _modified(_config(dataclasses.replace(Cell("a", "uwsgi"), **change)), Cell("a", "uwsgi"))
+    assert info.value.pytrace is False
+    assert fnmatch.fnmatch(str(info.value), message), str(info.value)
 
 
 def test_modify_cell_returning_something_else_fails_the_test_with_one_line() -> None:
