@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ LOCAL_CELL_KEYS = {"name", "server", "description", "config", "requests", "statu
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine() -> Any:
     """A docker SDK client on the engine the backend would use."""
     choice = choose("auto", os.environ)
     if choice.name != "containers":
@@ -46,12 +47,12 @@ def engine():
     client.close()
 
 
-def session_id(matrix) -> str:
+def session_id(matrix: Any) -> str:
     (f,) = list(matrix.keep.glob("run-*/container-session"))
-    return f.read_text().strip()
+    return str(f.read_text().strip())
 
 
-def left_behind(engine, session: str, timeout: float = 0.0) -> list[str]:
+def left_behind(engine: Any, session: str, timeout: float = 0.0) -> list[str]:
     """Containers and networks of ``session`` the engine still has (what `podman ps -a` would list)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -61,11 +62,12 @@ def left_behind(engine, session: str, timeout: float = 0.0) -> list[str]:
         time.sleep(0.5)
 
 
-def containers_run(matrix, *args: str, timeout: float = 900):
+def containers_run(matrix: Any, *args: str, timeout: float = 900) -> Any:
     return matrix.run("--wsgi-backend=containers", *args, timeout=timeout)
 
 
-def test_two_cells_in_containers_same_json_keys_as_local_plus_container(matrix, engine, tmp_path):
+def test_two_cells_in_containers_same_json_keys_as_local_plus_container(matrix: Any, engine: Any,
+                                                                        tmp_path: Path) -> None:
     r = containers_run(matrix, "--wsgi-cells=uwsgi-2w,gunicorn-sync", "--wsgi-duration=3s",
                        "--wsgi-concurrency=8", "--wsgi-slo=error_rate<0.01")
     out = r.stdout + r.stderr
@@ -108,7 +110,7 @@ def test_two_cells_in_containers_same_json_keys_as_local_plus_container(matrix, 
     shutil.rmtree(short, ignore_errors=True)
 
 
-def test_second_session_reuses_the_app_image(matrix, engine):
+def test_second_session_reuses_the_app_image(matrix: Any, engine: Any) -> None:
     r = containers_run(matrix, "--wsgi-cells=gunicorn-sync", "--wsgi-duration=1s", "--wsgi-concurrency=4",
                        "--wsgi-slo=error_rate<=1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -123,7 +125,7 @@ def test_second_session_reuses_the_app_image(matrix, engine):
     assert "app_image_build" not in second["session_phases_s"]
 
 
-def test_limits_are_applied_and_recorded(matrix, engine, tmp_path):
+def test_limits_are_applied_and_recorded(matrix: Any, engine: Any, tmp_path: Path) -> None:
     m = tmp_path / "m.toml"
     m.write_text('[cells.limited]\nserver = "gunicorn"\ncpus = 0.5\nmem_limit = "300m"\n')
     r = containers_run(matrix, f"--wsgi-matrix-file={m}", "--wsgi-duration=2s", "--wsgi-concurrency=4",
@@ -135,7 +137,7 @@ def test_limits_are_applied_and_recorded(matrix, engine, tmp_path):
     assert ctr["applied"]["memory_bytes"] == 300 << 20 and ctr["applied"]["cpus"] == 0.5
 
 
-def test_oom_kill_scenario_counts_the_kernels_kills(matrix, engine):
+def test_oom_kill_scenario_counts_the_kernels_kills(matrix: Any, engine: Any) -> None:
     r = containers_run(matrix, "--wsgi-matrix-file=scenarios", "--wsgi-cells=oom-kill,oom-kill-fixed",
                        "--wsgi-duration=6s", "--wsgi-concurrency=8")
     assert matrix.json.exists(), r.stdout + r.stderr
@@ -167,7 +169,7 @@ def test_oom_kill_scenario_counts_the_kernels_kills(matrix, engine):
     assert r.returncode == 1  # the broken cell fails its SLO, as it should
 
 
-def test_lifetime_pair_in_containers_runs_the_pinned_release(matrix, engine):
+def test_lifetime_pair_in_containers_runs_the_pinned_release(matrix: Any, engine: Any) -> None:
     """The `lifetime` scenario pins uWSGI 2.0.24: its image is the app image plus the host's build of that
     release (built for the same Python), and the mechanism shows in the container as it does locally."""
     r = containers_run(matrix, "--wsgi-matrix-file=scenarios", "--wsgi-cells=lifetime,lifetime-fixed")
@@ -184,7 +186,8 @@ def test_lifetime_pair_in_containers_runs_the_pinned_release(matrix, engine):
     assert r.returncode == 1  # the broken cell fails its SLO, as it should
 
 
-def test_failing_run_leaves_no_container_and_reaps_a_dead_sessions_leftovers(matrix, engine, tmp_path):
+def test_failing_run_leaves_no_container_and_reaps_a_dead_sessions_leftovers(matrix: Any, engine: Any,
+                                                                             tmp_path: Path) -> None:
     # a leftover of a "killed" session: its owner pid does not exist
     base = os.environ.get("WSGI502_BASE_IMAGE") or "python:{}.{}-slim-bookworm".format(*sys.version_info[:2])
     try:
@@ -212,7 +215,7 @@ def test_failing_run_leaves_no_container_and_reaps_a_dead_sessions_leftovers(mat
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
-def test_interrupted_run_leaves_no_container(matrix, engine, sig):
+def test_interrupted_run_leaves_no_container(matrix: Any, engine: Any, sig: Any) -> None:
     proc = matrix.popen("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
                         "--wsgi-concurrency=4")
     try:
@@ -234,7 +237,7 @@ def test_interrupted_run_leaves_no_container(matrix, engine, sig):
         assert left_behind(engine, session, timeout=60) == []
 
 
-def test_auto_picks_the_engine_and_says_why(engine):
+def test_auto_picks_the_engine_and_says_why(engine: Any) -> None:
     import subprocess
 
     r = subprocess.run([sys.executable, "-m", "pytest", str(SAMPLE / "test_matrix.py"), "--wsgi-matrix",
@@ -244,7 +247,7 @@ def test_auto_picks_the_engine_and_says_why(engine):
     assert "wsgi502: backend containers: auto: engine at" in r.stdout, r.stdout
 
 
-def test_watchdog_is_gone_after_a_normal_session(matrix, engine):
+def test_watchdog_is_gone_after_a_normal_session(matrix: Any, engine: Any) -> None:
     """The watchdog exits with its session (no process of the session is left, containers or not)."""
     r = containers_run(matrix, "--wsgi-cells=gunicorn-sync", "--wsgi-duration=1s", "--wsgi-concurrency=4",
                        "--wsgi-slo=error_rate<=1")
@@ -266,7 +269,7 @@ def _cmdline(p: Path) -> bytes:
         return b""
 
 
-def test_limited_cell_is_skipped_on_the_local_backend(matrix, tmp_path):
+def test_limited_cell_is_skipped_on_the_local_backend(matrix: Any, tmp_path: Path) -> None:
     """No engine needed: a cell with cpus/mem_limit says it needs containers instead of running unlimited."""
     m = tmp_path / "m.toml"
     m.write_text('[cells.limited]\nserver = "gunicorn"\nmem_limit = "256m"\n[cells.plain]\nserver = "gunicorn"\n')
@@ -277,7 +280,7 @@ def test_limited_cell_is_skipped_on_the_local_backend(matrix, tmp_path):
     assert list(matrix.cells()) == ["plain"]
 
 
-def test_crashed_xdist_worker_leaves_no_container(matrix, engine):
+def test_crashed_xdist_worker_leaves_no_container(matrix: Any, engine: Any) -> None:
     """An xdist worker SIGKILLed mid-cell: the controller carries on, the worker's watchdog removes its containers."""
     proc = matrix.popen("--wsgi-backend=containers", "--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s",
                         "--wsgi-concurrency=4", "-n", "1")

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def _refused(**kw: object) -> str:
     return str(info.value)
 
 
-def test_passwords_are_random_and_only_the_apps_reach_its_environment(server):
+def test_passwords_are_random_and_only_the_apps_reach_its_environment(server: Any) -> None:
     _srv, info = server
     assert len(info.password) >= 24 and len(info.root_password) >= 24 and info.password != info.root_password
     assert info.password != "wsgi502"
@@ -57,7 +58,7 @@ def test_passwords_are_random_and_only_the_apps_reach_its_environment(server):
     assert info.password not in repr(info) and info.root_password not in repr(info)
 
 
-def test_root_without_the_session_password_is_refused(server):
+def test_root_without_the_session_password_is_refused(server: Any) -> None:
     _srv, info = server
     assert "Access denied" in _refused(unix_socket=info.socket, user="root")
     assert "Access denied" in _refused(host="127.0.0.1", port=info.port, user="root")
@@ -76,7 +77,7 @@ def test_root_without_the_session_password_is_refused(server):
     assert accounts == ["mariadb.sys@localhost", "root@localhost", "wsgi502@127.0.0.1"]
 
 
-def test_the_app_user_has_its_database_only_and_cannot_write_files(server):
+def test_the_app_user_has_its_database_only_and_cannot_write_files(server: Any) -> None:
     import pymysql
 
     _srv, info = server
@@ -102,7 +103,7 @@ def test_the_app_user_has_its_database_only_and_cannot_write_files(server):
     assert priv and priv.startswith(os.path.dirname(info.socket))
 
 
-def test_passwords_are_not_in_logs_or_command_lines(server):
+def test_passwords_are_not_in_logs_or_command_lines(server: Any) -> None:
     srv, info = server
     texts = [p.read_bytes() for p in srv.dir.rglob("*") if p.is_file()]
     assert srv.process is not None and srv.process.pid is not None
@@ -112,7 +113,7 @@ def test_passwords_are_not_in_logs_or_command_lines(server):
 
 
 @ROOT_ONLY
-def test_server_runs_as_mysql_in_a_private_dir(server):
+def test_server_runs_as_mysql_in_a_private_dir(server: Any) -> None:
     srv, info = server
     assert srv.process is not None
     user = subprocess.run(["ps", "-o", "user=", "-p", str(srv.process.pid)], capture_output=True, text=True)
@@ -133,7 +134,7 @@ def _as_nobody(*argv: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 @ROOT_ONLY
-def test_a_local_user_cannot_log_in_without_the_passwords_nor_read_the_datadir(server):
+def test_a_local_user_cannot_log_in_without_the_passwords_nor_read_the_datadir(server: Any) -> None:
     _srv, info = server
     client = shutil.which("mariadb") or shutil.which("mysql")
     if client is None:

@@ -2,6 +2,9 @@
 release each cell ran, and a key the release lacks is refused with the reason (the seed's "max-requests-delta
 had no effect": it appeared in 2.0.29). The first test builds 2.0.24 into the cache if it is not there yet."""
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from pytest_wsgi502.servers import binary_for
@@ -11,7 +14,7 @@ OLD = "2.0.24"
 
 
 @pytest.fixture
-def installed():
+def installed() -> Any:
     binary = binary_for("uwsgi")
     assert binary, "uWSGI is a dependency of the test environment (bash bin/dev test installs it)"
     version = program_version(binary)
@@ -19,7 +22,7 @@ def installed():
     return version
 
 
-def test_a_pinned_release_runs_next_to_the_installed_one(matrix, tmp_path, installed):
+def test_a_pinned_release_runs_next_to_the_installed_one(matrix: Any, tmp_path: Path, installed: Any) -> None:
     m = tmp_path / "m.toml"
     m.write_text(f'[defaults]\nserver = "uwsgi"\n[defaults.options]\nadd-header = "Connection: close"\n'
                  f'[cells.old]\nserver_version = "{OLD}"\n[cells.new]\n')
@@ -34,7 +37,7 @@ def test_a_pinned_release_runs_next_to_the_installed_one(matrix, tmp_path, insta
     assert cells["old"]["config"]["server_version"] == OLD
 
 
-def test_a_key_the_pinned_release_lacks_is_refused_with_the_reason(matrix, tmp_path):
+def test_a_key_the_pinned_release_lacks_is_refused_with_the_reason(matrix: Any, tmp_path: Path) -> None:
     m = tmp_path / "m.toml"
     m.write_text(f'[cells.delta-old]\nserver = "uwsgi"\nserver_version = "{OLD}"\nmax_requests = 100\n'
                  'max_requests_delta = 10\n[cells.delta-old.options]\nadd-header = "Connection: close"\n')

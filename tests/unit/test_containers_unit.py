@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -17,25 +17,25 @@ from pytest_wsgi502.services.containers import db, images, reaper, session
 from pytest_wsgi502.services.process import ServiceError
 
 
-def test_local_is_chosen_without_probing():
-    def probe(url):
+def test_local_is_chosen_without_probing() -> None:
+    def probe(url: Any) -> None:
         raise AssertionError("local must not touch an engine")
 
     assert choose("local", {}, probe=probe).name == "local"
 
 
-def test_auto_uses_docker_host_when_it_answers():
+def test_auto_uses_docker_host_when_it_answers() -> None:
     c = choose("auto", {"DOCKER_HOST": "unix:///run/x.sock"}, probe=lambda url: None, exists=lambda p: False)
     assert (c.name, c.docker_host) == ("containers", "unix:///run/x.sock")
     assert c.reason == "auto: engine at unix:///run/x.sock (DOCKER_HOST) answered"
 
 
-def test_auto_falls_back_to_local_and_says_why():
+def test_auto_falls_back_to_local_and_says_why() -> None:
     c = choose("auto", {"DOCKER_HOST": "tcp://127.0.0.1:1"}, probe=lambda url: "Connection refused")
     assert c.name == "local" and "tcp://127.0.0.1:1: Connection refused" in c.reason
 
 
-def test_auto_tries_only_default_sockets_that_exist():
+def test_auto_tries_only_default_sockets_that_exist() -> None:
     probed = []
     c = choose("auto", {"HOME": "/h", "XDG_RUNTIME_DIR": "/x"},
                probe=lambda url: probed.append(url), exists=lambda p: p == "/run/podman/podman.sock")
@@ -43,7 +43,7 @@ def test_auto_tries_only_default_sockets_that_exist():
     assert c.name == "containers" and "(default socket)" in c.reason
 
 
-def test_forced_containers_without_engine_is_one_line():
+def test_forced_containers_without_engine_is_one_line() -> None:
     with pytest.raises(ValueError) as info:
         choose("containers", {"HOME": "/h"}, probe=lambda url: "nope", exists=lambda p: False)
     msg = str(info.value)
@@ -51,7 +51,7 @@ def test_forced_containers_without_engine_is_one_line():
     assert "\n" not in msg and "/var/run/docker.sock" in msg
 
 
-def test_default_socket_candidates_follow_the_environment():
+def test_default_socket_candidates_follow_the_environment() -> None:
     assert candidates({"DOCKER_HOST": "unix:///a"}) == ["unix:///a"]
     got = candidates({"XDG_RUNTIME_DIR": "/run/user/7", "HOME": "/home/u"})
     assert "unix:///run/user/7/podman/podman.sock" in got and "unix:///home/u/.docker/run/docker.sock" in got
@@ -60,36 +60,36 @@ def test_default_socket_candidates_follow_the_environment():
 class FakeAPI:
     """The docker SDK's low-level API, as far as cleanup uses it."""
 
-    def __init__(self):
-        self.items: dict[str, dict] = {}
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
 
-    def add(self, kind, name, labels):
+    def add(self, kind: Any, name: Any, labels: Any) -> None:
         self.items[name] = {"Id": name, "kind": kind, "Names": ["/" + name], "Name": name, "Labels": labels}
 
-    def _list(self, kind, filters):
+    def _list(self, kind: Any, filters: Any) -> Any:
         key, _, value = filters["label"].partition("=")
         return [dict(o) for o in self.items.values()
                 if o["kind"] == kind and key in o["Labels"] and (not value or o["Labels"][key] == value)]
 
-    def containers(self, all=False, filters=None):
+    def containers(self, all: Any=False, filters: Any=None) -> Any:
         return self._list("container", filters)
 
-    def networks(self, filters=None):
+    def networks(self, filters: Any=None) -> Any:
         return self._list("network", filters)
 
-    def remove_container(self, cid, **kwargs):
+    def remove_container(self, cid: Any, **kwargs: Any) -> None:
         self.items.pop(cid)
 
-    def remove_network(self, nid):
+    def remove_network(self, nid: Any) -> None:
         self.items.pop(nid)
 
 
 class FakeClient:
-    def __init__(self):
+    def __init__(self) -> None:
         self.api = FakeAPI()
 
 
-def _client():
+def _client() -> Any:
     c = FakeClient()
     live, dead = reaper.session_labels("live", "h 1 a"), reaper.session_labels("dead", "h 2 b")
     for name, labels in (("live-mysql", live), ("live-app", live), ("dead-mysql", dead), ("dead-app", dead),
@@ -100,7 +100,7 @@ def _client():
     return c
 
 
-def test_remove_session_removes_only_that_session():
+def test_remove_session_removes_only_that_session() -> None:
     c = _client()
     removed = reaper.remove_session(c, "dead")
     assert removed == ["container dead-mysql", "container dead-app", "network net-dead"]
@@ -110,21 +110,21 @@ def test_remove_session_removes_only_that_session():
                                               "network net-live"]
 
 
-def test_reap_removes_sessions_whose_owner_is_gone():
+def test_reap_removes_sessions_whose_owner_is_gone() -> None:
     c = _client()
     removed = reaper.reap_leftovers(c, alive=lambda owner: owner == "h 1 a")
     assert sorted(removed) == ["container dead-app", "container dead-mysql", "network net-dead"]
     assert [k for k, o in c.api.items.items() if o["kind"] == "network"] == ["net-live"]
 
 
-def test_owner_alive_is_true_for_this_process_and_other_hosts():
+def test_owner_alive_is_true_for_this_process_and_other_hosts() -> None:
     assert reaper.owner_alive(reaper.owner_id())
     assert not reaper.owner_alive(reaper.owner_id().rsplit(" ", 1)[0] + " not-its-start-time")
     assert reaper.owner_alive("some-other-host 1 1")  # cannot tell: never touched
     assert not reaper.owner_alive("garbage")
 
 
-def test_content_hash_changes_with_any_input(tmp_path: Path):
+def test_content_hash_changes_with_any_input(tmp_path: Path) -> None:
     f = tmp_path / "a.py"
     f.write_text("x = 1\n")
     h1 = images.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
@@ -135,21 +135,21 @@ def test_content_hash_changes_with_any_input(tmp_path: Path):
     assert h1 != images.content_hash(["base-id", "dockerfile"], [("app/a.py", f)])
 
 
-def test_project_files_leave_out_caches_and_vcs(tmp_path: Path):
+def test_project_files_leave_out_caches_and_vcs(tmp_path: Path) -> None:
     for rel in ("app/x.py", "app/__pycache__/x.cpython-311.pyc", ".git/HEAD", ".venv/bin/python", "y.pyc", "m.txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
     assert [p.relative_to(tmp_path).as_posix() for p in images.project_files(tmp_path)] == ["m.txt", "app/x.py"]
 
 
-def test_requirements_pin_installed_versions_and_add_the_projects(tmp_path: Path):
+def test_requirements_pin_installed_versions_and_add_the_projects(tmp_path: Path) -> None:
     (tmp_path / "requirements.txt").write_text("# comment\nrequests>=2\n-e .\n")
     reqs = images.requirements(tmp_path)
     assert any(r.startswith("django==") for r in reqs) and reqs[-1] == "requests>=2"
     assert not any(r.startswith("-e") for r in reqs)
 
 
-def test_container_env_points_the_app_at_mysql_on_the_network_and_keeps_the_host_out():
+def test_container_env_points_the_app_at_mysql_on_the_network_and_keeps_the_host_out() -> None:
     env = {"PATH": "/host/bin", "HOME": "/root", "WSGI502_DB_HOST": "127.0.0.1", "WSGI502_DB_PORT": "4321",
            "WSGI502_DB_SOCKET": "/tmp/s", "WSGI502_DB_ROOT_PASSWORD": "r", "WSGI502_DB_DRIVER": "pymysql",
            "DJANGO_SETTINGS_MODULE": "s", "PYTHONPATH": "/tmp/run/django-overlay"}
@@ -161,11 +161,11 @@ def test_container_env_points_the_app_at_mysql_on_the_network_and_keeps_the_host
 
 @pytest.mark.parametrize(("text", "value"), [("256m", 256 << 20), ("1g", 1 << 30), ("512k", 512 << 10),
                                              ("1000", 1000), ("1.5g", 3 << 29)])
-def test_mem_bytes(text, value):
+def test_mem_bytes(text: Any, value: Any) -> None:
     assert mem_bytes(text) == value
 
 
-def test_matrix_accepts_limits_and_rejects_bad_ones():
+def test_matrix_accepts_limits_and_rejects_bad_ones() -> None:
     (cell,) = expand({"cells": {"a": {"server": "uwsgi", "cpus": 1.5, "mem_limit": "256m"}}})
     assert (cell.cpus, cell.mem_limit) == (1.5, "256m")
     assert cell.as_dict()["mem_limit"] == "256m"
@@ -175,7 +175,7 @@ def test_matrix_accepts_limits_and_rejects_bad_ones():
             expand({"cells": {"a": {"server": "uwsgi", **bad}}})
 
 
-def _in_container(tmp_path: Path, server: str):
+def _in_container(tmp_path: Path, server: str) -> Any:
     from pytest_wsgi502.servers import ServerSpec, make_server
     from pytest_wsgi502.servers.in_container import container_runner
 
@@ -185,7 +185,7 @@ def _in_container(tmp_path: Path, server: str):
     return make_server(spec, server, runner=container_runner(None))  # type: ignore[arg-type]  # no engine needed
 
 
-def test_uwsgi_config_is_rewritten_for_the_container(tmp_path: Path):
+def test_uwsgi_config_is_rewritten_for_the_container(tmp_path: Path) -> None:
     server = _in_container(tmp_path, "uwsgi")
     s = server.settings()
     assert (s["http-socket"], s["stats"], s["chdir"], s["virtualenv"]) == ("0.0.0.0:8000", "0.0.0.0:9191", "/app",
@@ -196,7 +196,7 @@ def test_uwsgi_config_is_rewritten_for_the_container(tmp_path: Path):
     assert str(tmp_path) not in server.render()
 
 
-def test_gunicorn_config_is_rewritten_for_the_container(tmp_path: Path):
+def test_gunicorn_config_is_rewritten_for_the_container(tmp_path: Path) -> None:
     server = _in_container(tmp_path, "gunicorn")
     text = server.render()
     assert "bind = ['0.0.0.0:8000']" in text and "chdir = '/app'" in text
@@ -207,13 +207,13 @@ def test_gunicorn_config_is_rewritten_for_the_container(tmp_path: Path):
 
 # --- issue 12: no fixed root password, no os.environ mutation ----------------------------------------------------
 
-def test_opening_a_session_leaves_os_environ_alone(tmp_path: Path, monkeypatch):
+def test_opening_a_session_leaves_os_environ_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import docker
 
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.delenv("TESTCONTAINERS_RYUK_DISABLED", raising=False)
 
-    def no_engine(**kwargs):
+    def no_engine(**kwargs: Any) -> None:
         raise docker.errors.DockerException("no engine in a unit test")
 
     monkeypatch.setattr(docker, "DockerClient", no_engine)
@@ -223,7 +223,7 @@ def test_opening_a_session_leaves_os_environ_alone(tmp_path: Path, monkeypatch):
     assert dict(os.environ) == before  # servers started later inherit os.environ: nothing may leak into it
 
 
-def test_testcontainers_settings_are_scoped_and_win_over_the_environment(monkeypatch):
+def test_testcontainers_settings_are_scoped_and_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from testcontainers.core.config import testcontainers_config
 
     monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "false")  # a user's value no longer silently wins
@@ -240,7 +240,7 @@ def test_testcontainers_settings_are_scoped_and_win_over_the_environment(monkeyp
 class FakeMySqlContainer:
     made: ClassVar[list[FakeMySqlContainer]] = []
 
-    def __init__(self, image, **kwargs):
+    def __init__(self, image: Any, **kwargs: Any) -> None:
         from testcontainers.core.config import testcontainers_config
 
         self.image, self.kwargs, self.ports = image, kwargs, {"3306": None}
@@ -248,28 +248,29 @@ class FakeMySqlContainer:
         self.environ_at_start: dict[str, str] = {}
         FakeMySqlContainer.made.append(self)
 
-    def with_name(self, name):
+    def with_name(self, name: Any) -> Any:
         return self
 
-    def with_kwargs(self, **kwargs):
+    def with_kwargs(self, **kwargs: Any) -> Any:
         return self
 
-    def start(self):
+    def start(self) -> Any:
         self.environ_at_start = dict(os.environ)
         return self
 
-    def get_wrapped_container(self):
+    def get_wrapped_container(self) -> Any:
         class Wrapped:
-            def __init__(self):
+            def __init__(self) -> None:
                 self.attrs = {"NetworkSettings": {"Networks": {"net": {"IPAddress": "10.88.0.5"}}}}
 
-            def reload(self):
+            def reload(self) -> None:
                 pass
 
         return Wrapped()
 
 
-def test_container_mysql_gets_random_passwords_and_the_app_env_no_root(tmp_path: Path, monkeypatch):
+def test_container_mysql_gets_random_passwords_and_the_app_env_no_root(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
     import testcontainers.community.mysql as tc_mysql

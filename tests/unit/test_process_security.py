@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,8 +66,8 @@ def base(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
+def procs() -> Any:
+    started: list[subprocess.Popen[bytes]] = []
     yield started
     for p in started:
         if p.poll() is None:
@@ -75,7 +76,7 @@ def procs():
 
 
 @ROOT_ONLY
-def test_a_planted_ledger_naming_another_users_process_does_not_kill_it(base, procs):
+def test_a_planted_ledger_naming_another_users_process_does_not_kill_it(base: Any, procs: Any) -> None:
     victim = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "60"],
                               start_new_session=True)
     ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
@@ -92,7 +93,7 @@ def test_a_planted_ledger_naming_another_users_process_does_not_kill_it(base, pr
 
 
 @pytest.mark.parametrize("mode", [0o755, 0o770, 0o1777])
-def test_a_base_open_to_others_is_refused(tmp_path, mode):
+def test_a_base_open_to_others_is_refused(tmp_path: Path, mode: Any) -> None:
     b = tmp_path / "shared"
     b.mkdir()
     os.chmod(b, mode)
@@ -105,7 +106,7 @@ def test_a_base_open_to_others_is_refused(tmp_path, mode):
 
 
 @ROOT_ONLY
-def test_a_base_owned_by_another_user_is_refused(tmp_path):
+def test_a_base_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     b = tmp_path / "theirs"
     b.mkdir(mode=0o700)
     os.chown(b, pwd.getpwnam("nobody").pw_uid, -1)
@@ -113,7 +114,7 @@ def test_a_base_owned_by_another_user_is_refused(tmp_path):
         process.reap_orphans(b)
 
 
-def test_a_symlinked_base_is_refused(tmp_path, base):
+def test_a_symlinked_base_is_refused(tmp_path: Path, base: Any) -> None:
     link = tmp_path / "link"
     link.symlink_to(base)
     with pytest.raises(ServiceError, match="symlink"):
@@ -122,7 +123,7 @@ def test_a_symlinked_base_is_refused(tmp_path, base):
         process.new_run_dir(link)
 
 
-def test_base_dir_is_per_user_private_and_verified(tmp_path, monkeypatch):
+def test_base_dir_is_per_user_private_and_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     b = process.base_dir()
     assert b == tmp_path / f"pytest-wsgi502-{os.geteuid()}"
@@ -133,15 +134,16 @@ def test_base_dir_is_per_user_private_and_verified(tmp_path, monkeypatch):
         process.base_dir()
 
 
-def test_blank_and_garbled_ledger_lines_do_not_raise(base):
+def test_blank_and_garbled_ledger_lines_do_not_raise(base: Any) -> None:
     run = _plant(base, "\n  \n12x 5\n42\n None None\n0 5\n1 1\n-5 3 -5 0\n")
     assert process.reap_orphans(base) == []
     assert not run.exists()
 
 
-def test_a_group_whose_leader_died_is_still_reaped(base, procs):
+def test_a_group_whose_leader_died_is_still_reaped(base: Any, procs: Any) -> None:
     leader = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, start_new_session=True)
     procs.append(leader)
+    assert leader.stdout is not None
     orphan = int(leader.stdout.readline())
     started = _start(leader.pid)
     leader.wait()  # the leader is gone (as after PR_SET_PDEATHSIG), its child lives on in the group
@@ -155,7 +157,7 @@ def test_a_group_whose_leader_died_is_still_reaped(base, procs):
             os.kill(orphan, signal.SIGKILL)
 
 
-def test_a_group_whose_id_was_reused_is_left_alone(base, procs):
+def test_a_group_whose_id_was_reused_is_left_alone(base: Any, procs: Any) -> None:
     p = subprocess.Popen(["sleep", "60"], start_new_session=True)
     procs.append(p)
     _plant(base, f"{p.pid} {int(_start(p.pid)) - 1}\n")  # same pid, other start time: not the recorded process
@@ -163,7 +165,7 @@ def test_a_group_whose_id_was_reused_is_left_alone(base, procs):
     assert p.poll() is None
 
 
-def test_stop_never_killpgs_a_pid_it_already_reaped(tmp_path, monkeypatch):
+def test_stop_never_killpgs_a_pid_it_already_reaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lp = LocalProcess("sleeper", ["sleep", "60"], tmp_path / "log").start()
     assert lp.proc is not None
     os.kill(lp.proc.pid, signal.SIGKILL)
@@ -174,7 +176,7 @@ def test_stop_never_killpgs_a_pid_it_already_reaped(tmp_path, monkeypatch):
     assert calls == []
 
 
-def test_stop_kills_the_group_and_records_when_it_asked(tmp_path):
+def test_stop_kills_the_group_and_records_when_it_asked(tmp_path: Path) -> None:
     lp = LocalProcess("sh", ["sh", "-c", "trap '' TERM; sleep 60 & echo $! > child; wait"], tmp_path / "log",
                       cwd=tmp_path).start()
     deadline = time.monotonic() + 5
@@ -189,11 +191,12 @@ def test_stop_kills_the_group_and_records_when_it_asked(tmp_path):
     assert lp.proc is not None and lp.proc.returncode is not None
 
 
-def test_children_start_without_preexec_fn_and_die_with_their_parent(tmp_path, monkeypatch):
-    seen: list[dict] = []
+def test_children_start_without_preexec_fn_and_die_with_their_parent(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> Any:
+    seen: list[dict[str, Any]] = []
     real = subprocess.Popen
 
-    def spy(*args, **kwargs):
+    def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append(kwargs)
         return real(*args, **kwargs)
 
@@ -207,6 +210,7 @@ def test_children_start_without_preexec_fn_and_die_with_their_parent(tmp_path, m
             "p = LocalProcess('s', ['sleep', '60'], Path(sys.argv[1])).start(); print(p.pid, flush=True); "
             "time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "log2")], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
     child = int(parent.stdout.readline())
     try:
         assert _alive(child)
@@ -218,7 +222,7 @@ def test_children_start_without_preexec_fn_and_die_with_their_parent(tmp_path, m
             os.kill(child, signal.SIGKILL)
 
 
-def test_a_kept_sessions_processes_are_still_reaped(base, tmp_path):
+def test_a_kept_sessions_processes_are_still_reaped(base: Any, tmp_path: Path) -> None:
     keep = tmp_path / "keep"
     run = process.new_run_dir(base, keep=keep)
     assert run.parent == keep and (run / "owner.pid").exists() and run.stat().st_mode & 0o777 == 0o700
@@ -234,7 +238,8 @@ def test_a_kept_sessions_processes_are_still_reaped(base, tmp_path):
         lp.stop(timeout=1)
 
 
-def test_private_dirs_are_removed_by_the_reaper_but_nothing_outside_tempdir(base, tmp_path, monkeypatch):
+def test_private_dirs_are_removed_by_the_reaper_but_nothing_outside_tempdir(base: Any, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     run = _plant(base, "")
     mine = process.private_tmpdir(run / "pids", prefix="test")
     victim = tmp_path / "victim"
@@ -246,7 +251,7 @@ def test_private_dirs_are_removed_by_the_reaper_but_nothing_outside_tempdir(base
 
 
 @ROOT_ONLY
-def test_a_service_run_as_mysql_is_recorded_and_reaped_when_root(base, tmp_path):
+def test_a_service_run_as_mysql_is_recorded_and_reaped_when_root(base: Any, tmp_path: Path) -> None:
     try:
         uid = pwd.getpwnam("mysql").pw_uid
     except KeyError:
@@ -265,7 +270,7 @@ def test_a_service_run_as_mysql_is_recorded_and_reaped_when_root(base, tmp_path)
         lp.stop(timeout=1)
 
 
-def test_a_missing_program_is_still_a_clear_error_before_anything_runs(tmp_path):
+def test_a_missing_program_is_still_a_clear_error_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ServiceError, match=r"^x: cannot run /nonexistent/prog: not an executable file$"):
         LocalProcess("x", ["/nonexistent/prog"], tmp_path / "log").start()
     with pytest.raises(ServiceError, match="cannot run no-such-program-wsgi502"):

@@ -404,7 +404,7 @@ def test_settings_are_unchanged_by_the_checks(tmp_path: Path) -> None:
     ("uwsgi", "https", "example.org:443,cert,key"), ("uwsgi", "http", "10.0.0.1:80"),
     ("gunicorn", "bind", ["127.0.0.1:8000", "0.0.0.0:8000"]), ("gunicorn", "bind", "[::]:8000"),
 ])
-def test_options_cannot_make_a_server_listen_off_loopback(tmp_path, server, key, value):
+def test_options_cannot_make_a_server_listen_off_loopback(tmp_path: Path, server: Any, key: Any, value: Any) -> None:
     """Services bind loopback only: a cell's options may add a listener on 127.0.0.0/8, ::1 or a socket file."""
     cell = Cell("c", server, options={key: value})
     srv = make_server(ServerSpec(cell, tmp_path, "app:application", tmp_path, port=1, stats_port=2), server)
@@ -416,7 +416,7 @@ def test_options_cannot_make_a_server_listen_off_loopback(tmp_path, server, key,
     ("uwsgi", "socket", "127.0.0.1:3031"), ("uwsgi", "shared-socket", "[::1]:3031"),
     ("uwsgi", "socket", "/tmp/x.sock"), ("gunicorn", "bind", ["localhost:8000", "unix:/tmp/g.sock"]),
 ])
-def test_loopback_and_unix_listeners_are_fine(tmp_path, server, key, value):
+def test_loopback_and_unix_listeners_are_fine(tmp_path: Path, server: Any, key: Any, value: Any) -> None:
     cell = Cell("c", server, options={key: value})
     srv = make_server(ServerSpec(cell, tmp_path, "app:application", tmp_path, port=1, stats_port=2), server)
     assert srv.settings()[key] == value
