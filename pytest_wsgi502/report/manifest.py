@@ -12,7 +12,6 @@ Versioned by ``"schema"``; later versions add keys, never remove or rename them.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -46,20 +45,6 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-@functools.lru_cache(maxsize=8)
-def program_version(binary: str) -> str | None:
-    """``nginx -v`` / ``uwsgi --version`` style version of a program (None when it cannot say)."""
-    flag = "-v" if Path(binary).name.startswith("nginx") else "--version"
-    try:
-        out = subprocess.run([binary, flag], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    import re
-
-    m = re.search(r"\d+\.\d+(?:\.\d+){0,2}", out.stdout + out.stderr)  # 1.22.1, 2.0.25.1
-    return m.group(0) if m else None
 
 
 def machine() -> dict[str, Any]:

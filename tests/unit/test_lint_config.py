@@ -6,7 +6,7 @@ import pytest
 
 from pytest_wsgi502.config.matrix import expand
 from pytest_wsgi502.lint import lint, uwsgi_options
-from pytest_wsgi502.servers.base import ServerSpec, make_server
+from pytest_wsgi502.servers import ServerSpec, make_server
 
 CELL_DIR = Path("/nonexistent/wsgi502-lint/cell")  # settings() only computes paths; nothing is created
 
@@ -75,7 +75,7 @@ def test_unknown_uwsgi_option_for_the_installed_version():
 
 
 def test_the_installed_uwsgi_knows_max_requests_delta():
-    from pytest_wsgi502.servers.base import binary_for
+    from pytest_wsgi502.servers import binary_for
 
     binary = binary_for("uwsgi")
     if binary is None:

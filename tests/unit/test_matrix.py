@@ -266,7 +266,7 @@ def test_matrix_and_slo_do_not_import_pytest():
 
 
 def test_unix_socket_cell_renders_a_socket_file_for_server_and_proxy(tmp_path):
-    from pytest_wsgi502.servers.base import ServerSpec, make_server
+    from pytest_wsgi502.servers import ServerSpec, make_server
 
     for server in ("uwsgi", "gunicorn"):
         (cell,) = expand({"cells": {"a": {"server": server, "socket": "unix", "duration": 25}}})
