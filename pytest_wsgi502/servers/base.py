@@ -97,7 +97,7 @@ class LocalServer:
     def unix_socket(self) -> Path | None:
         """The socket file of a ``socket = "unix"`` cell, in a 0700 directory only this user can enter (the
         servers create the socket world-writable: gunicorn's umask is 0): ``sock/`` in the cell's directory,
-        or, when that path does not fit in a unix socket address (107 bytes), a new directory with a random
+        or, when that path is too long for uWSGI (over SUN_PATH_MAX bytes), a new directory with a random
         name in the temp dir (created 0700 at ``start``, refused if it exists, removed at ``stop``). nginx runs
         as this same user (``user`` is set to it when run as root), so it can reach the socket."""
         if self.spec.cell.socket != "unix":
