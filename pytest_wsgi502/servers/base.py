@@ -26,7 +26,9 @@ from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.config.values import ConfigError, shown
 from pytest_wsgi502.services.process import ServiceError
 
-SUN_PATH_MAX = 107  # bytes in a unix socket path (sun_path is 108 with its NUL)
+# bytes in a unix socket path: the kernel allows 107 (sun_path is 108 with its NUL), uWSGI 2.0 only 102 ("invalid
+# socket name" at 103, checked with the real uWSGI); a longer path moves to a short private temp dir
+SUN_PATH_MAX = 102
 _LABEL = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -140,7 +142,7 @@ class Server:
     def unix_socket(self) -> Path | None:
         """The socket file of a ``socket = "unix"`` cell, in a 0700 directory only this user can enter (the
         servers create the socket world-writable: gunicorn's umask is 0): ``sock/`` in the cell's directory,
-        or, when that path does not fit in a unix socket address (107 bytes), a new directory with a random
+        or, when that path is too long for uWSGI (over SUN_PATH_MAX bytes), a new directory with a random
         name in the temp dir (created 0700 at ``start``, refused if it exists, removed at ``stop``). nginx runs
         as this same user (``user`` is set to it when run as root), so it can reach the socket."""
         if self.spec.cell.socket != "unix":
