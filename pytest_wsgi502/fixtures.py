@@ -111,7 +111,8 @@ def wsgi_run_dir(pytestconfig: pytest.Config) -> Iterator[Path]:
 def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator[ContainerSession | None]:
     """The containers backend's session (engine client, network, images; ``.timings``), or None when the
     backend is local. Every container and network it made is removed at the end (README "Containers backend")."""
-    from pytest_wsgi502.services.backend import BACKEND, choose
+    from pytest_wsgi502.services.backend import choose
+    from pytest_wsgi502.state import BACKEND
 
     state = _state(pytestconfig)
     choice = pytestconfig.stash.get(BACKEND, None)

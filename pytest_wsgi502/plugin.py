@@ -9,6 +9,7 @@ every project that has the plugin installed.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from pytest_wsgi502.config.settings import SETTINGS, env_snapshot, resolve
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.results import MatrixReporter
-from pytest_wsgi502.state import REPORT_ATTR, RESULTS, STATE, State
+from pytest_wsgi502.state import BACKEND, REPORT_ATTR, RESULTS, STATE, State
 
 pytest_plugins = ["pytest_wsgi502.fixtures"]
 
@@ -71,10 +72,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = state
     if state.enabled:
         from pytest_wsgi502.preflight import check
-        from pytest_wsgi502.services.backend import resolve_backend
+        from pytest_wsgi502.services.backend import choose
 
-        with _usage():
-            check(state.settings, state.cells, state.path("chdir"), backend=resolve_backend(config, settings.backend))
+        with _usage():  # a forced engine that is down is a usage error (choose raises ValueError)
+            config.stash[BACKEND] = choice = choose(settings.backend, os.environ)
+            check(state.settings, state.cells, state.path("chdir"), backend=choice.name)
     _check_reports(state)
     config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
 
@@ -128,9 +130,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         if name == "idle_timeout" and r.raw is not None and r.value != _seconds(r.raw):
             value = f"{r.raw} -> {r.value:g}s, rounded up to whole seconds"
         parts.append(f"{name}={value} ({r.source})")
-    from pytest_wsgi502.services.backend import header_line
-
-    return ["wsgi502: " + ", ".join(parts), *header_line(config),
+    choice = config.stash.get(BACKEND, None)
+    backend = [f"wsgi502: backend {choice.name}: {choice.reason}"] if choice is not None else []
+    return ["wsgi502: " + ", ".join(parts), *backend,
             f"wsgi502: cells: {', '.join(c.name for c in state.cells)}"]
 
 

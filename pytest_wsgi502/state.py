@@ -13,6 +13,7 @@ import pytest
 
 from pytest_wsgi502.config.matrix import BUILTIN, Cell, load_matrix, select
 from pytest_wsgi502.config.settings import EffectiveSettings
+from pytest_wsgi502.services.backend import BackendChoice
 
 REPORT_ATTR = "wsgi502_results"  # TestReport attribute carrying cell results (xdist ships it to the controller)
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()  # results a test's fixtures produced, on its item
@@ -48,6 +49,7 @@ class State:
 
 
 STATE = pytest.StashKey[State]()
+BACKEND = pytest.StashKey[BackendChoice]()  # the resolved --wsgi-backend, set in pytest_configure with --wsgi-matrix
 
 
 def get_state(config: pytest.Config) -> State:

@@ -133,7 +133,10 @@ class LoadSpec:
     def share(self, p: int) -> LoadSpec:
         """This spec's part for engine process ``p`` of ``processes`` (connections, rate and budget split)."""
         n = self.processes
-        part = lambda total: total // n + (1 if p < total % n else 0)  # noqa: E731
+
+        def part(total: int) -> int:
+            return total // n + (1 if p < total % n else 0)
+
         return replace(self, concurrency=part(self.concurrency), max_requests=max(1, part(self.max_requests)),
                        seed=self.seed * 1000 + p)
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import pytest
+from pytest_wsgi502.config.values import ConfigError
 
 # Docker's socket, then Podman's (rootful, then rootless): where an engine listens when DOCKER_HOST is unset
 DEFAULT_SOCKETS = ("/var/run/docker.sock", "/run/podman/podman.sock", "{xdg}/podman/podman.sock",
@@ -27,7 +27,6 @@ class BackendChoice:
     docker_host: str | None = None  # the engine's URL when name == "containers"
 
 
-BACKEND = pytest.StashKey["BackendChoice"]()  # the resolved backend, set in pytest_configure with --wsgi-matrix
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -93,24 +92,9 @@ def choose(setting: str, environ: Mapping[str, str],
     detail = "; ".join(tried) if tried else "DOCKER_HOST unset and no engine socket at " + ", ".join(
         u[len("unix://"):] for u in candidates(environ))
     if setting == "containers":
-        raise ValueError(f"--wsgi-backend=containers: no Docker-compatible engine answers ({detail}); start one "
+        raise ConfigError(f"--wsgi-backend=containers: no Docker-compatible engine answers ({detail}); start one "
                          "(e.g. `podman system service`) and set DOCKER_HOST, or use --wsgi-backend=local")
     return BackendChoice("local", f"auto: no engine answered ({detail})")
-
-
-def resolve_backend(config: pytest.Config, setting: str) -> str:
-    """Resolve --wsgi-backend once per run (pytest_configure); a forced engine that is down is a UsageError."""
-    try:
-        choice = choose(setting, os.environ)
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.stash[BACKEND] = choice
-    return choice.name
-
-
-def header_line(config: pytest.Config) -> list[str]:
-    choice = config.stash.get(BACKEND, None)
-    return [f"wsgi502: backend {choice.name}: {choice.reason}"] if choice is not None else []
 
 
 def close_containers() -> None:
