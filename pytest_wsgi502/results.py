@@ -143,11 +143,16 @@ class MatrixReporter:
         state = self.state
         if not state.results:
             return
-        from pytest_wsgi502.report.table import render_table
+        from pytest_wsgi502.report.table import render_lint, render_table
 
         terminalreporter.section("wsgi502 matrix")
         for line in render_table(state.results):
             terminalreporter.write_line(line)
+        lint = render_lint(state.results)
+        if lint:  # once per finding, not a Python warning per cell (the JSON keeps them per cell under "lint")
+            terminalreporter.section("wsgi502 config lint")
+            for line in lint:
+                terminalreporter.write_line(line, yellow=True)
         if state.compare is not None:
             terminalreporter.section("wsgi502 compare")
             for line in state.compare["lines"]:

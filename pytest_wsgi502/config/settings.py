@@ -191,7 +191,7 @@ SETTINGS: tuple[Setting, ...] = (
             "its MySQL (no change to your settings needed)", None, _module, "MODULE"),
     Setting("setup_command", "command run once after the database is up (DB settings in WSGI502_DB_* env)",
             "python manage.py migrate --noinput", _str, "CMD"),
-    Setting("strict", "fail a cell whose config has a lint finding (default: a warning)", "false", _bool, "BOOL"),
+    Setting("strict", "fail a cell whose config has a lint finding (default: listed once in the summary)", "false", _bool, "BOOL"),
     Setting("keep_dir", "keep the run directory (configs, logs) after the session", None, _str, "DIR"),
     Setting("html", "write a self-contained HTML report (timelines with worker events, matrix overview)", None,
             _str, "PATH"),

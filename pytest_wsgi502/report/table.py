@@ -86,3 +86,18 @@ def render_markdown(results: Sequence[dict[str, Any]], compare_lines: Sequence[s
     if compare_lines:
         out += ["", "Comparison with the saved run:", "", "```", *compare_lines, "```"]
     return "\n".join(out) + "\n"
+
+
+def render_lint(results: Sequence[dict[str, Any]]) -> list[str]:
+    """Config lint findings once each, with the cells they apply to: ``[code] message (cells: a, b)``. A finding's
+    message starts with its cell's name (lint.py); the same finding in several cells is one line."""
+    cells_of: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        prefix = f"{r['name']}: "
+        for f in r.get("lint") or ():
+            message = f["message"][len(prefix):] if f["message"].startswith(prefix) else f["message"]
+            names = cells_of.setdefault((f["code"], message), [])
+            if r["name"] not in names:
+                names.append(r["name"])
+    return [f"[{code}] {message} (cells: {', '.join(names)})" for (code, message), names in cells_of.items()]
+

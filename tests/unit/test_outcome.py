@@ -55,3 +55,18 @@ def test_the_table_says_invalid_and_why():
     lines = render_table([r])
     assert lines[2].rstrip().endswith("INVALID")
     assert "c: INVALID run: no_responses: no request was sent" in lines
+
+
+def test_lint_findings_are_listed_once_with_their_cells():
+    """Was a Python UserWarning per finding and cell, printed twice each (message and source line)."""
+    from pytest_wsgi502.report.table import render_lint
+
+    race = {"code": "keepalive-race", "message": "uWSGI http-socket closes every connection"}
+    results = [{"name": n, "lint": [{**race, "message": f"{n}: {race['message']}"}]} for n in ("a", "b")]
+    results.append({"name": "c", "lint": [{"code": "recycle-lockstep", "message": "c: 2 workers share max-requests"}]})
+    results.append({"name": "d", "lint": []})
+    assert render_lint(results) == [
+        "[keepalive-race] uWSGI http-socket closes every connection (cells: a, b)",
+        "[recycle-lockstep] 2 workers share max-requests (cells: c)",
+    ]
+    assert render_lint([{"name": "d"}]) == []
