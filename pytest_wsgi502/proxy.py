@@ -19,7 +19,7 @@ from typing import Any
 
 from pytest_wsgi502.config.values import DAY, ConfigError, number, shown
 from pytest_wsgi502.nginxlog import ACCESS_LOG, ACCESS_LOG_FORMAT, ERROR_LOG
-from pytest_wsgi502.services.process import LocalProcess, find_binary, free_port
+from pytest_wsgi502.services.process import CpuPlace, LocalProcess, find_binary, free_port
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,9 @@ http {{
 
 class LocalProxy:
     def __init__(self, workdir: Path, upstream: str, idle_timeout: float, binary: str,
-                 ledger: Path | None = None, port: int = 0) -> None:
+                 ledger: Path | None = None, port: int = 0, place: CpuPlace | None = None) -> None:
         self.dir = workdir
+        self.place = place  # the "outside world" with the engine (services/isolation.py), when isolated
         self.port = port or free_port()
         self.cfg = ProxyConfig(self.port, upstream, idle_timeout,
                                user=getpass.getuser() if os.geteuid() == 0 else None)
@@ -130,7 +131,7 @@ class LocalProxy:
         argv = [self.binary, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / ERROR_LOG)]
         # SIGQUIT: graceful stop, which also flushes the buffered access log
         self.process = LocalProcess("nginx", argv, self.dir / "proxy-stdout.log", stop_signal=signal.SIGQUIT,
-                                    ledger=self.ledger).start()
+                                    ledger=self.ledger, place=self.place).start()
         def ready() -> bool:  # nginx itself must answer: a port clash could put another server there
             r = httpx.get(self.url + ready_path, timeout=2)
             return r.status_code < 500 and r.headers.get("server", "").startswith("nginx")

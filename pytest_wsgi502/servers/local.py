@@ -3,15 +3,16 @@ pytest, its output stamped line by line into the cell's ``server.log``."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pytest_wsgi502.servers.base import Placement
-from pytest_wsgi502.services.process import LocalProcess
+from pytest_wsgi502.services.process import CpuPlace, LocalProcess
 
 if TYPE_CHECKING:
-    from pytest_wsgi502.servers.base import Server
+    from pytest_wsgi502.servers.base import RunnerFactory, Server
 
 
 class LocalRunner:
@@ -19,8 +20,9 @@ class LocalRunner:
 
     start_timeout = 60.0
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, place: CpuPlace | None = None) -> None:
         self.server = server
+        self.place = place  # the inside CPUs (services/isolation.py): master and every worker it forks
         self.process: LocalProcess | None = None
 
     @property
@@ -36,8 +38,10 @@ class LocalRunner:
     def start(self, env: dict[str, str], ready: Callable[[], bool], timeout: float) -> None:
         s = self.server
         self.process = LocalProcess(s.name, s.argv(), s.log, cwd=s.spec.chdir, env=env, stop_signal=s.stop_signal,
-                                    ledger=s.ledger, stamp=True).start()
+                                    ledger=s.ledger, stamp=True, place=self.place).start()
         self.process.wait_ready(ready, timeout, f"answering HTTP on {s.address}")
+        if self.place is not None and self.process.pid is not None:
+            self.place.adopt_group(self.process.pid)  # any worker forked before the master was moved
 
     def stop(self) -> None:
         if self.process is not None:
@@ -45,3 +49,9 @@ class LocalRunner:
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+
+def placed_runner(place: CpuPlace | None) -> RunnerFactory:
+    """``make_server(..., runner=placed_runner(isolation.inside))``: a local runner whose server (master and
+    workers) runs on ``place``'s CPUs."""
+    return functools.partial(LocalRunner, place=place)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.services.process import (
+    CpuPlace,
     LocalProcess,
     ServiceError,
     find_binary,
@@ -116,8 +117,9 @@ def app_sql(password: str, host: str) -> list[str]:
 
 
 class LocalMySQL:
-    def __init__(self, binary: str, workdir: Path, ledger: Path | None = None) -> None:
+    def __init__(self, binary: str, workdir: Path, ledger: Path | None = None, place: CpuPlace | None = None) -> None:
         self.binary, self.dir, self.ledger = binary, workdir, ledger
+        self.place = place  # inside, with the servers under test (services/isolation.py), when isolated
         self.port = free_port()
         self.private: Path | None = None  # <tempdir>/wsgi502-mysql-XXXX: datadir, socket, pid file, secure_file_priv
         self.socket = ""
@@ -194,7 +196,8 @@ class LocalMySQL:
                 run_as = self.as_user  # setpriv drops to it before exec, keeping the death signal
             else:
                 argv.append(f"--user={self.as_user}")  # mysqld drops it itself (the death signal is lost)
-        self.process = LocalProcess("mysqld", argv, self.dir / "mysql.log", ledger=self.ledger, user=run_as).start()
+        self.process = LocalProcess("mysqld", argv, self.dir / "mysql.log", ledger=self.ledger, user=run_as,
+                                    place=self.place).start()
         if not accounts_set:  # MySQL: root has no password yet, reachable only through the private socket
             self.process.wait_ready(lambda: self._query("", "SELECT 1") is not None, timeout, "answering SELECT 1")
             self._query("", f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{self._root_password}'",

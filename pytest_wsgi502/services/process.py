@@ -32,16 +32,30 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Protocol, TypeVar
 
 T = TypeVar("T")
 _LIVE: list[LocalProcess] = []
 _LEDGER_NAME = "pids"
 _DIRS_NAME = "dirs"  # private directories outside the run dir (MariaDB's, owned by `mysql`), one path a line
+_CGROUPS_NAME = "cgroups"  # cgroup directories this session made (services/isolation.py), one path a line
+CGROUP_PREFIX = "wsgi502-"  # every cgroup the harness makes is named so; the reaper removes no other
+CGROUP_FS = Path("/sys/fs/cgroup")
 _KEPT_NAME = "kept"  # in a session's record: where its --wsgi-keep-dir run dir is
 _LEDGERS: dict[Path, Path] = {}  # a kept run dir -> its ledger, which stays in the private base
 SERVICE_USERS = ("mysql",)  # accounts a root session runs services as; the reaper may kill those it recorded
 PRIVATE_PREFIX = "wsgi502-"  # private directories made next to the base (tempdir) start with this
+
+
+class CpuPlace(Protocol):
+    """Where a started process runs (``services.isolation.Side``): ``spawning()`` wraps the fork so the child
+    inherits the CPUs, ``adopt(pid)`` moves it (into a cgroup) right after."""
+
+    def spawning(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def adopt(self, pid: int) -> None: ...
+
+    def adopt_group(self, pgid: int) -> list[int]: ...
 
 
 class ServiceError(RuntimeError):
@@ -273,8 +287,10 @@ class LocalProcess:
         ledger: Path | None = None,
         stamp: bool = False,
         user: str | None = None,
+        place: CpuPlace | None = None,
     ) -> None:
         self.name, self.argv, self.log, self.cwd = name, list(argv), log, cwd
+        self.place = place  # CPU isolation (services/isolation.py): None runs it wherever this process may
         self.env = dict(env) if env is not None else None
         self.stop_signal = stop_signal
         self.ledger = ledger
@@ -323,12 +339,20 @@ class LocalProcess:
             try:
                 # note: the death signal fires when the *thread* that started the child exits: start services
                 # from a thread that lives as long as they do (pytest's main thread)
-                self.proc = subprocess.Popen(
-                    argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE if self.stamp else out,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                )
+                with self.place.spawning() if self.place is not None else contextlib.nullcontext():
+                    self.proc = subprocess.Popen(
+                        argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE if self.stamp else out,
+                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    )
             except OSError as exc:
                 raise ServiceError(f"{self.name}: cannot run {argv[0]}: {exc.strerror}") from None
+        if self.place is not None:
+            try:  # before it can fork workers (it is still starting its interpreter): they follow it
+                self.place.adopt(self.proc.pid)
+            except ServiceError:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise
         started = start_time(self.proc.pid)
         self._start = int(started) if started and started.isdigit() else None
         if self.stamp:
@@ -517,6 +541,43 @@ def _remove_private_dirs(listing: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def record_cgroup(ledger: Path, group: Path) -> None:
+    """Note a cgroup this session made, next to its ledger, before anything is moved into it: a crashed
+    session's groups are removed by ``reap_orphans``."""
+    with open(ledger.parent / _CGROUPS_NAME, "a") as fh:
+        fh.write(f"{group}\n")
+
+
+def remove_cgroup(group: Path, wait: float = 2.0) -> bool:
+    """rmdir a cgroup the harness made (under /sys/fs/cgroup, named ``wsgi502-*``); True when it is gone. A group
+    still holding processes (just killed, not yet exited) is retried for ``wait`` seconds; any other path is
+    refused (False) without touching it."""
+    try:
+        real = Path(os.path.realpath(group))
+    except OSError:
+        return False
+    if CGROUP_FS not in real.parents or not real.name.startswith(CGROUP_PREFIX):
+        return False
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.rmdir(real)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _remove_cgroups(listing: Path) -> None:
+    with contextlib.suppress(OSError):
+        for line in listing.read_text(errors="replace").splitlines():
+            if line.strip():
+                remove_cgroup(Path(line.strip()))
+
+
 def reap_orphans(base: Path) -> list[int]:
     """Kill the process groups recorded by earlier sessions whose pytest process is gone; remove their dirs.
 
@@ -540,6 +601,7 @@ def reap_orphans(base: Path) -> list[int]:
         for _pid, started, pgid, uid in _ledger_entries(run / _LEDGER_NAME):
             killed += _kill_members(pgid, started, _allowed_uids(uid))
         _remove_private_dirs(run / _DIRS_NAME)
+        _remove_cgroups(run / _CGROUPS_NAME)  # after the kills: a group is removable once its processes exited
         if not (run / "keep").exists():  # a kept session's files live elsewhere (``kept``): only its record is here
             shutil.rmtree(run, ignore_errors=True)
     return killed
@@ -571,6 +633,7 @@ def release_run_dir(run: Path) -> None:
     ledger = _LEDGERS.pop(run, None)
     target = ledger.parent if ledger is not None else run
     _remove_private_dirs(target / _DIRS_NAME)
+    _remove_cgroups(target / _CGROUPS_NAME)  # normally removed already by Isolation.release()
     shutil.rmtree(target, ignore_errors=True)
 
 

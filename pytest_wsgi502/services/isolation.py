@@ -1,0 +1,395 @@
+"""CPU isolation on the local backend: the "outside world" (the load engine, the ELB-like proxy) on its own
+CPUs, the servers under test and MariaDB on the rest, so the generator is not starved by what it measures.
+
+In production the load balancer and the clients are other machines; on one box the server under test (16
+uWSGI workers, MariaDB) otherwise takes the engine's CPU and the cell is refused as ``generator_bound``.
+
+``layout()`` is the pure part: which CPUs go where, from the CPUs this process may use
+(``os.sched_getaffinity(0)``):
+
+- 1 CPU: no isolation (nothing to split; said in the reason);
+- 2 CPUs: 1 outside / 1 inside;
+- N CPUs: ceil(N / 4) outside (at least 1), the rest inside.
+
+Measured on the 2-core machine (``python -m pytest_wsgi502.bench isolation``; numbers in the commit that
+chose it and in issue 14's note): with 1 outside / 1 inside the engine's loop lag p99 stayed below the 25 ms
+threshold in every cell, including uwsgi-16w; without isolation it did not. A 2-core box cannot tell 1/4 from
+1/3 of a larger machine: the N > 2 rule is the engine (one event loop, about one core) plus nginx (a fraction
+of a core at these rates) and is configurable (``outside=``).
+
+Mechanisms, best first (``start(mode="auto")``):
+
+1. ``cgroup-v1``: a cpuset group per side under this process's own cpuset cgroup (root only; nothing is
+   written to that cgroup or its ancestors), removed (rmdir) at the end;
+2. ``cgroup-v2``: the same on the unified hierarchy, when cpuset can be enabled in our own
+   ``cgroup.subtree_control`` (GitHub's runners as root; not in a cgroup that holds processes itself);
+3. ``affinity``: ``os.sched_setaffinity`` (unprivileged containers): no quota, and a server could undo it;
+4. ``off``: one CPU, ``--wsgi-isolation=off``, or more xdist workers than the CPUs can split.
+
+Placing a process: the thread that starts it switches its own affinity to the side's CPUs for the fork (a
+child inherits the forking thread's affinity, so the server's master and every worker it forks are on the
+right CPUs from their first instruction, with no ``preexec_fn``), then the new pid is moved into the side's
+cgroup (``cgroup.procs``; its children follow it). The harness process itself (the engine's event loop, or
+the engine processes it spawns, which inherit it) runs on the outside CPUs by affinity, restored at release:
+the harness never has to move itself between cgroups.
+
+A crashed run's groups are listed in the run's record (``services.process.record_cgroup``) and removed by
+``reap_orphans``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_wsgi502.services.process import CGROUP_PREFIX, ServiceError, record_cgroup, remove_cgroup
+
+MODES = ("auto", "cgroup", "affinity", "off")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which CPUs the outside world (engine, proxy) and the inside (servers under test, MariaDB) get."""
+
+    outside: tuple[int, ...]
+    inside: tuple[int, ...]
+    reason: str = ""  # why there is no split (empty when there is one)
+
+    @property
+    def split(self) -> bool:
+        return bool(self.outside) and bool(self.inside) and not set(self.outside) & set(self.inside)
+
+
+def layout(cpus: int | Iterable[int], outside: int | None = None) -> Layout:
+    """The split of ``cpus`` (a count, meaning CPUs 0..n-1, or the CPU ids this process may use).
+
+    ``outside``: how many CPUs the outside gets (default ceil(N/4), at least 1); the highest-numbered CPUs go
+    outside (CPU 0 takes most of the machine's housekeeping). Fewer than 2 CPUs, or an ``outside`` that would
+    leave no CPU inside, gives no split (both sides get every CPU) and says why."""
+    ids = tuple(range(cpus)) if isinstance(cpus, int) else tuple(sorted(set(cpus)))
+    if not ids:
+        raise ValueError("layout needs at least one CPU")
+    n = len(ids)
+    if outside is not None and (not isinstance(outside, int) or isinstance(outside, bool) or outside < 0):
+        raise ValueError(f"outside must be a whole number of CPUs >= 0, got {outside!r}")
+    if n < 2:
+        return Layout(ids, ids, f"1 CPU ({ids[0]}): nothing to split, the engine shares it with the server")
+    k = max(1, math.ceil(n / 4)) if outside is None else outside
+    if k == 0:
+        return Layout(ids, ids, "outside=0: no CPUs set aside for the engine and proxy")
+    if k >= n:
+        return Layout(ids, ids, f"outside={k} of {n} CPUs leaves none for the servers under test")
+    return Layout(outside=ids[n - k:], inside=ids[: n - k])
+
+
+def xdist_share(cpus: Sequence[int], env: Mapping[str, str]) -> tuple[tuple[int, ...], str]:
+    """This xdist worker's CPUs (all of them outside xdist) and what was decided, for the manifest.
+
+    W workers each run their own MariaDB, servers and engine. When the CPUs split into W slices of at least 2,
+    worker i gets slice i (contiguous) and isolates inside it; otherwise isolation is off for every worker
+    (stacking each worker's inside and outside on the same CPUs would only pretend to isolate)."""
+    worker = env.get("PYTEST_XDIST_WORKER", "")
+    try:
+        count = int(env.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+        index = int(worker[2:]) if worker.startswith("gw") else -1
+    except ValueError:
+        count, index = 0, -1
+    ids = tuple(sorted(cpus))
+    if count <= 1 or index < 0:
+        return ids, ""
+    if len(ids) < 2 * count:
+        return (), (f"xdist: {count} workers on {len(ids)} CPUs cannot each get 2; isolation off for every "
+                    f"worker (run with -n {len(ids) // 2 or 1} or fewer to isolate)")
+    per = len(ids) // count
+    share = ids[index * per:(index + 1) * per]
+    return share, f"xdist worker {worker} of {count}: CPUs {_cpulist(share)} of {_cpulist(ids)}"
+
+
+def _cpulist(cpus: Iterable[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def _thread_affinity(cpus: Iterable[int]) -> None:
+    os.sched_setaffinity(0, set(cpus))  # 0: the calling thread (Linux)
+
+
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+@dataclass
+class Side:
+    """One side of the split: its CPUs and, with a cgroup mechanism, its group directory."""
+
+    name: str
+    cpus: tuple[int, ...]
+    cgroup: Path | None = None
+    active: bool = True  # False: placement is a no-op (isolation off)
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Around a fork/exec in this thread: the child inherits this side's CPUs from its first instruction."""
+        if not self.active:
+            yield
+            return
+        before = os.sched_getaffinity(0)
+        _thread_affinity(self.cpus)
+        try:
+            yield
+        finally:
+            _thread_affinity(before)
+
+    def adopt(self, pid: int) -> None:
+        """Move a started process (and every thread of it) to this side; children it forks later follow it.
+        A process that already exited is no error."""
+        if not self.active:
+            return
+        if self.cgroup is not None:
+            with contextlib.suppress(ProcessLookupError):
+                try:
+                    (self.cgroup / "cgroup.procs").write_text(f"{pid}\n")
+                    return
+                except OSError as exc:
+                    if exc.errno != 3:  # ESRCH: gone already
+                        raise ServiceError(f"cannot move pid {pid} into {self.cgroup}: {exc.strerror}") from None
+                    return
+        for tid in _tasks(pid) or [pid]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.sched_setaffinity(tid, set(self.cpus))
+
+    def adopt_group(self, pgid: int) -> list[int]:
+        """Move every live member of process group ``pgid`` (a server's master and workers) here; the pids."""
+        moved = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid):
+                self.adopt(int(entry.name))
+                moved.append(int(entry.name))
+        return moved
+
+
+class Isolation:
+    """The session's split, applied: ``inside``/``outside`` sides, ``describe()`` for the manifest, ``release()``.
+
+    Use ``start()``; ``release()`` is idempotent and also runs from ``atexit`` through the caller's teardown."""
+
+    def __init__(self, requested: str, mechanism: str, lay: Layout, note: str, inside: Side, outside: Side,
+                 groups: Sequence[Path] = ()) -> None:
+        self.requested, self.mechanism, self.layout, self.note = requested, mechanism, lay, note
+        self.inside, self.outside = inside, outside
+        self.groups = list(groups)
+        self._saved: dict[int, set[int]] = {}
+        self._lock = threading.Lock()
+        self.released = False
+
+    @property
+    def active(self) -> bool:
+        return self.mechanism != "off"
+
+    def enter_outside(self) -> None:
+        """Put this (harness) process, every thread of it, on the outside CPUs; threads and engine processes
+        started from here on inherit it. Undone by ``release()``."""
+        if not self.active:
+            return
+        with self._lock:
+            for tid in _tasks(os.getpid()):
+                with contextlib.suppress(OSError):
+                    self._saved.setdefault(tid, os.sched_getaffinity(tid))
+                    os.sched_setaffinity(tid, set(self.outside.cpus))
+
+    def release(self) -> list[str]:
+        """Restore this process's CPUs and remove the groups (the processes in them must have been stopped).
+        Returns the groups that could not be removed (left to the orphan reaper: they stay recorded)."""
+        with self._lock:
+            if self.released:
+                return []
+            self.released = True
+            for tid, cpus in self._saved.items():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(tid, cpus)
+            self._saved.clear()
+        return [str(g) for g in self.groups if not remove_cgroup(g)]
+
+    def describe(self) -> dict[str, Any]:
+        """For the manifest: what was asked, what was used, which CPUs went where, and why."""
+        return {
+            "requested": self.requested,
+            "mechanism": self.mechanism,
+            "outside": list(self.outside.cpus) if self.active else [],
+            "inside": list(self.inside.cpus) if self.active else [],
+            "cpus": sorted(set(self.outside.cpus) | set(self.inside.cpus)),
+            "placed": {"outside": ["load engine", "nginx proxy"], "inside": ["server under test", "mysqld"]}
+            if self.active else {},
+            "note": self.note,
+            "cgroups": [str(g) for g in self.groups],
+        }
+
+
+def off(requested: str = "off", note: str = "", cpus: Iterable[int] | None = None) -> Isolation:
+    """No isolation: both sides are every CPU and placement does nothing."""
+    ids = tuple(sorted(cpus if cpus is not None else os.sched_getaffinity(0)))
+    return Isolation(requested, "off", Layout(ids, ids, note), note,
+                     Side("inside", ids, active=False), Side("outside", ids, active=False))
+
+
+def _own_cgroups(text: str) -> dict[str, str]:
+    """/proc/self/cgroup as {controller or '' (v2): path}."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for ctrl in parts[1].split(",") if parts[1] else [""]:
+                out[ctrl] = parts[2]
+    return out
+
+
+def _mounts(text: str) -> list[tuple[str, str, str, str]]:
+    """/proc/self/mountinfo as (mount root, mount point, fstype, super options) of cgroup filesystems."""
+    out = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        lf, rf = left.split(), right.split()
+        if len(lf) >= 5 and len(rf) >= 3 and rf[0] in ("cgroup", "cgroup2"):
+            out.append((lf[3], lf[4], rf[0], rf[2]))
+    return out
+
+
+def own_cgroup_dir(version: int, cgroup_text: str, mountinfo_text: str) -> Path | None:
+    """The directory of this process's own cpuset cgroup (v1) or unified cgroup (v2), or None."""
+    own = _own_cgroups(cgroup_text)
+    path = own.get("cpuset" if version == 1 else "")
+    if path is None:
+        return None
+    for root, point, fstype, opts in _mounts(mountinfo_text):
+        if version == 1 and (fstype != "cgroup" or "cpuset" not in opts.split(",")):
+            continue
+        if version == 2 and fstype != "cgroup2":
+            continue
+        rel = path if root == "/" else (path[len(root):] if path.startswith(root) else None)
+        if rel is None:
+            continue
+        return Path(point) / rel.lstrip("/")
+    return None
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _make_groups(version: int, base: Path, lay: Layout, tag: str, ledger: Path | None) -> tuple[Path, Path]:
+    """Two sibling groups ``wsgi502-<tag>-inside/outside`` under ``base`` (our own cgroup): created, recorded for
+    the reaper before anything is moved in, and given their CPUs. Removed again on any failure."""
+    made: list[Path] = []
+    try:
+        if version == 2:
+            controllers = (base / "cgroup.controllers").read_text().split()
+            if "cpuset" not in controllers:
+                raise OSError(0, "cpuset is not available to our cgroup")
+            if "cpuset" not in (base / "cgroup.subtree_control").read_text().split():
+                _write(base / "cgroup.subtree_control", "+cpuset")  # our own cgroup; EBUSY when it holds processes
+        mems = ""
+        if version == 1:
+            mems = (base / "cpuset.effective_mems").read_text().strip() or (base / "cpuset.mems").read_text().strip()
+        groups = []
+        for side, cpus in (("inside", lay.inside), ("outside", lay.outside)):
+            g = base / f"{CGROUP_PREFIX}{tag}-{side}"
+            g.mkdir()
+            made.append(g)
+            if ledger is not None:
+                record_cgroup(ledger, g)
+            _write(g / "cpuset.cpus", _cpulist(cpus))
+            if version == 1:
+                _write(g / "cpuset.mems", mems)
+            groups.append(g)
+        return groups[0], groups[1]
+    except BaseException:
+        for g in made:
+            remove_cgroup(g)
+        raise
+
+
+def start(mode: str = "auto", *, outside: int | None = None, ledger: Path | None = None,
+          env: Mapping[str, str] | None = None, cpus: Iterable[int] | None = None,
+          cgroup_text: str | None = None, mountinfo_text: str | None = None) -> Isolation:
+    """Choose the split and the mechanism, make the groups, put this process on the outside CPUs.
+
+    ``mode``: auto (best available), cgroup (a cgroup or a one-line ServiceError), affinity, off. ``ledger``: the
+    session's ledger (``services.process.ledger_path``): the groups are recorded next to it for the reaper.
+    ``env`` (xdist's PYTEST_XDIST_WORKER*) and ``cpus`` default to this process's."""
+    if mode not in MODES:
+        raise ValueError(f"isolation must be one of {', '.join(MODES)}, got {mode!r}")
+    env = os.environ if env is None else env
+    allowed = tuple(sorted(cpus if cpus is not None else os.sched_getaffinity(0)))
+    if mode == "off":
+        return off(mode, "isolation off (asked for)", allowed)
+    share, xnote = xdist_share(allowed, env)
+    if not share:
+        return off(mode, xnote, allowed)
+    lay = layout(share, outside)
+    note = "; ".join(n for n in (xnote, lay.reason) if n)
+    if not lay.split:
+        if mode == "cgroup":
+            raise ServiceError(f"--wsgi-isolation=cgroup: {lay.reason}")
+        return off(mode, note, allowed)
+    tag = f"{os.getpid()}-{env.get('PYTEST_XDIST_WORKER', 'main')}"
+    errors = []
+    if mode in ("auto", "cgroup"):
+        if os.geteuid() == 0:
+            try:
+                cg_text = cgroup_text if cgroup_text is not None else Path("/proc/self/cgroup").read_text()
+                mi_text = mountinfo_text if mountinfo_text is not None else Path("/proc/self/mountinfo").read_text()
+            except OSError as exc:
+                cg_text, mi_text = "", ""
+                errors.append(f"/proc: {exc.strerror}")
+            for version in (1, 2):
+                base = own_cgroup_dir(version, cg_text, mi_text)
+                if base is None or not base.is_dir():
+                    continue
+                try:
+                    inside, outside_dir = _make_groups(version, base, lay, tag, ledger)
+                except OSError as exc:
+                    errors.append(f"cgroup v{version} at {base}: {exc.strerror or exc}")
+                    continue
+                iso = Isolation(mode, f"cgroup-v{version}", lay, note, Side("inside", lay.inside, inside),
+                                Side("outside", lay.outside, outside_dir), [inside, outside_dir])
+                iso.enter_outside()
+                return iso
+        else:
+            errors.append("cgroups need root")
+        if mode == "cgroup":
+            raise ServiceError("--wsgi-isolation=cgroup: no writable cpuset cgroup ("
+                               + "; ".join(errors or ["none mounted"]) + "); use --wsgi-isolation=affinity or auto")
+    iso = Isolation(mode, "affinity", lay, "; ".join(n for n in (note, *(f"no cgroup: {e}" for e in errors)) if n),
+                    Side("inside", lay.inside), Side("outside", lay.outside))
+    iso.enter_outside()
+    return iso
+
+
+def cpus_allowed(pid: int) -> tuple[int, ...]:
+    """A process's allowed CPUs (``Cpus_allowed_list`` in /proc/PID/status), for checks and tests."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            out: list[int] = []
+            for part in line.split(":", 1)[1].strip().split(","):
+                lo, _, hi = part.partition("-")
+                out.extend(range(int(lo), int(hi or lo) + 1))
+            return tuple(out)
+    return ()
+
