@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502 import slo as slo_mod
 from pytest_wsgi502.attribution import attribute_cell
+from pytest_wsgi502.config.layers import merge_keyed, pick
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
@@ -59,6 +60,8 @@ class CellContext:
     db: MySQLInfo | None = None  # the session's database (``set_max_connections`` logs in as root)
     server_factory: ServerFactory | None = None  # containers backend: servers that run in containers (default: local)
     say: Callable[[str], None] | None = None  # a one-line message to the terminal (a pinned server being built)
+    # the layer each session setting came from ("option", "env", "ini", "default"): config/layers.py
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     def server_binary(self, cell: Cell) -> str:
         """The cell's server binary: the installed one, or the release its ``server_version`` pins (built once
@@ -108,21 +111,38 @@ def cell_env(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
     return env
 
 
+# a cell's load key -> the session setting (and CellContext field) it overrides
+SESSION_KEYS = {"load_mode": "mode", "rate": "rate", "start_rate": "start_rate", "think_time": "think_time",
+                "concurrency": "concurrency", "duration": "duration", "path": "path",
+                "verify_contains": "verify_contains"}
+
+
+def layered(cell: Cell, ctx: CellContext, key: str) -> tuple[Any, str]:
+    """(value, layer) of one load key: the cell's own value against the session's, by config/layers.py."""
+    setting = SESSION_KEYS[key]
+    own = getattr(cell, key)
+    return pick((ctx.sources.get(setting, "default"), getattr(ctx, setting)),
+                (cell.origin.get(key, "default"), None if own == "" and key == "load_mode" else own))
+
+
+def load_sources(cell: Cell, ctx: CellContext) -> dict[str, str]:
+    """Which layer each load setting of the cell came from (the JSON's ``load.sources``)."""
+    return {SESSION_KEYS[k]: layered(cell, ctx, k)[1] for k in SESSION_KEYS}
+
+
 def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
-    """The cell's load: its own load keys win over the session's settings."""
-    mode = cell.load_mode or ctx.mode
-    rate = cell.rate if cell.rate is not None else ctx.rate
+    """The cell's load: each key from the most specific layer that sets it (config/layers.py)."""
+    value = {SESSION_KEYS[k]: layered(cell, ctx, k)[0] for k in SESSION_KEYS}
+    mode, rate = value["mode"] or "closed", value["rate"]
     if mode != "closed" and not rate:
         raise ValueError(f"cell {cell.name}: {mode} load needs a rate (--wsgi-rate or the cell's rate)")
     mix = tuple(Endpoint(m["path"], float(m.get("weight", 1)), m.get("verify_contains", ""), m.get("method", "GET"))
                 for m in cell.mix)
     return LoadSpec(
-        base_url=base_url, path=cell.path or ctx.path, n_max=cell.n_max, mix=mix,
-        verify_contains=cell.verify_contains if cell.verify_contains is not None else ctx.verify_contains,
-        mode=mode, rate=rate or 0.0,
-        start_rate=(cell.start_rate if cell.start_rate is not None else ctx.start_rate) or 0.0,
-        think_time=cell.think_time if cell.think_time is not None else ctx.think_time,
-        concurrency=cell.concurrency or ctx.concurrency, duration=cell.duration or ctx.duration,
+        base_url=base_url, path=value["path"] or "/", n_max=cell.n_max, mix=mix,
+        verify_contains=value["verify_contains"] or "", mode=mode, rate=rate or 0.0,
+        start_rate=value["start_rate"] or 0.0, think_time=value["think_time"] or 0.0,
+        concurrency=value["concurrency"], duration=value["duration"],
         max_requests=ctx.max_requests, timeout=ctx.timeout, processes=ctx.processes,
     )
 
@@ -292,14 +312,16 @@ def judge(result: dict[str, Any], engine_error: str | None = None) -> None:
     verdict["outcome"] = "invalid" if reasons else ("pass" if verdict["passed"] else "fail")
 
 
-def effective_slos(*layers: Any) -> list[slo_mod.SLO]:
-    """SLOs from several sources, later layers overriding earlier ones on the same metric:
-    cell < option/env/ini < marker / explicit."""
-    merged: dict[str, slo_mod.SLO] = {}
-    for layer in layers:
-        for s in slo_mod.parse_slos(list(layer)):
-            merged[s.metric] = s
-    return list(merged.values())
+def effective_slos(cell: Cell, ctx: CellContext, marker: Iterable[str] = (),
+                   argument: Iterable[str] = ()) -> tuple[list[slo_mod.SLO], dict[str, str]]:
+    """The cell's SLOs, one per metric from the most specific layer (config/layers.py): the cell's own (or its
+    matrix's [defaults]) against the session's --wsgi-slo, the ``wsgi_slo`` marker and ``slo=``. Returns the SLOs
+    and the layer of each metric."""
+    layers = [(cell.origin.get("slo", "default"), slo_mod.parse_slos(list(cell.slo))),
+              (ctx.sources.get("slo", "default"), slo_mod.parse_slos(list(ctx.session_slos))),
+              ("marker", slo_mod.parse_slos(list(marker))), ("argument", slo_mod.parse_slos(list(argument)))]
+    chosen = merge_keyed(layers, key=lambda s: s.metric)
+    return [s for s, _ in chosen], {s.metric: layer for s, layer in chosen}
 
 
 def spec_dict(spec: LoadSpec) -> dict[str, Any]:
@@ -332,6 +354,9 @@ def run_cell(
         target.settle()
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
-    result = target.result(load, since, effective_slos(cell.slo, ctx.session_slos, extra_slos), spec)
+    slos, slo_sources = effective_slos(cell, ctx, marker=extra_slos)
+    result = target.result(load, since, slos, spec)
+    result["load"]["sources"] = load_sources(cell, ctx)
+    result["slo"]["sources"] = slo_sources
     result["lint"] = findings
     return result

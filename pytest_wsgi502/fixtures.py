@@ -192,6 +192,7 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo)
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
         django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""), db=database,
         server_factory=_server_factory(request), say=_progress(request, "").say,
+        sources={name: s.source(name) for name in s.values},
     )
 
 
@@ -247,6 +248,8 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
 def _modified(config: pytest.Config, cell: Cell) -> Cell:
     """The cell as the project's ``pytest_wsgi502_modify_cell`` hooks leave it (the first answer wins), checked
     like a matrix file's cell: a hook cannot bring a value the matrix would refuse."""
+    import dataclasses
+
     from pytest_wsgi502.config.matrix import expand
     from pytest_wsgi502.config.values import ConfigError
 
@@ -259,9 +262,13 @@ def _modified(config: pytest.Config, cell: Cell) -> Cell:
             "(dataclasses.replace(cell, ...)) or None", pytrace=False)
     table = {k: v for k, v in changed.as_dict().items() if k != "name" and v is not None}
     try:
-        return expand({"cells": {changed.name: table}}, "pytest_wsgi502_modify_cell")[0]
+        checked = expand({"cells": {changed.name: table}}, "pytest_wsgi502_modify_cell")[0]
     except (ConfigError, TypeError) as exc:
         _fail(exc)
+    # a key the hook changed is the cell's own; the others keep the layer they came from
+    before, after = cell.as_dict(), checked.as_dict()
+    origin = {**cell.origin, **{k: "cell" for k in after if after[k] != before.get(k)}}
+    return dataclasses.replace(checked, origin=origin)
 
 
 def _as_cell(config: Cell | str | Mapping[str, Any] | None, state: State, overrides: dict[str, Any]) -> Cell:
@@ -271,13 +278,14 @@ def _as_cell(config: Cell | str | Mapping[str, Any] | None, state: State, overri
     from pytest_wsgi502.config.matrix import expand
     from pytest_wsgi502.config.values import ConfigError, shown
 
-    if isinstance(config, Cell):
-        return dataclasses.replace(config, **overrides) if overrides else config
     if isinstance(config, str):
         by_name = {c.name: c for c in state.cells}
         if config not in by_name:
             raise ConfigError(f"wsgi_server: no cell {shown(config)} in the matrix; known: {', '.join(by_name)}")
-        return dataclasses.replace(by_name[config], **overrides) if overrides else by_name[config]
+        config = by_name[config]
+    if isinstance(config, Cell):  # keyword overrides are the cell's own keys (config/layers.py)
+        origin = {**config.origin, **{k: "cell" for k in overrides}}
+        return dataclasses.replace(config, **overrides, origin=origin) if overrides else config
     table = {**dict(config or {}), **overrides}
     name = table.pop("name", None) or "-".join(
         str(p) for p in (table.get("server", "server"), table.get("worker_class"), f"{table.get('workers', 2)}w") if p
@@ -358,22 +366,27 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Ws
     (mode, rate, start_rate, concurrency, duration, path, mix, verify_contains, think_time, processes, ...)."""
     import dataclasses
 
-    from pytest_wsgi502.cellrun import effective_slos, load_spec
+    from pytest_wsgi502.cellrun import effective_slos, load_sources, load_spec
 
     def load(target: Target, *, slo: str | Iterable[str] = (),
              verify: Callable[[httpx.Response], bool] | None = None, **profile: Any) -> Result:
         try:
-            spec = dataclasses.replace(load_spec(target.cell, target.ctx, target.url), **_profile(profile))
+            overrides = _profile(profile)
+            spec = dataclasses.replace(load_spec(target.cell, target.ctx, target.url), **overrides)
             spec.validate()
-            slos = effective_slos(target.cell.slo, target.ctx.session_slos, _marker_slos(request),
-                                  [slo] if isinstance(slo, str) else slo)
+            slos, slo_sources = effective_slos(target.cell, target.ctx, _marker_slos(request),
+                                               [slo] if isinstance(slo, str) else slo)
         except (ValueError, TypeError) as exc:  # a bad profile fails this test with one line, no traceback
             _fail(ValueError(f"wsgi_load: {exc}"))
         live = _progress(request, target.cell.name)
         try:
-            result = Result(target.measure(spec, slos, verify, progress=live.callback))
+            measured = target.measure(spec, slos, verify, progress=live.callback)
         finally:
             live.finish()
+        sources = load_sources(target.cell, target.ctx)
+        measured["load"]["sources"] = {**sources, **{k: "argument" for k in overrides if k in sources}}
+        measured["slo"]["sources"] = slo_sources
+        result = Result(measured)
         record(request, result)
         return result
 

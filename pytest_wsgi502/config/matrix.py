@@ -83,6 +83,9 @@ class Cell:
     # containers backend only: the server container's CPU and memory limits (Docker's --cpus, --memory)
     cpus: float | None = None
     mem_limit: str | None = None  # e.g. "256m", "1g"
+    # where each key set in the matrix came from: "cell" (the cell or a cell it extends) or "matrix-defaults"
+    # ([defaults]); a key not listed is the built-in default. Precedence against the session: config/layers.py.
+    origin: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def effective_worker_class(self) -> str:
@@ -90,6 +93,7 @@ class Cell:
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d.pop("origin")
         d["slo"] = list(self.slo)
         d["mix"] = [dict(m) for m in self.mix]
         d["options"] = dict(self.options)
@@ -174,7 +178,7 @@ def expand(data: Mapping[str, Any], where: str = "matrix") -> list[Cell]:
         if name in chain:
             raise ConfigError(f"{where}: 'extends' cycle: {' -> '.join((*chain, name))}")
         raw = cells_raw[name]
-        base: dict[str, Any] = dict(defaults)
+        base: dict[str, Any] = {}
         parent = raw.get("extends")
         if parent is not None:
             base = {k: v for k, v in resolve(parent, (*chain, name)).items() if k != "description"}
@@ -185,13 +189,22 @@ def expand(data: Mapping[str, Any], where: str = "matrix") -> list[Cell]:
         resolved[name] = merged
         return merged
 
-    return [_make_cell(name, resolve(name, ()), where) for name in cells_raw]
+    cells = []
+    for name in cells_raw:
+        own = resolve(name, ())  # the cell and the cells it extends, without [defaults]
+        merged = {**defaults, **own}
+        for table in ("options", "env"):
+            if table in own and table in defaults:
+                merged[table] = {**defaults[table], **own[table]}
+        origin = {k: "cell" if k in own else "matrix-defaults" for k in merged if k in _FIELDS}
+        cells.append(dataclasses.replace(_make_cell(name, merged, where), origin=origin))
+    return cells
 
 
 def _check_table(raw: Mapping[str, Any], where: str, allow_extends: bool) -> None:
     """Known keys only; ``options`` and ``env`` are tables of safe keys and one-line scalar values (checked here,
     before they are merged through ``extends``)."""
-    allowed = set(_FIELDS) - {"name"} | ({"extends"} if allow_extends else set())
+    allowed = set(_FIELDS) - {"name", "origin"} | ({"extends"} if allow_extends else set())
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {_keys(unknown)}; allowed: {', '.join(sorted(allowed))}")

@@ -22,6 +22,10 @@ def test_two_cells_end_to_end(matrix):
         assert c["proxy"]["status_counts"] == c["status_counts"], "the proxy saw what the client saw"
         assert c["latency_ms"]["p50"] > 0 and c["rps"] > 0
         assert set(c["slo"]) >= {"passed", "failures"}
+        # one precedence rule: the session's option beats the seed matrix's [defaults], on SLOs as on load keys
+        assert c["slo"]["sources"] == {"error_rate": "option", "kills": "matrix-defaults"}, c["slo"]
+        assert c["load"]["sources"]["duration"] == "option" and c["load"]["spec"]["duration"] == 3
+        assert c["load"]["sources"]["concurrency"] == "default"
         assert {"uwsgi.ini", "nginx.conf", "server.log", "proxy-access.log"} <= set(c["files"]) or \
             {"gunicorn.conf.py", "nginx.conf", "server.log", "proxy-access.log"} <= set(c["files"])
     assert re.search(r"uwsgi-2w\s+\d+\s+0\s+0", out), out
