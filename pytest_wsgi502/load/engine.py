@@ -40,6 +40,24 @@ from pytest_wsgi502.load.transport import FastTransport, serialize
 from pytest_wsgi502.metrics.stats import Stats, new_histogram
 
 DEAD_TARGET_S = 2.0  # no success and only refused connects for this long: the target is gone
+LOOP_LAG_MS = 25.0  # event-loop lag p99 at or above this: the engine distorted the measurement
+SEND_LAG_MS = 10.0  # open/ramp: sends this late (p99) with free connections: the same
+LIMIT_CPU = 0.8  # a lagging loop thread that used this share of a core itself was the limit
+STARVED_WAIT = 0.05  # a lagging loop thread that waited this share of the run for a CPU was starved
+ADVICE_LIMIT = "add --wsgi-processes or lower the concurrency/rate"
+ADVICE_STARVED = ("the server under test took the engine's CPUs: enable isolation (--wsgi-isolation=auto), "
+                  "run fewer workers, or use a bigger machine")
+
+
+def schedstat() -> tuple[float, float] | None:
+    """(CPU time, run-queue wait time) of the calling thread in seconds, from /proc/thread-self/schedstat: the
+    wait is time it was runnable but another task had its CPU. None where the kernel does not offer it."""
+    try:
+        with open("/proc/thread-self/schedstat") as fh:
+            run_ns, wait_ns, _slices = fh.read().split()
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -438,7 +456,7 @@ async def drive(
     lag = new_histogram(2)
     probe = asyncio.ensure_future(_lag_probe(run, lag))
     ticker = asyncio.ensure_future(_progress(run, progress, progress_every)) if progress else None
-    cpu0 = time.process_time()
+    cpu0, thread0, sched0 = time.process_time(), time.thread_time(), schedstat()
     tasks = []
     try:
         for k in range(spec.concurrency):
@@ -460,6 +478,9 @@ async def drive(
     await asyncio.gather(*pending, *helpers, return_exceptions=True)
     wall = clock() - run.t0
     run.stats.ended = run.wall0 + wall
+    sched1 = schedstat()
+    wait_s = sched1[1] - sched0[1] if sched0 is not None and sched1 is not None else None
+    loop_cpu_s = time.thread_time() - thread0  # the event loop's own thread: what the engine's work cost
     engine = {
         "cpu_percent": round(100 * (time.process_time() - cpu0) / wall, 1) if wall else 0.0,
         "loop_lag_p99_ms": lag.get_value_at_percentile(99) / 1000 if lag.get_total_count() else 0.0,
@@ -467,6 +488,9 @@ async def drive(
         "aborted": run.abort_reason,
         "engine_error": run.engine_error,
         "cpu_s": time.process_time() - cpu0,
+        "loop_cpu_percent": round(100 * loop_cpu_s / wall, 1) if wall else 0.0,
+        "runqueue_wait_ms": round(1000 * wait_s, 1) if wait_s is not None else None,
+        "runqueue_wait_percent": round(100 * wait_s / wall, 1) if wait_s is not None and wall else None,
         "spin_s": run.spin_s,
         "requests": run.stats.requests,
     }
@@ -611,9 +635,45 @@ def intended_rate(spec: LoadSpec) -> float:
     return 0.0
 
 
-def generator_verdict(spec: LoadSpec, stats: Stats, engines: Sequence[dict[str, Any]]) -> tuple[bool, str | None]:
-    """Was the engine, not the server, the bottleneck? (True, reason) when any process was saturated or,
-    in open/ramp mode, sent late on its own account."""
+def bound_kind(e: dict[str, Any]) -> str:
+    """Why an engine process that distorted the measurement did: ``limit`` (its loop thread used about a core
+    itself: it could not do more), ``starved`` (it was runnable but waited for a CPU another process held:
+    the server under test, on one machine), or ``blocked`` (neither: the loop waited on something else, e.g.
+    a slow disk write or page faults)."""
+    cpu = (e.get("loop_cpu_percent") if e.get("loop_cpu_percent") is not None else e.get("cpu_percent", 0.0)) or 0.0
+    wait = e.get("runqueue_wait_percent")
+    if cpu >= 100 * LIMIT_CPU:
+        return "limit"
+    if wait is not None and wait >= 100 * STARVED_WAIT:
+        return "starved"
+    return "blocked" if wait is not None else "starved"
+
+
+def _measured(e: dict[str, Any]) -> str:
+    cpu = e.get("loop_cpu_percent", e.get("cpu_percent", 0.0))
+    wait = e.get("runqueue_wait_ms")
+    text = f"its event loop used {cpu:.0f}% of a core"
+    if wait is not None:
+        text += f" and waited {wait:.0f} ms for a CPU ({e.get('runqueue_wait_percent', 0.0):.1f}% of the run)"
+    return text
+
+
+def _explained(p: int, symptom: str, e: dict[str, Any], kind: str | None = None) -> tuple[str, str]:
+    kind = kind or bound_kind(e)
+    if kind == "limit":
+        return kind, f"engine process {p} was the limit: {symptom}; {_measured(e)}: {ADVICE_LIMIT}"
+    if kind == "starved":
+        return kind, f"engine process {p} was starved: {symptom}; {_measured(e)}: {ADVICE_STARVED}"
+    return kind, (f"engine process {p} was blocked: {symptom}; {_measured(e)}, so it neither ran out of CPU nor "
+                  "waited for one: look for blocking calls in a custom transport/verify, or a slow disk")
+
+
+def generator_classified(spec: LoadSpec, engines: Sequence[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(kind, reason) of the first engine process that distorted the measurement, else (None, None).
+
+    Distorted (thresholds unchanged): it needed >= 0.9 cores for the intended rate, used >= 90 % of a core,
+    its event loop lagged >= 25 ms at p99, or (open/ramp) it sent >= 10 ms late at p99 with free connections.
+    ``kind`` (``bound_kind``) says which: ``limit``, ``starved`` or ``blocked``, and the reason what to change."""
     for p, e in enumerate(engines):
         if spec.mode != "closed" and e.get("requests"):
             # CPU the intended rate needs at the measured cost per request (spinning excluded): robust even
@@ -621,15 +681,22 @@ def generator_verdict(spec: LoadSpec, stats: Stats, engines: Sequence[dict[str, 
             work_us = 1e6 * max(0.0, e.get("cpu_s", 0.0) - e.get("spin_s", 0.0)) / e["requests"]
             need = work_us * intended_rate(spec) / spec.processes / 1e6
             if need >= 0.9:
-                return True, (f"engine process {p} needs {need:.2f} cores for {intended_rate(spec):.0f} req/s "
-                              f"at {work_us:.0f} us of CPU per request")
+                return _explained(p, f"it needs {need:.2f} cores for {intended_rate(spec):.0f} req/s at {work_us:.0f} "
+                                     "us of CPU per request", e, "limit")
         if e.get("cpu_percent", 0) >= 90:
-            return True, f"engine process {p} used {e['cpu_percent']:.0f}% of a core"
-        if e.get("loop_lag_p99_ms", 0) >= 25:
-            return True, f"engine process {p} event loop lagged {e['loop_lag_p99_ms']:.0f} ms (p99)"
-        if spec.mode != "closed" and (e.get("send_lag_p99_ms") or 0) >= 10:
-            return True, f"engine process {p} sent {e['send_lag_p99_ms']:.0f} ms late (p99) with free connections"
-    return False, None
+            return _explained(p, f"it used {e['cpu_percent']:.0f}% of a core", e, "limit")
+        if e.get("loop_lag_p99_ms", 0) >= LOOP_LAG_MS:
+            return _explained(p, f"event loop lagged {e['loop_lag_p99_ms']:.0f} ms (p99)", e)
+        if spec.mode != "closed" and (e.get("send_lag_p99_ms") or 0) >= SEND_LAG_MS:
+            return _explained(p, f"it sent {e['send_lag_p99_ms']:.0f} ms late (p99) with free connections", e)
+    return None, None
+
+
+def generator_verdict(spec: LoadSpec, stats: Stats, engines: Sequence[dict[str, Any]]) -> tuple[bool, str | None]:
+    """Was the engine, not the server, the bottleneck? (True, reason) when any process was saturated, starved
+    or, in open/ramp mode, sent late on its own account; the reason says which and what to change."""
+    kind, reason = generator_classified(spec, engines)
+    return kind is not None, reason
 
 
 def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
@@ -658,7 +725,8 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
     aborted = next((e["aborted"] for e in engines if e.get("aborted")), None)
     if not stats.requests:
         engine_error = f"no request was sent: {engine_error or aborted or 'the engine ended before its first send'}"
-    bound, reason = generator_verdict(spec, stats, engines)
+    kind, reason = generator_classified(spec, engines)
+    bound = kind is not None
     intended = intended_rate(spec) or None
     achieved = stats.requests / stats.duration if stats.duration else 0.0
     return {
@@ -673,6 +741,12 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
             "cpu_us_per_request": round(1e6 * sum(e.get("cpu_s", 0.0) for e in engines) / stats.requests, 1)
             if stats.requests else None,
             "loop_lag_p99_ms": max((e.get("loop_lag_p99_ms", 0.0) for e in engines), default=0.0),
+            "loop_cpu_percent": max((e.get("loop_cpu_percent", 0.0) for e in engines), default=0.0),
+            "runqueue_wait_ms": max((e["runqueue_wait_ms"] for e in engines if e.get("runqueue_wait_ms") is not None),
+                                    default=None),
+            "runqueue_wait_percent": max((e["runqueue_wait_percent"] for e in engines
+                                          if e.get("runqueue_wait_percent") is not None), default=None),
+            "bound_kind": kind,  # None, or limit / starved / blocked (generator_classified)
             "send_lag_p99_ms": None if spec.mode == "closed"
             else max((e.get("send_lag_p99_ms") or 0.0 for e in engines), default=0.0),
             "per_process": list(engines),
