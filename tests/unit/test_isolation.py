@@ -1,0 +1,182 @@
+"""CPU isolation's pure parts (issue 14 items 1 and 5): the layout, the xdist split, finding our own cgroup, the
+reaper's cgroup removal, and the generator check telling "the engine was the limit" from "it was starved"."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_wsgi502.load.engine import LoadSpec, bound_kind, generator_classified, generator_verdict
+from pytest_wsgi502.metrics.stats import Stats
+from pytest_wsgi502.services import isolation, process
+from pytest_wsgi502.services.isolation import Layout, layout, own_cgroup_dir, xdist_share
+
+
+@pytest.mark.parametrize(("n", "outside", "inside"), [
+    (2, (1,), (0,)),
+    (3, (2,), (0, 1)),
+    (4, (3,), (0, 1, 2)),
+    (5, (3, 4), (0, 1, 2)),
+    (8, (6, 7), tuple(range(6))),
+    (16, tuple(range(12, 16)), tuple(range(12))),
+])
+def test_layout_by_core_count(n: int, outside: tuple[int, ...], inside: tuple[int, ...]) -> None:
+    lay = layout(n)
+    assert (lay.outside, lay.inside) == (outside, inside) and lay.split and not lay.reason
+
+
+def test_one_cpu_is_not_split_and_says_so() -> None:
+    lay = layout([3])
+    assert lay == Layout((3,), (3,), lay.reason) and not lay.split and "nothing to split" in lay.reason
+
+
+def test_layout_uses_the_cpus_we_may_use_not_0_to_n() -> None:
+    assert layout({5, 2, 9}) == Layout((9,), (2, 5))
+
+
+@pytest.mark.parametrize(("outside", "split"), [(0, False), (1, True), (3, True), (4, False)])
+def test_layout_outside_is_configurable_and_never_empties_the_inside(outside: int, split: bool) -> None:
+    lay = layout(4, outside)
+    assert lay.split is split
+    if split:
+        assert len(lay.outside) == outside and len(lay.inside) == 4 - outside
+    else:
+        assert lay.reason
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_layout_refuses_a_bad_outside(bad: object) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        layout(4, bad)  # type: ignore[arg-type]
+
+
+def test_xdist_off_when_the_cpus_cannot_give_each_worker_two() -> None:
+    share, note = xdist_share((0, 1), {"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2"})
+    assert share == () and "isolation off for every worker" in note and "-n 1" in note
+
+
+def test_xdist_workers_get_disjoint_slices() -> None:
+    cpus = tuple(range(8))
+    shares = [xdist_share(cpus, {"PYTEST_XDIST_WORKER": f"gw{i}", "PYTEST_XDIST_WORKER_COUNT": "2"}) for i in (0, 1)]
+    assert shares[0][0] == (0, 1, 2, 3) and shares[1][0] == (4, 5, 6, 7)
+    assert "gw1 of 2" in shares[1][1]
+    assert xdist_share(cpus, {}) == (cpus, "")  # not under xdist: every CPU
+
+
+def test_start_under_xdist_that_cannot_split_is_off_and_says_why() -> None:
+    iso = isolation.start("auto", env={"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"}, cpus=(0, 1))
+    d = iso.describe()
+    assert d["mechanism"] == "off" and "xdist" in d["note"] and d["inside"] == [] and not iso.inside.active
+
+
+def test_start_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="auto, cgroup, affinity, off"):
+        isolation.start("sometimes")
+
+
+CGROUP_V1 = "12:cpuset:/ci/job\n4:memory:/process_api/x\n0::/\n"
+MOUNTS = ("34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n"
+          "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+          "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
+
+
+def test_own_cgroup_dir_v1_and_v2() -> None:
+    assert own_cgroup_dir(1, CGROUP_V1, MOUNTS) == Path("/sys/fs/cgroup/cpuset/ci/job")
+    assert own_cgroup_dir(2, CGROUP_V1, MOUNTS) == Path("/sys/fs/cgroup/unified")
+    v2 = "0::/user.slice/run-1.scope\n"
+    assert own_cgroup_dir(2, v2, "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n") == \
+        Path("/sys/fs/cgroup/user.slice/run-1.scope")
+    assert own_cgroup_dir(1, v2, "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n") is None
+
+
+def test_own_cgroup_dir_in_a_container_whose_mount_root_is_its_own_group() -> None:
+    mounts = "34 31 0:31 /docker/abc /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n"
+    assert own_cgroup_dir(1, "5:cpuset:/docker/abc\n", mounts) == Path("/sys/fs/cgroup/cpuset")
+
+
+def test_affinity_side_places_a_fork_and_restores_the_thread() -> None:
+    mine = os.sched_getaffinity(0)
+    one = min(mine)
+    side = isolation.Side("inside", (one,))
+    with side.spawning():
+        assert os.sched_getaffinity(0) == {one}
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os._exit(0 if os.sched_getaffinity(0) == {one} else 1)
+    assert os.sched_getaffinity(0) == mine
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_remove_cgroup_refuses_what_the_harness_did_not_make(tmp_path: Path) -> None:
+    victim = tmp_path / "wsgi502-1-main-inside"
+    victim.mkdir()
+    assert process.remove_cgroup(victim) is False and victim.exists()  # not under /sys/fs/cgroup
+    assert process.remove_cgroup(Path("/sys/fs/cgroup/cpuset/libpod_parent"), wait=0) is False
+
+
+def test_reaper_removes_a_crashed_sessions_recorded_cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = tmp_path / "fs"
+    monkeypatch.setattr(process, "CGROUP_FS", fs)
+    base = process.private_base(tmp_path / "base")
+    run = base / "run-1-1"
+    run.mkdir(mode=0o700)
+    (run / "owner.pid").write_text("999999999 1\n")  # an owner that is gone
+    groups = [fs / "cpuset" / f"wsgi502-7-main-{s}" for s in ("inside", "outside")]
+    foreign = fs / "cpuset" / "someone-else"
+    for g in (*groups, foreign):
+        g.mkdir(parents=True)
+    for g in (*groups, foreign):
+        process.record_cgroup(run / "pids", g)
+    process.reap_orphans(base)
+    assert not any(g.exists() for g in groups) and foreign.exists() and not run.exists()
+
+
+def _spec(**kw: object) -> LoadSpec:
+    return LoadSpec(base_url="http://127.0.0.1:1", **kw)  # type: ignore[arg-type]
+
+
+LAGGING = {"loop_lag_p99_ms": 33.0, "cpu_percent": 60.0}
+
+
+def test_a_lagging_engine_that_used_its_core_was_the_limit() -> None:
+    e = {**LAGGING, "loop_cpu_percent": 92.0, "runqueue_wait_ms": 40.0, "runqueue_wait_percent": 0.4}
+    kind, why = generator_classified(_spec(), [e])
+    assert kind == "limit" and bound_kind(e) == "limit"
+    assert why is not None and "was the limit" in why and "92% of a core" in why and "--wsgi-processes" in why
+
+
+def test_a_lagging_engine_that_waited_for_a_cpu_was_starved() -> None:
+    # the issue's reproducer: 16 workers + MariaDB + nginx on 2 cores, loop lag 33 ms at p99
+    e = {**LAGGING, "loop_cpu_percent": 35.0, "runqueue_wait_ms": 1800.0, "runqueue_wait_percent": 18.0}
+    kind, why = generator_classified(_spec(), [e])
+    assert kind == "starved" and why is not None
+    assert "was starved" in why and "waited 1800 ms for a CPU (18.0% of the run)" in why
+    assert "--wsgi-isolation" in why and "fewer workers" in why
+    assert generator_verdict(_spec(), Stats(), [e]) == (True, why)
+
+
+def test_lagging_without_cpu_use_or_cpu_wait_is_blocked() -> None:
+    e = {**LAGGING, "loop_cpu_percent": 20.0, "runqueue_wait_ms": 5.0, "runqueue_wait_percent": 0.05}
+    kind, why = generator_classified(_spec(), [e])
+    assert kind == "blocked" and why is not None and "neither ran out of CPU nor waited" in why
+
+
+def test_without_schedstat_low_own_cpu_while_lagging_counts_as_starved() -> None:
+    assert bound_kind({**LAGGING, "loop_cpu_percent": 30.0, "runqueue_wait_percent": None}) == "starved"
+
+
+def test_thresholds_are_unchanged() -> None:
+    ok = {"loop_lag_p99_ms": 24.9, "cpu_percent": 89.0, "send_lag_p99_ms": 9.9}
+    assert generator_classified(_spec(mode="open", rate=10.0), [ok]) == (None, None)
+    assert generator_classified(_spec(), [{**ok, "loop_lag_p99_ms": 25.0}])[0] is not None
+    assert generator_classified(_spec(mode="open", rate=10.0), [{**ok, "send_lag_p99_ms": 10.0}])[0] is not None
+    assert generator_classified(_spec(), [{**ok, "cpu_percent": 90.0}])[0] == "limit"
+
+
+def test_the_engine_measures_its_own_cpu_and_cpu_wait() -> None:
+    from pytest_wsgi502.load.engine import schedstat
+
+    before = schedstat()
+    assert before is not None and before[0] > 0 and before[1] >= 0
