@@ -14,7 +14,13 @@ reason and the server events around the request:
   because every worker was down at once.
 - ``server_down``: connection refused: nothing listened at all.
 - ``worker_killed``: the upstream closed or reset mid-request while a worker was SIGKILLed (harakiri, worker
-  timeout, reload-mercy, OOM) within the request's time span (plus 1 s of log slack).
+  timeout, reload-mercy, OOM) within the request's time span (plus 1 s of log slack). Also a 500 from a gunicorn
+  worker the arbiter aborted mid-request: on ``WORKER TIMEOUT`` it sends SIGABRT, the worker's handler raises
+  SystemExit inside the request and gunicorn answers 500 (``Error handling request``), unless the SIGKILL that
+  follows a second later comes first (then the proxy sees a closed connection: 502). Which one the proxy sees is
+  a race (a blocking C call such as a DB query defers the handler until it returns), so both count: a 500 is
+  the aborted worker's when that worker (same pid) logged ``Error handling request`` for the same URI and was
+  aborted, both within the request's time span.
 - ``recycle``: same, with a worker exiting on its own (max-requests, lifetime) instead.
 - ``keepalive_race``: reset or closed at once on a reused connection with no worker event nearby: the backend
   had closed that idle keep-alive connection just as the proxy sent on it. Only where reuse was possible: when
@@ -28,13 +34,13 @@ reason and the server events around the request:
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502 import nginxlog
-from pytest_wsgi502.events import EXITS, KILLS
+from pytest_wsgi502.events import EXITS, KILLS, REQUEST_ERROR
 from pytest_wsgi502.nginxlog import Failure, Reason
 
 CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "timeout", "db", "unknown")
@@ -95,13 +101,45 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
     return {"counts": dict(counts), "matches": matches}
 
 
+def aborted_requests(errors: list[Failure], events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The 500s in ``errors`` (``nginxlog.app_errors``) a worker answered as it was being killed: one match each
+    (the same shape as ``attribute``'s), every server error line used once. A 500 with no such line, or whose
+    worker was not killed while the request ran, is left to other causes (the database, or none)."""
+    events = list(events)
+    kills: defaultdict[int, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("kind") in KILLS and e.get("pid") is not None and e.get("t") is not None:
+            kills[e["pid"]].append(e["t"])
+    lines = [e for e in events if e.get("kind") == REQUEST_ERROR and e.get("pid") is not None
+             and e.get("t") is not None]
+    used: set[int] = set()
+    matches: list[dict[str, Any]] = []
+    for f in errors:
+        lo, hi = f.t - f.request_time - 1.0, f.t + REAP_SLACK
+        for i, e in enumerate(lines):
+            if i in used or not lo <= e["t"] <= hi:
+                continue
+            if f.uri and not str(e.get("line", "")).endswith(" " + f.uri):  # another request of that worker
+                continue
+            if any(lo <= t <= hi for t in kills[e["pid"]]):
+                used.add(i)
+                matches.append({"t": f.t, "status": f.status, "uri": f.uri, "cause": "worker_killed",
+                                "reason": str(e.get("line", ""))[:200]})
+                break
+    return matches
+
+
 def attribute_cell(workdir: Path, events: list[dict[str, Any]], since: float, http_500: int = 0) -> dict[str, Any]:
     records = nginxlog.read_access_log(workdir / nginxlog.ACCESS_LOG, since)
     reuse = nginxlog.keepalive_reuse_possible(records)
     reasons = nginxlog.reasons_by_connection(nginxlog.read_error_log(workdir / nginxlog.ERROR_LOG))
     out = attribute(nginxlog.failures(records), reasons, events, keepalive_reuse=reuse)
     out["keepalive_reuse"] = reuse
+    # 500s a worker answered as the server aborted it mid-request (gunicorn's timeout): the kill's, like its 502s
+    aborted = aborted_requests(nginxlog.app_errors(records), events)
+    out["counts"]["worker_killed"] += len(aborted)
+    out["matches"].extend(aborted[:max(0, 50 - len(out["matches"]))])
     # 500s the app answered because its database refused or failed (the server logged a DB error for each)
     db_errors = sum(1 for e in events if e.get("kind") == "db_error" and (e.get("t") or since) >= since)
-    out["counts"]["db"] = min(http_500, db_errors)
+    out["counts"]["db"] = min(max(0, http_500 - len(aborted)), db_errors)
     return out

@@ -24,13 +24,16 @@ TIMEOUT = "timeout"  # gunicorn WORKER TIMEOUT: the arbiter aborts the worker (S
 LISTEN_QUEUE_FULL = "listen_queue_full"  # uWSGI: the listen queue overflowed
 RESPAWNING_TOO_FAST = "respawning_too_fast"  # uWSGI throttles respawns
 DB_ERROR = "db_error"  # the app logged a database error (django.db.utils.OperationalError)
+# gunicorn "[pid] [ERROR] Error handling request <method> <uri>": the worker answered 500 for a request; when the
+# arbiter aborted that worker (its SIGABRT handler raises SystemExit inside the request) it is the aborted request
+REQUEST_ERROR = "request_error"
 # gunicorn server hooks (exact times)
 WORKER_EXIT = "worker_exit"
 WORKER_ABORT = "worker_abort"  # gunicorn's timeout kill
 
 KINDS = frozenset({SPAWN, RESPAWN, RECYCLE, LIFETIME, NO_MERCY, HARAKIRI, DIED_SIGNAL, DIED_OTHER_SIGNAL, DIED,
-                   DIED_CODE, EXIT, TIMEOUT, LISTEN_QUEUE_FULL, RESPAWNING_TOO_FAST, DB_ERROR, WORKER_EXIT,
-                   WORKER_ABORT})
+                   DIED_CODE, EXIT, TIMEOUT, LISTEN_QUEUE_FULL, RESPAWNING_TOO_FAST, DB_ERROR, REQUEST_ERROR,
+                   WORKER_EXIT, WORKER_ABORT})
 
 SPAWNS = frozenset({SPAWN, RESPAWN})  # a worker started (the initial set included)
 RESPAWNS = frozenset({RESPAWN})  # a worker started to replace one that left

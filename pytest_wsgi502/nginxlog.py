@@ -38,7 +38,7 @@ FAILED = (502, 503, 504)  # statuses the proxy answers itself when the upstream 
 
 @dataclass(frozen=True)
 class Failure:
-    """A request the proxy failed (502/503/504)."""
+    """A request the proxy failed (502/503/504), or a 500 the upstream answered (``app_errors``)."""
 
     t: float  # when the proxy logged the response (s)
     status: int
@@ -87,6 +87,13 @@ def failures(records: Iterable[dict[str, Any]]) -> list[Failure]:
     return [Failure(rec["t"], rec["status"], int(rec.get("conn", 0)), float(rec.get("request_time", 0)),
                     rec.get("uri", ""))
             for rec in records if rec.get("status") in FAILED]
+
+
+def app_errors(records: Iterable[dict[str, Any]]) -> list[Failure]:
+    """The 500s the upstream answered (passed through by the proxy), in log order: attribution looks for the
+    server's reason for each (a database error, gunicorn aborting the worker mid-request)."""
+    return [Failure(rec["t"], 500, int(rec.get("conn", 0)), float(rec.get("request_time", 0)), rec.get("uri", ""))
+            for rec in records if rec.get("status") == 500]
 
 
 def reusable(rec: dict[str, Any]) -> bool:

@@ -42,6 +42,8 @@ GUNICORN_PATTERNS: dict[str, re.Pattern[str]] = {
     ev.DIED_SIGNAL: re.compile(r"Worker \(pid:(?P<pid>\d+)\) was sent (?P<signame>SIG[A-Z]+)"),
     ev.DIED_CODE: re.compile(r"Worker \(pid:(?P<pid>\d+)\) exited with code (?P<code>\d+)"),
     ev.DB_ERROR: UWSGI_PATTERNS[ev.DB_ERROR],
+    # the worker's own pid is the line's second bracket; gunicorn 20+ logs the method before the URI
+    ev.REQUEST_ERROR: re.compile(r"\[(?P<pid>\d+)\] \[ERROR\] Error handling request (?:[A-Z]+ )?(?P<uri>\S+)"),
 }
 
 

@@ -103,3 +103,102 @@ def test_reuse_is_read_from_the_upstream_response_headers(tmp_path):
 def test_a_kill_logged_late_by_the_master_still_names_the_cause():
     """uWSGI's master logs a worker's death on its next wake-up, seen 1.03 s after the request failed."""
     assert classify(CLOSED, 502, 100.0, 100.2, [{"kind": "died_signal", "t": 101.25}]) == "worker_killed"
+
+
+# --- gunicorn's timeout abort: a 502 or a 500, both the kill's (issue 14 item 6) ------------------------------
+
+# server.log of a gunicorn-timeout run (trimmed): the arbiter aborts both workers stuck in 3 s requests; 17211's
+# SIGABRT handler runs as its DB query returns (SystemExit inside the request: gunicorn answers 500), 17209 is
+# SIGKILLed first (the proxy sees the connection close: 502); 17400 is an unrelated worker with an app error
+GUNICORN_TIMEOUT_LOG = """\
+1796072939.051373 [2026-11-30 21:08:59 +0000] [17209] [INFO] Booting worker with pid: 17209
+1796072939.148525 [2026-11-30 21:08:59 +0000] [17211] [INFO] Booting worker with pid: 17211
+1796072942.189638 [2026-11-30 21:09:02 +0000] [17207] [CRITICAL] WORKER TIMEOUT (pid:17209)
+1796072942.189670 [2026-11-30 21:09:02 +0000] [17207] [CRITICAL] WORKER TIMEOUT (pid:17211)
+1796072942.384180 [2026-11-30 21:09:02 +0000] [17211] [ERROR] Error handling request GET /api/slow?ms=3000
+1796072942.384196 Traceback (most recent call last):
+1796072942.384285   File "/venv/lib/python3.11/site-packages/gunicorn/workers/base.py", line 200, in handle_abort
+1796072942.384286     sys.exit(1)
+1796072942.384289 SystemExit: 1
+1796072942.388505 [2026-11-30 21:09:02 +0000] [17211] [INFO] Worker exiting (pid: 17211)
+1796072942.470711 [2026-11-30 21:09:02 +0000] [17207] [ERROR] Worker (pid:17209) was sent SIGKILL!
+1796072946.100000 [2026-11-30 21:09:06 +0000] [17400] [ERROR] Error handling request GET /api/counter/3
+"""
+GUNICORN_TIMEOUT_ACCESS = [  # (t, status, conn, request_time, uri)
+    (1796072942.386, 500, 11, 3.002, "/api/slow?ms=3000"),  # 17211's answer
+    (1796072942.432, 502, 12, 3.050, "/api/slow?ms=3000"),  # 17209's closed connection
+    (1796072946.101, 500, 13, 0.004, "/api/counter/3"),  # an app error in a worker nobody aborted
+]
+GUNICORN_TIMEOUT_ERRORS = (
+    f"2026/11/30 21:09:02 [error] 9#9: *12 {CLOSED}, client: 127.0.0.1, server: , request: \"GET /api/slow\"\n")
+
+
+def _gunicorn_timeout_cell(tmp_path, access=GUNICORN_TIMEOUT_ACCESS, log=GUNICORN_TIMEOUT_LOG, abort_hook=True):
+    """A cell directory with the proxy's logs, and the events telemetry reads from gunicorn's log and hooks."""
+    import json
+
+    from pytest_wsgi502 import nginxlog
+    from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, parse_events
+
+    (tmp_path / nginxlog.ACCESS_LOG).write_text("".join(
+        json.dumps({"t": t, "status": s, "conn": c, "request_time": rt, "uri": u, "upstream_status": str(s)}) + "\n"
+        for t, s, c, rt, u in access))
+    (tmp_path / nginxlog.ERROR_LOG).write_text(GUNICORN_TIMEOUT_ERRORS)
+    events = [e.as_dict() for e in parse_events(log, GUNICORN_PATTERNS)]
+    if abort_hook:  # gunicorn's worker_abort hook, written just before the handler's sys.exit
+        events.append({"kind": "worker_abort", "t": 1796072942.3814, "pid": 17211, "worker": None, "line": ""})
+    return events
+
+
+def test_a_500_from_a_gunicorn_worker_aborted_mid_request_is_the_timeout_kill(tmp_path):
+    """Issue 14: gunicorn-timeout gave 8 500s and no 502 in 1 of 3 runs and failed; which code the proxy sees
+    when the arbiter aborts a worker is a race, so the aborted worker's 500 is the kill's as much as a 502."""
+    from pytest_wsgi502.attribution import attribute_cell
+
+    events = _gunicorn_timeout_cell(tmp_path)
+    out = attribute_cell(tmp_path, events, since=0, http_500=2)
+    assert out["counts"]["worker_killed"] == 2  # the 502 and 17211's 500; the unrelated 500 is not the kill's
+    assert out["counts"]["unknown"] == 0 and out["counts"]["db"] == 0
+    by_status = {m["status"]: m for m in out["matches"]}
+    assert by_status[500]["cause"] == "worker_killed" and "[17211] [ERROR] Error handling request" in (
+        by_status[500]["reason"])
+    # the abort proven by the arbiter's WORKER TIMEOUT line alone (the hooks' file lost) is enough
+    out = attribute_cell(tmp_path, _gunicorn_timeout_cell(tmp_path, abort_hook=False), since=0, http_500=2)
+    assert out["counts"]["worker_killed"] == 2
+
+
+def test_a_500_is_the_kill_only_from_the_aborted_worker_for_the_same_request(tmp_path):
+    from pytest_wsgi502.attribution import attribute_cell
+
+    # the worker that logged the error was not the one aborted (its abort line and hook gone): not the kill's
+    not_aborted = GUNICORN_TIMEOUT_LOG.replace("WORKER TIMEOUT (pid:17211)", "WORKER TIMEOUT (pid:17999)")
+    events = _gunicorn_timeout_cell(tmp_path, log=not_aborted, abort_hook=False)
+    assert attribute_cell(tmp_path, events, since=0, http_500=2)["counts"]["worker_killed"] == 1  # the 502 only
+    # a 500 for another URI than the aborted request's
+    other_uri = [(1796072942.386, 500, 11, 3.002, "/api/slow?ms=2999"), *GUNICORN_TIMEOUT_ACCESS[1:]]
+    events = _gunicorn_timeout_cell(tmp_path, access=other_uri)
+    assert attribute_cell(tmp_path, events, since=0, http_500=2)["counts"]["worker_killed"] == 1
+    # a 500 that ended long before the abort: the kill was not within the request's span
+    early = [(1796072930.0, 500, 11, 0.01, "/api/slow?ms=3000"), *GUNICORN_TIMEOUT_ACCESS[1:]]
+    events = _gunicorn_timeout_cell(tmp_path, access=early)
+    assert attribute_cell(tmp_path, events, since=0, http_500=2)["counts"]["worker_killed"] == 1
+
+
+def test_the_aborted_workers_500s_are_not_counted_as_database_errors(tmp_path):
+    """A cell with both a DB error and an aborted request: each 500 has one cause."""
+    from pytest_wsgi502.attribution import attribute_cell
+
+    events = _gunicorn_timeout_cell(tmp_path)
+    events.append({"kind": "db_error", "t": 1796072946.1, "pid": 17400, "worker": None, "line": ""})
+    out = attribute_cell(tmp_path, events, since=0, http_500=2)
+    assert out["counts"]["worker_killed"] == 2 and out["counts"]["db"] == 1
+
+
+def test_gunicorn_telemetry_reads_the_worker_pid_of_an_error_line():
+    from pytest_wsgi502 import events as ev
+    from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, parse_events
+
+    errors = [e for e in parse_events(GUNICORN_TIMEOUT_LOG, GUNICORN_PATTERNS) if e.kind == ev.REQUEST_ERROR]
+    assert [(e.pid, e.t) for e in errors] == [(17211, 1796072942.38418), (17400, 1796072946.1)]
+    timeouts = [e.pid for e in parse_events(GUNICORN_TIMEOUT_LOG, GUNICORN_PATTERNS) if e.kind == ev.TIMEOUT]
+    assert timeouts == [17209, 17211]  # the aborted worker's pid, not the arbiter's (17207)
