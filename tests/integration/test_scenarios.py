@@ -11,10 +11,10 @@ import pytest
 
 RUNS = (1, 2, 3)
 # mechanism -> the cause its 502s must be attributed to (>= 80 %)
-MECHANISMS_502 = {"keepalive-race": "keepalive_race", "harakiri": "worker_killed",
-                  "gunicorn-timeout": "worker_killed", "recycle": "recycle", "backlog": "backlog",
-                  "lifetime": "recycle"}
-PAIRS = [*MECHANISMS_502, "recycle-hang", "recycle-hang-gunicorn", "gevent-mysqlclient", "db-exhaustion"]
+MECHANISMS_502 = {"keepalive-race": "keepalive_race", "harakiri": "worker_killed", "recycle": "recycle",
+                  "backlog": "backlog", "lifetime": "recycle"}
+PAIRS = [*MECHANISMS_502, "gunicorn-timeout", "recycle-hang", "recycle-hang-gunicorn", "gevent-mysqlclient",
+         "db-exhaustion"]
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=lambda n: f"run{n}")
@@ -42,6 +42,25 @@ def test_mechanism_gives_502s_attributed_to_it_and_the_fix_removes_them(scenario
     assert fixed["status_counts"].get("502", 0) == 0 and fixed["slo"]["passed"], (
         fixed["status_counts"], fixed["errors"], fixed["slo"]["failures"])
     assert fixed["error_count"] == 0, fixed["errors"]
+    assert fixed["requests"] >= 0.5 * (broken["requests"] - broken["error_count"])  # the same load reached it
+
+
+def test_gunicorn_timeout_aborts_workers_mid_request_and_the_longer_timeout_removes_it(scenario_run):
+    """gunicorn's arbiter aborts a worker stuck past --timeout: SIGABRT, then SIGKILL on its next wake-up. The
+    proxy sees a 502 when the SIGKILL comes first, a 500 when the worker's abort handler runs first (its
+    SystemExit waits for the DB query to return): a race (8 500s and no 502 in 1 of 3 runs of the clean
+    container), so the pair is judged on the mechanism: errors of either code, each from an aborted worker."""
+    _, cells, out = scenario_run
+    broken, fixed = cells["gunicorn-timeout"], cells["gunicorn-timeout-fixed"]
+    sc = broken["status_counts"]
+    errors = sc.get("502", 0) + sc.get("500", 0)
+    assert errors > 0 and broken["http_5xx"] == errors, sc  # no other 5xx
+    assert broken["attribution"]["worker_killed"] >= 0.8 * errors, (broken["attribution"], sc)
+    assert broken["telemetry"]["event_counts"].get("timeout", 0) > 0  # the arbiter's WORKER TIMEOUT lines
+    assert broken["slo"]["outcome"] == "fail" and "gunicorn-timeout: SLO breached: http_5xx==0" in out
+    assert fixed["http_5xx"] == 0 and fixed["slo"]["outcome"] == "pass", (
+        fixed["status_counts"], fixed["errors"], fixed["slo"]["failures"])
+    assert fixed["error_count"] == 0 and fixed["telemetry"]["event_counts"].get("timeout", 0) == 0, fixed["errors"]
     assert fixed["requests"] >= 0.5 * (broken["requests"] - broken["error_count"])  # the same load reached it
 
 
@@ -137,3 +156,7 @@ def test_db_exhaustion_is_500s_attributed_to_the_database(scenario_run):
     assert n500 > 0 and broken["attribution"]["db"] == n500, (broken["status_counts"], broken["attribution"])
     assert broken["status_counts"].get("502", 0) == 0
     assert fixed["status_counts"].get("500", 0) == 0 and fixed["slo"]["passed"]
+    # measured, not refused: the paced load leaves the engine its CPU next to 16 workers (issue 14: the fixed
+    # cell was INVALID, generator_bound, in 2 of 3 runs of the clean container under a full-speed closed loop)
+    assert broken["slo"]["outcome"] == "fail" and fixed["slo"]["outcome"] == "pass", (broken["slo"], fixed["slo"])
+    assert fixed["requests"] >= 0.5 * broken["requests"]  # the same load reached it
