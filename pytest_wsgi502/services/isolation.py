@@ -39,6 +39,7 @@ A crashed run's groups are listed in the run's record (``services.process.record
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.services.process import CGROUP_PREFIX, ServiceError, record_cgroup, remove_cgroup
+from pytest_wsgi502.services.process import CGROUP_PREFIX, ServiceError, record_cgroup, remove_cgroup, stop_all
 
 MODES = ("auto", "cgroup", "affinity", "off")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -196,6 +197,8 @@ class Isolation:
         self._saved: dict[int, set[int]] = {}
         self._lock = threading.Lock()
         self.released = False
+        if self.groups:
+            _LIVE.append(self)
 
     @property
     def active(self) -> bool:
@@ -219,6 +222,8 @@ class Isolation:
             if self.released:
                 return []
             self.released = True
+            if self in _LIVE:
+                _LIVE.remove(self)
             for tid, cpus in self._saved.items():
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(tid, cpus)
@@ -238,6 +243,23 @@ class Isolation:
             "note": self.note,
             "cgroups": [str(g) for g in self.groups],
         }
+
+
+_LIVE: list[Isolation] = []
+
+
+def release_all() -> list[str]:
+    """Release every isolation still held (Ctrl-C, an error before teardown): stop the services first, since a
+    cgroup can only be removed once empty. Returns the groups left to the reaper (they stay recorded)."""
+    left: list[str] = []
+    if _LIVE:
+        stop_all()
+    for iso in list(_LIVE):
+        left += iso.release()
+    return left
+
+
+atexit.register(release_all)  # registered after process.stop_all, so it runs first and stops services itself
 
 
 def off(requested: str = "off", note: str = "", cpus: Iterable[int] | None = None) -> Isolation:
