@@ -1,12 +1,13 @@
 """What CPU isolation costs and buys: the same matrix cells with and without it, runs interleaved.
 
     python -m pytest_wsgi502.bench.isolation --json PATH [--cells uwsgi-2w,uwsgi-16w,gunicorn-sync]
-                                             [--duration 10s] [--reps 3] [--mode auto]
+                                             [--duration 10s] [--reps 3] [--modes off,auto]
 
-Runs the seed matrix cells (sample project, real MariaDB/nginx/servers) ``--reps`` times with isolation off and
-``--reps`` times with it on, in the order A B B A A B ... so a drift of the machine (or of the harness, issue
+Runs the seed matrix cells (sample project, real MariaDB/nginx/servers) ``--reps`` times in each isolation mode
+(``off`` first: the baseline), in the order A B C C B A ... so a drift of the machine (or of the harness, issue
 14) hits both alike. Per cell and side: req/s mean and CV, p99 mean and CV, the engine's event-loop lag p99
-(worst run), its loop CPU and run-queue wait; then the ratios on/off side by side. Ratios, not absolute
+(worst run), its loop CPU and run-queue wait; then the ratios to the first mode side by side, and the drift
+(slope of req/s over the run index, each mode centred on its mean) with a fixed CPU probe per run. Ratios, not absolute
 numbers, are what carries from one machine to another. Heavy: run it alone (``flock /tmp/wsgi502-heavy.lock``).
 """
 
@@ -26,18 +27,31 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def order(reps: int) -> list[str]:
-    """off/on interleaved so that a linear drift cancels: off on on off off on ..."""
-    pairs = [("off", "on") if i % 2 == 0 else ("on", "off") for i in range(reps)]
-    return [side for pair in pairs for side in pair]
+def order(reps: int, modes: tuple[str, ...] = ("off", "auto")) -> list[str]:
+    """Modes interleaved so that a linear drift cancels: A B C C B A A B C ..."""
+    return [m for i in range(reps) for m in (modes if i % 2 == 0 else modes[::-1])]
 
 
-def one_run(side: str, mode: str, cells: str, duration: str, out: Path) -> dict[str, Any]:
-    env = dict(os.environ, WSGI502_BENCH_ISOLATION=mode if side == "on" else "off",
+def machine_probe() -> float:
+    """ms for a fixed piece of single-threaded CPU work: if it drifts with req/s, the machine (a neighbour, a
+    CPU-credit budget, thermal) drifted, not the harness."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(2_000_000):
+            x += i * i % 7
+        best = min(best, time.perf_counter() - t0)
+    return round(1000 * best, 1)
+
+
+def one_run(side: str, cells: str, duration: str, out: Path) -> dict[str, Any]:
+    env = dict(os.environ, WSGI502_BENCH_ISOLATION=side,
                WSGI502_BENCH_ISOLATION_OUT=str(out.with_suffix(".iso.json")))
     argv = [sys.executable, "-m", "pytest", "sample_project/test_matrix.py", "--wsgi-matrix", f"--wsgi-cells={cells}",
             f"--wsgi-duration={duration}", f"--wsgi-json={out}", "-p", "no:cacheprovider", "-p",
             "pytest_wsgi502.bench.isolate", "-q"]
+    probe = machine_probe()
     t0 = time.monotonic()
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if not out.exists():
@@ -52,6 +66,7 @@ def one_run(side: str, mode: str, cells: str, duration: str, out: Path) -> dict[
                            "runqueue_wait_ms": e.get("runqueue_wait_ms"), "bound_kind": e.get("bound_kind"),
                            "outcome": (c.get("slo") or {}).get("outcome"), "requests": c.get("requests")}
     return {"side": side, "wall_s": round(time.monotonic() - t0, 1), "exit": done.returncode, "cells": rows,
+            "probe_ms": probe,
             "isolation": json.loads(iso_file.read_text()) if iso_file.exists() else {"mechanism": "off"}}
 
 
@@ -59,12 +74,12 @@ def _cv(xs: list[float]) -> float | None:
     return round(100 * statistics.stdev(xs) / statistics.mean(xs), 1) if len(xs) > 1 and statistics.mean(xs) else None
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], modes: tuple[str, ...] = ("off", "auto")) -> dict[str, Any]:
     cells = sorted({name for r in runs for name in r["cells"]})
     out: dict[str, Any] = {}
     for name in cells:
         per: dict[str, Any] = {}
-        for side in ("off", "on"):
+        for side in modes:
             rs = [r["cells"][name] for r in runs if r["side"] == side and name in r["cells"]]
             rps = [x["rps"] for x in rs if x["rps"]]
             p99 = [x["p99"] for x in rs if x["p99"]]
@@ -77,13 +92,32 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "runqueue_wait_ms": [x["runqueue_wait_ms"] for x in rs],
                 "outcomes": [x["outcome"] for x in rs], "bound_kind": [x["bound_kind"] for x in rs],
             }
-        off, on = per["off"], per["on"]
-        per["ratio_rps_on_off"] = round(on["rps_mean"] / off["rps_mean"], 3) if on["rps_mean"] and off["rps_mean"] \
-            else None
-        per["ratio_p99_on_off"] = round(on["p99_mean"] / off["p99_mean"], 3) if on["p99_mean"] and off["p99_mean"] \
-            else None
+        base = per[modes[0]]
+        for side in modes[1:]:
+            on = per[side]
+            per[f"ratio_rps_{side}_{modes[0]}"] = round(on["rps_mean"] / base["rps_mean"], 3) \
+                if on["rps_mean"] and base["rps_mean"] else None
+            per[f"ratio_p99_{side}_{modes[0]}"] = round(on["p99_mean"] / base["p99_mean"], 3) \
+                if on["p99_mean"] and base["p99_mean"] else None
+        per["drift_rps_percent_per_run"] = _drift([r for r in runs if name in r["cells"]], name, modes)
         out[name] = per
     return out
+
+
+def _drift(runs: list[dict[str, Any]], name: str, modes: tuple[str, ...]) -> float | None:
+    """Least-squares slope of req/s over the run index, each side centred on its own mean (so the on/off gap
+    is not mistaken for drift), in % of the mean per run."""
+    pts = []
+    for side in modes:
+        rs = [(r["index"], r["cells"][name]["rps"]) for r in runs if r["side"] == side and r["cells"][name]["rps"]]
+        if len(rs) > 1:
+            m = statistics.mean(y for _, y in rs)
+            pts += [(i, 100 * (y - m) / m) for i, y in rs]
+    if len(pts) < 3:
+        return None
+    mx = statistics.mean(i for i, _ in pts)
+    den = sum((i - mx) ** 2 for i, _ in pts)
+    return round(sum((i - mx) * y for i, y in pts) / den, 2) if den else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,25 +126,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cells", default="uwsgi-2w,uwsgi-16w,gunicorn-sync")
     p.add_argument("--duration", default="10s")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--mode", default="auto", help="isolation for the 'on' runs: auto, cgroup or affinity")
+    p.add_argument("--modes", default="off,auto", help="isolation modes to compare, the first is the baseline "
+                   "(off, auto, cgroup, affinity, nice)")
     a = p.parse_args(argv)
+    modes = tuple(a.modes.split(","))
     runs = []
     with tempfile.TemporaryDirectory(prefix="wsgi502-isobench-") as tmp:
-        for i, side in enumerate(order(a.reps)):
-            r = one_run(side, a.mode, a.cells, a.duration, Path(tmp) / f"run{i}.json")
+        for i, side in enumerate(order(a.reps, modes)):
+            r = one_run(side, a.cells, a.duration, Path(tmp) / f"run{i}.json")
             r["index"] = i
             runs.append(r)
             cells = "  ".join(f"{n} {c['rps']:.0f} req/s p99 {c['p99']:.0f} ms lag {c['loop_lag_p99_ms']:.1f} ms"
                               for n, c in r["cells"].items() if c["rps"] is not None)
-            print(f"run {i} {side:3s} [{r['isolation']['mechanism']}] {cells}", file=sys.stderr)
-    result = {"benchmark": "isolation", "cells": a.cells, "duration": a.duration, "reps": a.reps, "mode": a.mode,
-              "order": order(a.reps), "summary": summarize(runs), "runs": runs}
+            print(f"run {i} {side:3s} [{r['isolation']['mechanism']}] probe {r['probe_ms']} ms  {cells}",
+                  file=sys.stderr)
+    result = {"benchmark": "isolation", "cells": a.cells, "duration": a.duration, "reps": a.reps, "modes": modes,
+              "order": order(a.reps, modes), "summary": summarize(runs, modes), "runs": runs}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(result, indent=2) + "\n")
     for name, s in result["summary"].items():
-        print(f"{name:16s} off {s['off']['rps_mean']} req/s (CV {s['off']['rps_cv']} %), p99 {s['off']['p99_mean']} ms"
-              f" | on {s['on']['rps_mean']} req/s (CV {s['on']['rps_cv']} %), p99 {s['on']['p99_mean']} ms"
-              f" | on/off req/s {s['ratio_rps_on_off']} p99 {s['ratio_p99_on_off']}")
+        parts = [f"{m} {s[m]['rps_mean']} req/s (CV {s[m]['rps_cv']} %) p99 {s[m]['p99_mean']} ms "
+                 f"(CV {s[m]['p99_cv']} %) lag<={max((x or 0) for x in s[m]['loop_lag_p99_ms']):.1f} ms" for m in modes]
+        ratios = [f"{m}/{modes[0]} req/s {s[f'ratio_rps_{m}_{modes[0]}']} p99 {s[f'ratio_p99_{m}_{modes[0]}']}"
+                  for m in modes[1:]]
+        print(f"{name:16s} " + " | ".join(parts + ratios) + f" | drift {s['drift_rps_percent_per_run']} %/run")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ from typing import Any
 
 from pytest_wsgi502.services.process import CGROUP_PREFIX, ServiceError, record_cgroup, remove_cgroup, stop_all
 
-MODES = ("auto", "cgroup", "affinity", "off")
+MODES = ("auto", "cgroup", "affinity", "nice", "off")
+NICE = 10  # mode "nice": the inside's niceness (CFS weight 110 against the engine's 1024)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -136,11 +137,12 @@ class Side:
     cpus: tuple[int, ...]
     cgroup: Path | None = None
     active: bool = True  # False: placement is a no-op (isolation off)
+    nice: int = 0  # > 0: the side's processes run at this niceness (mode "nice": a weight, not CPUs of its own)
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:
         """Around a fork/exec in this thread: the child inherits this side's CPUs from its first instruction."""
-        if not self.active:
+        if not self.active or self.nice:
             yield
             return
         before = os.sched_getaffinity(0)
@@ -154,6 +156,11 @@ class Side:
         """Move a started process (and every thread of it) to this side; children it forks later follow it.
         A process that already exited is no error."""
         if not self.active:
+            return
+        if self.nice:
+            for tid in _tasks(pid) or [pid]:  # Linux niceness is per thread; threads and children made later inherit
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.setpriority(os.PRIO_PROCESS, tid, self.nice)
             return
         if self.cgroup is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -207,7 +214,7 @@ class Isolation:
     def enter_outside(self) -> None:
         """Put this (harness) process, every thread of it, on the outside CPUs; threads and engine processes
         started from here on inherit it. Undone by ``release()``."""
-        if not self.active:
+        if not self.active or not self.outside.active:
             return
         with self._lock:
             for tid in _tasks(os.getpid()):
@@ -240,6 +247,7 @@ class Isolation:
             "cpus": sorted(set(self.outside.cpus) | set(self.inside.cpus)),
             "placed": {"outside": ["load engine", "nginx proxy"], "inside": ["server under test", "mysqld"]}
             if self.active else {},
+            "inside_nice": self.inside.nice,
             "note": self.note,
             "cgroups": [str(g) for g in self.groups],
         }
@@ -361,6 +369,9 @@ def start(mode: str = "auto", *, outside: int | None = None, ledger: Path | None
     allowed = tuple(sorted(cpus if cpus is not None else os.sched_getaffinity(0)))
     if mode == "off":
         return off(mode, "isolation off (asked for)", allowed)
+    if mode == "nice":  # every CPU for everyone; the inside yields to the engine and proxy when they want a CPU
+        return Isolation(mode, "nice", Layout(allowed, allowed), f"inside at nice {NICE}, outside at nice 0",
+                         Side("inside", allowed, nice=NICE), Side("outside", allowed, active=False))
     share, xnote = xdist_share(allowed, env)
     if not share:
         return off(mode, xnote, allowed)

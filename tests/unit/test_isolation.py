@@ -72,7 +72,7 @@ def test_start_under_xdist_that_cannot_split_is_off_and_says_why() -> None:
 
 
 def test_start_refuses_an_unknown_mode() -> None:
-    with pytest.raises(ValueError, match="auto, cgroup, affinity, off"):
+    with pytest.raises(ValueError, match="auto, cgroup, affinity, nice, off"):
         isolation.start("sometimes")
 
 
