@@ -301,10 +301,11 @@ def invalid_reasons(result: dict[str, Any], engine_error: str | None = None) -> 
     return reasons
 
 
-def judge(result: dict[str, Any], engine_error: str | None = None) -> None:
-    """Set ``result["slo"]["outcome"]``: ``invalid`` (with its reasons, listed as failures too) beats the SLOs."""
+def judge(result: dict[str, Any], engine_error: str | None = None, reasons: list[str] | None = None) -> None:
+    """Set ``result["slo"]["outcome"]``: ``invalid`` (with its reasons, listed as failures too) beats the SLOs.
+    ``reasons``: given instead of read from the result (a pooled result: the reasons of its repeats)."""
     verdict = result["slo"]
-    reasons = invalid_reasons(result, engine_error)
+    reasons = invalid_reasons(result, engine_error) if reasons is None else reasons
     verdict["invalid"] = reasons
     if reasons:
         verdict["passed"] = False

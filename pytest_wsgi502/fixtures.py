@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # annotations only: these modules load heavy dependencies (ht
 
     from pytest_wsgi502.cellrun import CellContext, Target
     from pytest_wsgi502.report.progress import LiveProgress
+    from pytest_wsgi502.schedule import Schedule
     from pytest_wsgi502.servers.factory import ServerFactory
     from pytest_wsgi502.services.containers.session import ContainerSession
     from pytest_wsgi502.services.mysql import MySQLInfo
@@ -228,21 +229,99 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
     from pytest_wsgi502.services import ServiceError
 
     wsgi_cell = _modified(request.config, wsgi_cell)
-    in_containers = request.getfixturevalue("wsgi_containers") is not None
-    if (wsgi_cell.cpus or wsgi_cell.mem_limit) and not in_containers:
-        pytest.skip(f"cell {wsgi_cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers")
-    if wsgi_cell.socket == "unix" and in_containers:
-        pytest.skip(f"cell {wsgi_cell.name} uses a unix socket: local backend only (the proxy is on the host)")
+    if reason := _skip_reason(wsgi_cell, request.getfixturevalue("wsgi_containers") is not None):
+        pytest.skip(reason)
     ctx = _context(request, wsgi_run_dir, wsgi_database)
-    live = _progress(request, wsgi_cell.name)
-    try:
-        result = Result(run_cell(wsgi_cell, ctx, _base_env(), _marker_slos(request), progress=live.callback))
-    except (ServiceError, ValueError) as exc:  # ValueError: ConfigError (e.g. --wsgi-strict's lint), one line
-        _fail(exc)
-    finally:
-        live.finish()
+    baseline = _baseline(wsgi_cell, ctx, _state(request.config))
+    if _state(request.config).settings.repeat > 1 or baseline:
+        result = _scheduled(request, wsgi_cell, ctx, baseline)
+    else:
+        live = _progress(request, wsgi_cell.name)
+        try:
+            result = Result(run_cell(wsgi_cell, ctx, _base_env(), _marker_slos(request), progress=live.callback))
+        except (ServiceError, ValueError) as exc:  # ValueError: ConfigError (e.g. --wsgi-strict's lint), one line
+            _fail(exc)
+        finally:
+            live.finish()
     record(request, result)  # lint findings travel in the result: the summary lists each once
     return CellRun(wsgi_cell, result)
+
+
+def _baseline(cell: Cell, ctx: CellContext, state: State) -> str | None:
+    """The cell's baseline by the precedence rule (its own ``baseline_cell`` beats --wsgi-baseline-cell)."""
+    from pytest_wsgi502.config.layers import pick
+    from pytest_wsgi502.config.values import ConfigError, shown
+
+    name, _ = pick((ctx.sources.get("baseline_cell", "default"), state.settings.baseline_cell),
+                   (cell.origin.get("baseline_cell", "default"), cell.baseline_cell))
+    if name is not None and name not in {c.name for c in state.matrix}:
+        _fail(ConfigError(f"--wsgi-baseline-cell={shown(name)}: no such cell in the matrix"))
+    return None if name == cell.name else name
+
+
+def _skip_reason(cell: Cell, in_containers: bool) -> str | None:
+    if (cell.cpus or cell.mem_limit) and not in_containers:
+        return f"cell {cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers"
+    if cell.socket == "unix" and in_containers:
+        return f"cell {cell.name} uses a unix socket: local backend only (the proxy is on the host)"
+    return None
+
+
+def _schedule(request: pytest.FixtureRequest, ctx: CellContext) -> Schedule:
+    """This process's interleaved runs: its matrix items' cells in item order, and their baselines."""
+    from pytest_wsgi502.cellrun import run_cell
+    from pytest_wsgi502.schedule import Schedule
+
+    state = _state(request.config)
+    if state.schedule is not None:
+        return state.schedule
+    in_containers = request.getfixturevalue("wsgi_containers") is not None
+    by_name = {c.name: c for c in state.matrix}
+    names: list[str] = []
+    for item in request.session.items:
+        cell = getattr(getattr(item, "callspec", None), "params", {}).get("wsgi_cell")
+        if isinstance(cell, Cell) and _skip_reason(cell, in_containers) is None:
+            names.append(cell.name)
+            if (base := _baseline(cell, ctx, state)) is not None:
+                names.append(base)
+    counts: dict[str, int] = {}
+
+    def run(name: str) -> dict[str, Any]:
+        counts[name] = counts.get(name, 0) + 1
+        live = _progress(request, f"{name} #{counts[name]}")
+        try:
+            return run_cell(_modified(request.config, by_name[name]), ctx, _base_env(), progress=live.callback)
+        finally:
+            live.finish()
+
+    state.schedule = Schedule(names, state.settings.repeat, run)
+    return state.schedule
+
+
+def _scheduled(request: pytest.FixtureRequest, cell: Cell, ctx: CellContext, baseline: str | None) -> Result:
+    """The cell's pooled result over its repeats, judged with this test's SLOs, and its comparison."""
+    from pytest_wsgi502.cellrun import effective_slos, judge
+    from pytest_wsgi502.metrics.comparison import compare
+    from pytest_wsgi502.metrics.repeats import pool
+    from pytest_wsgi502.services import ServiceError
+    from pytest_wsgi502.slo import verdict
+
+    schedule = _schedule(request, ctx)
+    try:
+        runs = schedule.runs(cell.name)
+    except (ServiceError, ValueError) as exc:
+        _fail(exc)
+    pooled = pool(runs)
+    slos, sources = effective_slos(cell, ctx, marker=_marker_slos(request))
+    pooled["slo"] = verdict(slos, pooled)
+    pooled["slo"]["sources"] = sources
+    judge(pooled, reasons=[f"repeat {i}: {why}" for i, r in enumerate(runs, 1) for why in r["slo"]["invalid"]])
+    if baseline is not None:
+        try:
+            pooled["comparison"] = compare(pooled, pool(schedule.runs(baseline)))
+        except (ServiceError, ValueError) as exc:
+            pooled["comparison"] = {"baseline": baseline, "error": str(exc).splitlines()[0]}
+    return Result(pooled)
 
 
 def _modified(config: pytest.Config, cell: Cell) -> Cell:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_wsgi502.config.matrix import BUILTIN, Cell, load_matrix, select
 from pytest_wsgi502.config.settings import EffectiveSettings
 from pytest_wsgi502.services.backend import BackendChoice
+
+if TYPE_CHECKING:
+    from pytest_wsgi502.schedule import Schedule
 
 REPORT_ATTR = "wsgi502_results"  # TestReport attribute carrying cell results (xdist ships it to the controller)
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()  # results a test's fixtures produced, on its item
@@ -25,17 +28,26 @@ class State:
     enabled: bool
     rootdir: Path
     _cells: list[Cell] | None = None
+    _matrix: list[Cell] | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     compare: dict[str, Any] | None = None  # the comparison with a saved run, once computed
     written: list[str] = field(default_factory=list)  # "what: path" lines for the summary
     error: str | None = None  # a bad matrix met while collecting: a usage error once collection is done
 
+    schedule: Schedule | None = None  # --wsgi-repeat / baseline_cell: the interleaved runs of this process
+
+    @property
+    def matrix(self) -> list[Cell]:
+        """Every cell of the matrix file, selected or not (a baseline cell runs even when not selected)."""
+        if self._matrix is None:
+            name = self.settings.matrix_file
+            self._matrix = load_matrix(BUILTIN.get(name) or self.path("matrix_file") if name else None)
+        return self._matrix
+
     @property
     def cells(self) -> list[Cell]:
         if self._cells is None:
-            name = self.settings.matrix_file
-            matrix = load_matrix(BUILTIN.get(name) or self.path("matrix_file") if name else None)
-            self._cells = select(matrix, self.settings.cells)
+            self._cells = select(self.matrix, self.settings.cells)
         return self._cells
 
     def path(self, name: str) -> Path:

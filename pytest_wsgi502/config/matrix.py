@@ -78,6 +78,7 @@ class Cell:
     n_max: int = 1000
     verify_contains: str | None = None  # a 2xx body must contain this (None: the session's; "" = off)
     slo: tuple[str, ...] = ()
+    baseline_cell: str | None = None  # compare with this cell of the same matrix, run side by side
     options: Mapping[str, Any] = field(default_factory=dict)  # raw server settings
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for the server
     # containers backend only: the server container's CPU and memory limits (Docker's --cpus, --memory)
@@ -198,6 +199,13 @@ def expand(data: Mapping[str, Any], where: str = "matrix") -> list[Cell]:
                 merged[table] = {**defaults[table], **own[table]}
         origin = {k: "cell" if k in own else "matrix-defaults" for k in merged if k in _FIELDS}
         cells.append(dataclasses.replace(_make_cell(name, merged, where), origin=origin))
+    for i, cell in enumerate(cells):
+        if cell.baseline_cell == cell.name and cell.origin.get("baseline_cell") == "matrix-defaults":
+            cells[i] = dataclasses.replace(cell, baseline_cell=None)  # [defaults] names the baseline for the others
+        elif cell.baseline_cell is not None and (cell.baseline_cell == cell.name
+                                                  or cell.baseline_cell not in cells_raw):
+            raise ConfigError(f"{where} cell {shown(cell.name)}: baseline_cell {shown(cell.baseline_cell)} must name "
+                              f"another cell of this matrix; known: {_keys(cells_raw, sort=False)}")
     return cells
 
 

@@ -174,6 +174,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("idle_timeout", "proxy idle/read timeout to the backend, like the LB's (AWS default 60s); whole "
             "seconds up to 24h, a fraction is rounded up (0.5 -> 1s, shown in the header)", "60s", _idle_timeout,
             "TIME"),
+    Setting("repeat", "run every cell N times, interleaved (A B C C B A ...) so drift cancels, and judge the pooled "
+            "result; the table shows each mean with its 95 % interval (1 to 100)", "1", _integer(1, 100), "N"),
+    Setting("baseline_cell", "compare every cell with this one, run side by side (a cell's own baseline_cell "
+            "wins): the table's 'vs baseline' column, the JSON's comparison block", None, _str, "CELL"),
     Setting("slo", "SLOs for every cell, e.g. 'error_rate<1e-3, p99<500ms, respawns<=20'", None, _slo_list,
             "SLOS"),
     Setting("json", "write the results of every cell as JSON to this path", None, _str, "PATH"),

@@ -175,7 +175,7 @@ section{margin:28px 0}h2{font-size:17px;margin-bottom:4px}code{background:#f3f3f
 
 
 def render_html(doc: dict[str, Any]) -> str:
-    from pytest_wsgi502.report.table import COLUMNS, row
+    from pytest_wsgi502.report.table import COLUMNS, columns, row
 
     cells = doc.get("cells", [])
     env = doc.get("environment", {})
@@ -192,9 +192,10 @@ def render_html(doc: dict[str, Any]) -> str:
         f"{esc(versions)}</p>",
     ]
     if cells:
-        parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>")
+        header = columns(cells)
+        parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>")
         for c in cells:
-            values = row(c)
+            values = row(c, len(header) > len(COLUMNS))
             cls = "" if c["slo"]["passed"] else " class='fail'"
             parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(v)}</td>" for v in values) + "</tr>")
         parts.append("</table>")

@@ -15,16 +15,49 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f}ms" if value >= 100 else f"{value:.1f}ms"
 
 
-def row(r: dict[str, Any]) -> list[str]:
+BASELINE_COLUMN = "vs baseline"
+
+
+def columns(results: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The table's columns: "vs baseline" before the SLO column when a cell was compared with a baseline."""
+    if any(r.get("comparison") for r in results):
+        return (*COLUMNS[:-1], BASELINE_COLUMN, COLUMNS[-1])
+    return COLUMNS
+
+
+def _pm(r: dict[str, Any], metric: str, fmt: Any) -> str | None:
+    """``mean±half`` of a per-repeat metric (95 % t interval over the repeats), None for a single run."""
+    iv = (r.get("intervals") or {}).get(metric) or {}
+    if iv.get("n", 0) < 2 or iv.get("lo") is None:
+        return None
+    return f"{fmt(iv['mean'])}±{fmt((iv['hi'] - iv['lo']) / 2)}"
+
+
+def row(r: dict[str, Any], baseline_column: bool = False) -> list[str]:
     sc, err, lat = r.get("status_counts", {}), r.get("errors", {}), r.get("latency_ms", {})
     other_5xx = r.get("http_5xx", 0) - sc.get("502", 0)
-    return [
+    cells = [
         r["name"], str(r["requests"]), str(sc.get("502", 0)), str(other_5xx), str(err.get("connect", 0)),
         str(err.get("reset", 0)), str(err.get("timeout", 0)), str(err.get("verify", 0)),
         f"{r['error_rate']:.2e}" if r["error_rate"] else "0", _bound(r), _ms(lat.get("p50")), _ms(lat.get("p95")),
-        _ms(lat.get("p99")), _ms(lat.get("max")), f"{r['rps']:.0f}", str(r.get("respawns", "-")),
+        _pm(r, "p99", _ms) or _ms(lat.get("p99")), _ms(lat.get("max")),
+        _pm(r, "rps", lambda v: f"{v:.0f}") or f"{r['rps']:.0f}", str(r.get("respawns", "-")),
         str(r.get("kills", "-")), causes(r.get("attribution") or {}), outcome(r),
     ]
+    if baseline_column:
+        cells.insert(len(cells) - 1, _versus(r))
+    return cells
+
+
+def _versus(r: dict[str, Any]) -> str:
+    from pytest_wsgi502.metrics.comparison import summary
+
+    comparison = r.get("comparison")
+    if not comparison:
+        return "-"
+    if comparison.get("error"):
+        return f"{comparison['baseline']}: no run"
+    return f"{comparison['baseline']}: {summary(comparison)}"
 
 
 def outcome(r: dict[str, Any]) -> str:
@@ -51,8 +84,9 @@ def causes(counts: dict[str, int]) -> str:
 
 
 def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
-    rows = [list(COLUMNS)] + [row(r) for r in results]
-    widths = [max(len(x[i]) for x in rows) for i in range(len(COLUMNS))]
+    header = columns(results)
+    rows = [list(header)] + [row(r, len(header) > len(COLUMNS)) for r in results]
+    widths = [max(len(x[i]) for x in rows) for i in range(len(header))]
 
     def fmt(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
@@ -61,6 +95,13 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
     lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)]
     lines += [fmt(x) for x in rows[1:]]
     lines.append("<95%: the error rate's upper bound at 95 % confidence (0 errors in n requests: ~3/n)")
+    repeats = max((len(r.get("repeats") or ()) for r in results), default=0)
+    if repeats > 1:
+        lines.append(f"±: 95 % t interval over the {repeats} repeats (p99: of each repeat's p99; the SLO judges "
+                     "all requests pooled)")
+    if len(header) > len(COLUMNS):
+        lines.append("vs baseline: better / worse / same = a difference shown at 95 % or not (error rate: exact "
+                     "conditional binomial; req/s and p99: Welch t over the repeats, needs --wsgi-repeat >= 2)")
     for r in results:
         invalid = r["slo"].get("invalid") or []
         for reason in invalid:
@@ -73,10 +114,11 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
 
 def render_markdown(results: Sequence[dict[str, Any]], compare_lines: Sequence[str] = ()) -> str:
     """The same table as GitHub-flavoured Markdown (for $GITHUB_STEP_SUMMARY), breached SLOs listed below."""
-    out = ["### pytest-wsgi502", "", "| " + " | ".join(COLUMNS) + " |",
-           "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(COLUMNS))) + "|"]
+    header = columns(results)
+    out = ["### pytest-wsgi502", "", "| " + " | ".join(header) + " |",
+           "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(header))) + "|"]
     for r in results:
-        cells = [c.replace("|", "\\|") for c in row(r)]
+        cells = [c.replace("|", "\\|") for c in row(r, len(header) > len(COLUMNS))]
         if not r["slo"]["passed"]:
             cells[-1] = f"**{outcome(r)}**"
         out.append("| " + " | ".join(cells) + " |")

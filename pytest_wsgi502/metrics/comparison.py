@@ -1,0 +1,56 @@
+"""A cell against its baseline cell, measured side by side in one run: a difference with its interval and one
+word per metric — ``better``, ``worse`` or ``same`` (no difference detectable at 95 %).
+
+- error rate: the ratio of the two rates with the exact conditional binomial interval (given the total error
+  count, the candidate's share is binomial; Clopper-Pearson on that share, mapped to the rate ratio). It assumes
+  independent errors; 502s that come in bursts (one joint recycle, hundreds of 502s) make it too confident, which
+  is why the docs ask for repeats before trusting a ``better`` on bursty errors.
+- req/s and latency percentiles: the difference of the means over the repeats with Welch's t interval. Repeats
+  are independent runs; the per-second windows of one run are not (the 5-14 % run-to-run spread measured on the
+  seed matrix is invisible inside one run), so with fewer than 2 repeats a side these metrics get no word.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_wsgi502.metrics.inference import mean_diff, rate_ratio, verdict_word
+from pytest_wsgi502.metrics.repeats import INTERVAL_METRICS
+
+LOWER_IS_BETTER = {"error_rate": True, "rps": False, "p50": True, "p95": True, "p99": True, "max": True}
+
+
+def _repeat_values(result: dict[str, Any], metric: str) -> list[float]:
+    return list(((result.get("intervals") or {}).get(metric) or {}).get("values") or [])
+
+
+def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0.95) -> dict[str, Any]:
+    """The ``comparison`` block of the candidate's JSON: per metric the estimate, its interval and a word."""
+    out: dict[str, Any] = {"baseline": baseline.get("name"), "confidence": conf, "metrics": {}}
+    ratio = rate_ratio(int(candidate.get("error_count") or 0), int(candidate.get("requests") or 0),
+                       int(baseline.get("error_count") or 0), int(baseline.get("requests") or 0), conf)
+    out["metrics"]["error_rate"] = {
+        **ratio, "candidate": candidate.get("error_rate"), "baseline": baseline.get("error_rate"),
+        "verdict": verdict_word(ratio["lo"], ratio["hi"], higher_is_better=False, null=1.0)
+        if candidate.get("requests") and baseline.get("requests") else None,
+    }
+    for metric in INTERVAL_METRICS:
+        a, b = _repeat_values(candidate, metric), _repeat_values(baseline, metric)
+        if len(a) < 2 or len(b) < 2:
+            out["metrics"][metric] = {"verdict": None, "method": "needs --wsgi-repeat >= 2 on both cells"}
+            continue
+        diff = mean_diff(a, b, conf)
+        base = sum(b) / len(b)
+        out["metrics"][metric] = {
+            **diff, "relative": diff["diff"] / base if base else None,
+            "verdict": verdict_word(diff["lo"], diff["hi"], higher_is_better=not LOWER_IS_BETTER[metric], null=0.0),
+        }
+    return out
+
+
+def summary(comparison: dict[str, Any]) -> str:
+    """The table's "vs baseline" cell: one short word per decided metric, e.g. ``err better, rps same``."""
+    short = {"error_rate": "err", "rps": "rps", "p50": "p50", "p99": "p99"}
+    words = [f"{label} {m['verdict']}" for key, label in short.items()
+             if (m := comparison["metrics"].get(key)) and m.get("verdict")]
+    return ", ".join(words) or "-"

@@ -1,0 +1,35 @@
+"""--wsgi-repeat and baseline_cell end to end: two cells, three repeats each, interleaved, compared."""
+
+
+def test_two_cells_three_repeats_interleaved_and_compared(matrix, tmp_path):
+    m = tmp_path / "m.toml"
+    m.write_text("""
+[defaults]
+slo = ["error_rate<=1"]
+[cells.base]
+server = "gunicorn"
+[cells.candidate]
+server = "uwsgi"
+baseline_cell = "base"
+""")
+    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-duration=2s", "--wsgi-concurrency=4", "--wsgi-repeat=3",
+                   "--wsgi-cells=candidate,base")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    cells = matrix.cells()
+    assert list(cells) == ["candidate", "base"]  # one test item, one result per cell
+    starts = sorted((rep["started_at"], name) for name, c in cells.items() for rep in c["repeats"])
+    assert [name for _, name in starts] == ["candidate", "base", "base", "candidate", "candidate", "base"]
+    for c in cells.values():
+        assert len(c["repeats"]) == 3
+        assert c["requests"] == sum(rep["requests"] for rep in c["repeats"]) > 0
+        rps = c["intervals"]["rps"]
+        assert rps["n"] == 3 and rps["lo"] <= rps["mean"] <= rps["hi"], rps
+        assert c["slo"]["outcome"] == "pass", c["slo"]
+    comparison = cells["candidate"]["comparison"]
+    assert comparison["baseline"] == "base"
+    assert comparison["metrics"]["error_rate"]["verdict"] == "same"  # 0 errors on both sides
+    assert comparison["metrics"]["rps"]["verdict"] in ("better", "worse", "same")
+    assert "comparison" not in cells["base"]
+    table = out[out.index("wsgi502 matrix"):]
+    assert "vs baseline" in table and "±" in table and "95 % t interval over the 3 repeats" in table

@@ -1,0 +1,102 @@
+"""--wsgi-repeat and baseline_cell: the interleaved order, the pooled result, the comparison, the table."""
+
+import pytest
+
+from pytest_wsgi502.metrics.comparison import compare, summary
+from pytest_wsgi502.metrics.repeats import interleaved, pool
+from pytest_wsgi502.metrics.stats import Stats
+from pytest_wsgi502.report.table import BASELINE_COLUMN, render_table
+from pytest_wsgi502.schedule import Schedule
+
+
+def run(name: str, ok: int, errors: int = 0, latency_ms: float = 10.0, seconds: float = 10.0, **extra):
+    """A single run's result dict as cellrun makes it (the fields pool() and the table read)."""
+    s = Stats()
+    for i in range(ok):
+        s.record(200, latency_ms / 1000 * (1 + (i % 10) / 10), 1000.0 + seconds * i / ok)
+    for i in range(errors):
+        s.record(502, 0.001, 1000.0 + seconds * i / max(errors, 1))
+    s.started, s.ended = 1000.0, 1000.0 + seconds
+    d = s.to_dict()
+    d.update(name=name, histogram=s.histogram.encode().decode("ascii"), respawns=1, kills=0,
+             attribution={"recycle": errors}, telemetry={"event_counts": {"recycle": 1}},
+             slo={"passed": True, "failures": [], "invalid": [], "outcome": "pass"}, generator_bound=False,
+             generator_bound_reason=None, aborted=None, lint=[], rendered={"server": {"text": "x"}})
+    d.update(extra)
+    return d
+
+
+def test_rounds_alternate_so_a_linear_drift_hits_every_cell_alike():
+    assert interleaved(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    order = interleaved(["a", "b"], 4)
+    # positions (0-based) sum to the same for every cell: a drift linear in time adds the same to each
+    assert sum(i for i, n in enumerate(order) if n == "a") == sum(i for i, n in enumerate(order) if n == "b")
+
+
+def test_the_schedule_runs_lazily_in_order_and_keeps_a_failure_to_its_cell():
+    calls = []
+
+    def go(name):
+        calls.append(name)
+        if name == "b":
+            raise ValueError("b does not start")
+        return {"name": name, "n": calls.count(name)}
+
+    s = Schedule(["a", "b", "c", "a"], 2, go)  # a name twice (a baseline) is scheduled once a round
+    assert s.order == ["a", "b", "c", "c", "b", "a"]
+    assert [r["n"] for r in s.runs("c")] == [1, 2] and calls == ["a", "b", "c", "c"]
+    with pytest.raises(ValueError, match="b does not start"):
+        s.runs("b")
+    assert [r["n"] for r in s.runs("a")] == [1, 2]
+    assert calls == ["a", "b", "c", "c", "a"]  # b was not started again after it failed
+    with pytest.raises(KeyError):
+        s.runs("zzz")
+
+
+def test_pool_sums_counts_merges_histograms_and_gives_intervals():
+    runs = [run("x", 1000, 2, seconds=10), run("x", 1100, 0, latency_ms=20, seconds=11), run("x", 900, 1)]
+    p = pool(runs)
+    assert p["requests"] == 3003 and p["error_count"] == 3 and p["status_counts"] == {"200": 3000, "502": 3}
+    assert p["error_rate"] == pytest.approx(3 / 3003) and p["respawns"] == 3
+    assert p["attribution"] == {"recycle": 3} and p["telemetry"]["event_counts"] == {"recycle": 3}
+    assert len(p["repeats"]) == 3 and "rendered" not in p["repeats"][0] and "slo" not in p
+    # latency from all requests: a third of them at 2x the latency moves p99 to the slow run's
+    assert p["latency_ms"]["p99"] == pytest.approx(20 * 1.9, rel=0.01)
+    rps = p["intervals"]["rps"]
+    assert rps["n"] == 3 and rps["lo"] < rps["mean"] < rps["hi"] and p["rps"] == round(rps["mean"], 1)
+    assert rps["values"] == [r["rps"] for r in runs]
+    bound = pool([run("x", 10), run("x", 10, generator_bound=True, generator_bound_reason="starved")])
+    assert bound["generator_bound"] and bound["generator_bound_reason"] == "repeat 2: starved"
+    with pytest.raises(ValueError):
+        pool([])
+
+
+def test_compare_says_better_only_when_the_interval_excludes_no_difference():
+    base = pool([run("base", 5000, 300), run("base", 5000, 250), run("base", 5000, 400)])
+    fixed = pool([run("fixed", 5000, 0), run("fixed", 5000, 0), run("fixed", 5000, 0)])
+    c = compare(fixed, base)
+    err = c["metrics"]["error_rate"]
+    assert err["verdict"] == "better" and err["hi"] < 1 and err["method"].startswith("conditional binomial")
+    assert c["metrics"]["rps"]["verdict"] in ("better", "same", "worse")  # decided from 3 vs 3 repeats
+    # the same counts on both sides: no detectable difference
+    same = compare(pool([run("a", 5000, 3)] * 3), pool([run("b", 5000, 4)] * 3))
+    assert same["metrics"]["error_rate"]["verdict"] == "same"
+    # one run a side: no word on req/s or latency (per-second windows are not independent)
+    single = compare(run("a", 100, 0, intervals={}), run("b", 100, 0, intervals={}))
+    assert single["metrics"]["rps"]["verdict"] is None and "repeat" in single["metrics"]["rps"]["method"]
+    assert summary(c).startswith("err better")
+
+
+def test_table_shows_plus_minus_and_the_baseline_column_only_when_used():
+    plain = render_table([run("a", 100)])
+    assert BASELINE_COLUMN not in plain[0] and "±" not in "\n".join(plain)
+    base = pool([run("base", 5000, 300), run("base", 5000, 250)])
+    fixed = pool([run("fixed", 5000, 0), run("fixed", 4000, 0)])
+    for r in (base, fixed):
+        r["slo"] = {"passed": True, "failures": [], "invalid": [], "outcome": "pass"}
+    fixed["comparison"] = compare(fixed, base)
+    lines = render_table([base, fixed])
+    assert BASELINE_COLUMN in lines[0]
+    text = "\n".join(lines)
+    assert "±" in text and "95 % t interval over the 2 repeats" in text
+    assert "base: err better" in text
