@@ -201,7 +201,7 @@ def _solve_low(a: float, b: float, target: float, upper: bool) -> float:
                 hi = x
             else:
                 lo = x
-            x = math.sqrt(lo * hi)
+            x = math.sqrt(lo) * math.sqrt(hi)
             continue
         g = math.log(tail) - log_t
         if (g < 0) != upper:  # the tail grows with x for a lower tail, falls for an upper one
@@ -212,7 +212,7 @@ def _solve_low(a: float, b: float, target: float, upper: bool) -> float:
         step = (g if upper else -g) / slope if slope > 0.0 else math.nan
         new = x * math.exp(max(min(step, 50.0), -50.0)) if math.isfinite(step) else math.nan
         if not (lo < new < hi):
-            new = math.sqrt(lo * hi) if hi > 4 * lo else 0.5 * (lo + hi)
+            new = math.sqrt(lo) * math.sqrt(hi) if hi > 4 * lo else 0.5 * (lo + hi)  # no underflow of lo * hi
         if abs(new - x) <= 2e-16 * x or hi - lo <= 4e-16 * hi:
             return new
         x = new
@@ -446,7 +446,8 @@ def mean_diff(a: Sequence[float], b: Sequence[float], conf: float = 0.95) -> dic
     method = "Welch t interval"
     if se2 == 0:
         return {"diff": diff, "lo": diff, "hi": diff, "half": 0.0, "df": math.inf, "method": method}
-    df = se2 * se2 / (sa * sa / (na - 1) + sb * sb / (nb - 1))
+    ra, rb = sa / se2, sb / se2  # shares of the variance: no overflow or underflow of squared variances
+    df = 1.0 / (ra * ra / (na - 1) + rb * rb / (nb - 1))
     half = _t_ppf_two_sided(alpha, df) * math.sqrt(se2)
     return {"diff": diff, "lo": diff - half, "hi": diff + half, "half": half, "df": df, "method": method}
 
