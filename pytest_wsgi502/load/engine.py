@@ -316,6 +316,7 @@ class _Run:
         self.last_ok = self.t0
         self.send_lag = new_histogram(2)  # open/ramp: how late the engine sent, beyond waiting for the server
         self.spin_s = 0.0  # wall time spent yield-spinning to exact send times (not work)
+        self.stopped: str | None = None  # why a stop rule ended the load before its duration (duration=auto)
 
     def going(self) -> bool:
         return self.budget > 0 and self.abort_reason is None and self.engine_error is None and \
@@ -369,8 +370,8 @@ async def _connection(run: _Run, templates: _Templates, transport: httpx.AsyncBa
                     # uvloop's timers tick in whole milliseconds: wake up to 1 ms early, then yield to the loop
                     # until due. Costs at most rate x 1 ms of CPU a second (30 % at 300 req/s, less when busy).
                     await asyncio.sleep(wait - 0.001)
-                if run.budget <= 0 or run.abort_reason or run.engine_error:  # ended while this one waited
-                    break
+                if run.budget <= 0 or run.abort_reason or run.engine_error or clock() >= run.deadline:
+                    break  # ended while this one waited (a stop rule moves the deadline)
                 spin_from = clock()
                 while clock() < intended:
                     await asyncio.sleep(0)
@@ -410,6 +411,23 @@ async def _lag_probe(run: _Run, lag: Any) -> None:
 
 
 Progress = Callable[[dict[str, Any]], None]
+StopRule = Callable[[Stats], str | None]  # the live stats -> a reason to stop now, or None (metrics/sequential.py)
+
+
+async def _stopper(run: _Run, stop: StopRule, every: float) -> None:
+    """Asks ``stop`` every ``every`` seconds; a reason ends the load as the deadline would (in-flight requests
+    are answered or time out within the drain window, no new ones are sent)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            reason = stop(run.stats)
+        except Exception as exc:  # the rule is the caller's code: its failure is the engine's error, never silent
+            run.fail("the stop rule failed", exc)
+            return
+        if reason:
+            run.stopped = reason
+            run.deadline = min(run.deadline, run.clock())
+            return
 
 
 async def _progress(run: _Run, report: Progress, every: float) -> None:
@@ -432,6 +450,7 @@ async def drive(
     progress: Progress | None = None,
     progress_every: float = 1.0,
     target: ConnectTarget | None = None,
+    stop: StopRule | None = None,
 ) -> tuple[Stats, dict[str, Any]]:
     """Run ``spec`` (one process's share) on the running loop. Returns stats and the engine's self-report.
 
@@ -456,6 +475,7 @@ async def drive(
     lag = new_histogram(2)
     probe = asyncio.ensure_future(_lag_probe(run, lag))
     ticker = asyncio.ensure_future(_progress(run, progress, progress_every)) if progress else None
+    stopper = asyncio.ensure_future(_stopper(run, stop, 1.0)) if stop is not None else None
     cpu0, thread0, sched0 = time.process_time(), time.thread_time(), schedstat()
     tasks = []
     try:
@@ -469,8 +489,8 @@ async def drive(
             run.fail(f"connection task {k} died", task.exception())  # type: ignore[arg-type]
     for _ in pending:  # stuck past the drain window: a timeout, counted, then cancelled
         run.stats.record(None, 0.0, time.time(), "timeout")
-    helpers = [t for t in (probe, ticker) if t is not None]
-    for name, helper in (("event-loop lag probe", probe), ("progress reporter", ticker)):
+    helpers = [t for t in (probe, ticker, stopper) if t is not None]
+    for name, helper in (("event-loop lag probe", probe), ("progress reporter", ticker), ("stop rule", stopper)):
         if helper is not None and helper.done() and not helper.cancelled() and helper.exception() is not None:
             run.fail(f"{name} died", helper.exception())  # type: ignore[arg-type]
     for task in (*pending, *helpers):
@@ -487,6 +507,7 @@ async def drive(
         "send_lag_p99_ms": run.send_lag.get_value_at_percentile(99) / 1000 if run.send_lag.get_total_count() else None,
         "aborted": run.abort_reason,
         "engine_error": run.engine_error,
+        "stopped": run.stopped,
         "cpu_s": time.process_time() - cpu0,
         "loop_cpu_percent": round(100 * loop_cpu_s / wall, 1) if wall else 0.0,
         "runqueue_wait_ms": round(1000 * wait_s, 1) if wait_s is not None else None,
@@ -701,8 +722,11 @@ def generator_verdict(spec: LoadSpec, stats: Stats, engines: Sequence[dict[str, 
 
 def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
         verify: Callable[[httpx.Response], bool] | None = None, progress: Progress | None = None,
-        progress_every: float = 1.0) -> dict[str, Any]:
+        progress_every: float = 1.0, stop: StopRule | None = None) -> dict[str, Any]:
     """Run a load on fresh event loops (uvloop), in ``spec.processes`` processes; merge; judge the engine.
+
+    ``stop`` (one process only): called about once a second with the live ``Stats``; a reason it returns ends
+    the load early (``stopped`` in the result), e.g. ``metrics.sequential.AutoStop.update`` for duration=auto.
 
     ``progress`` (one process only) is called every ``progress_every`` seconds with elapsed, duration, requests,
     children until the end).
@@ -713,6 +737,8 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
     spec.validate()
     if spec.processes > 1 and (transport_factory is not None or verify is not None):
         raise ConfigError("a custom transport or verify callable runs in one process only (processes=1)")
+    if spec.processes > 1 and stop is not None:
+        raise ConfigError("a stop rule (duration=auto) needs the live stats of one engine process: use processes=1")
     target = resolve_target(spec.base_url, spec.allow_remote)  # once: every process connects to these addresses
     if spec.processes > 1:
         with _elapsed_ticker(spec, progress, progress_every):
@@ -720,7 +746,7 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
     else:
         with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
             stats, engine = runner.run(drive(spec, transport_factory, verify, progress=progress,
-                                             progress_every=progress_every, target=target))
+                                             progress_every=progress_every, target=target, stop=stop))
         engines, engine_error = [engine], engine.get("engine_error")
     aborted = next((e["aborted"] for e in engines if e.get("aborted")), None)
     if not stats.requests:
@@ -756,4 +782,5 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
         "generator_bound_reason": reason,
         "aborted": aborted,
         "engine_error": engine_error,
+        "stopped": next((e["stopped"] for e in engines if e.get("stopped")), None),
     }
