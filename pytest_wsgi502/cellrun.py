@@ -17,10 +17,13 @@ from typing import Any
 
 from pytest_wsgi502 import slo as slo_mod
 from pytest_wsgi502.attribution import attribute_cell
+from pytest_wsgi502.config.duration import split as split_duration
 from pytest_wsgi502.config.layers import merge_keyed, pick
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
+from pytest_wsgi502.metrics.sequential import AutoStop
+from pytest_wsgi502.metrics.sequential import apply as apply_sequential
 from pytest_wsgi502.nginxlog import parse_access_log, parse_error_log
 from pytest_wsgi502.proxy import LocalProxy
 from pytest_wsgi502.servers import Server, ServerFactory, ServerSpec, make_server
@@ -117,17 +120,35 @@ SESSION_KEYS = {"load_mode": "mode", "rate": "rate", "start_rate": "start_rate",
                 "verify_contains": "verify_contains"}
 
 
+def _durations(cell: Cell, ctx: CellContext) -> list[tuple[str, Any]]:
+    return [(ctx.sources.get("duration", "default"), ctx.duration),
+            (cell.origin.get("duration", "default"), cell.duration)]
+
+
+def stop_rule(cell: Cell, ctx: CellContext) -> tuple[str | None, str]:
+    """("auto", layer) when the most specific layer that names a stopping rule says auto (config/duration.py),
+    else (None, "default"): a fixed length."""
+    return pick(*[(layer, rule) for layer, value in _durations(cell, ctx) if (rule := split_duration(value)[0])])
+
+
 def layered(cell: Cell, ctx: CellContext, key: str) -> tuple[Any, str]:
     """(value, layer) of one load key: the cell's own value against the session's, by config/layers.py."""
     setting = SESSION_KEYS[key]
+    if key == "duration":  # a number or auto's cap: the length, layered on its own (config/duration.py)
+        return pick(*[(layer, split_duration(value)[1]) for layer, value in _durations(cell, ctx)])
     own = getattr(cell, key)
     return pick((ctx.sources.get(setting, "default"), getattr(ctx, setting)),
                 (cell.origin.get(key, "default"), None if own == "" and key == "load_mode" else own))
 
 
 def load_sources(cell: Cell, ctx: CellContext) -> dict[str, str]:
-    """Which layer each load setting of the cell came from (the JSON's ``load.sources``)."""
-    return {SESSION_KEYS[k]: layered(cell, ctx, k)[1] for k in SESSION_KEYS}
+    """Which layer each load setting of the cell came from (the JSON's ``load.sources``; ``stop``: the layer
+    that asked for duration=auto, absent for a fixed length)."""
+    out = {SESSION_KEYS[k]: layered(cell, ctx, k)[1] for k in SESSION_KEYS}
+    rule, layer = stop_rule(cell, ctx)
+    if rule:
+        out["stop"] = layer
+    return out
 
 
 def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
@@ -246,7 +267,8 @@ class Target:
                 out[role] = {"file": path.name, "text": text}
         return out
 
-    def result(self, load: dict[str, Any], since: float, slos: list[slo_mod.SLO], spec: LoadSpec) -> dict[str, Any]:
+    def result(self, load: dict[str, Any], since: float, slos: list[slo_mod.SLO], spec: LoadSpec,
+               auto: dict[str, Any] | None = None) -> dict[str, Any]:
         cell = self.cell
         result: dict[str, Any] = {"name": cell.name, "server": cell.server, "description": cell.description,
                                   "config": cell.as_dict(), "dir": str(self.dir)}
@@ -278,11 +300,16 @@ class Target:
                            "proxy": self.proxy.port}
         result.update(self.server.describe())  # where it ran: {} locally; containers: image, limits, engine
         result["slo"] = slo_mod.verdict(slos, result)
+        if auto is not None:  # duration=auto: the sequential decisions replace the fixed-n checks they made
+            result["auto"] = auto
+            apply_sequential(result["slo"], auto)
         judge(result, load.get("engine_error"))
         return result
 
 
-OUTCOMES = ("pass", "fail", "invalid")  # a cell's outcome, the same word in the table, the JSON and pytest
+# a cell's outcome, the same word in the table, the JSON and pytest: undecided = duration=auto reached its cap
+# with an SLO neither proven nor disproven (a failure, never a pass)
+OUTCOMES = ("pass", "fail", "invalid", "undecided")
 
 
 def invalid_reasons(result: dict[str, Any], engine_error: str | None = None) -> list[str]:
@@ -310,7 +337,10 @@ def judge(result: dict[str, Any], engine_error: str | None = None, reasons: list
     if reasons:
         verdict["passed"] = False
         verdict["failures"].extend(r for r in reasons if r not in verdict["failures"])
-    verdict["outcome"] = "invalid" if reasons else ("pass" if verdict["passed"] else "fail")
+    undecided = verdict.get("undecided") or []
+    breached = [f for f in verdict["failures"] if f not in undecided]
+    verdict["outcome"] = ("invalid" if reasons else "pass" if verdict["passed"] else "fail" if breached
+                          else "undecided")
 
 
 def effective_slos(cell: Cell, ctx: CellContext, marker: Iterable[str] = (),
@@ -349,14 +379,15 @@ def run_cell(
         lines = [f"    lint [{f['code']}] {f['message']}" for f in findings]
         raise ServiceError("\n".join([str(exc), *lines])) from None
     try:
+        slos, slo_sources = effective_slos(cell, ctx, marker=extra_slos)
+        auto = AutoStop(slos) if stop_rule(cell, ctx)[0] == "auto" else None
         since = time.time()
         spec = load_spec(cell, ctx, target.url)
-        load = run_load(spec, progress=progress)
+        load = run_load(spec, progress=progress, **({"stop": auto.update} if auto else {}))
         target.settle()
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
-    slos, slo_sources = effective_slos(cell, ctx, marker=extra_slos)
-    result = target.result(load, since, slos, spec)
+    result = target.result(load, since, slos, spec, auto=auto.report() if auto else None)
     result["load"]["sources"] = load_sources(cell, ctx)
     result["slo"]["sources"] = slo_sources
     result["lint"] = findings

@@ -137,7 +137,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def _seconds(text: str) -> float:
-    from pytest_wsgi502.config.settings import parse_duration
+    from pytest_wsgi502.config.duration import parse_duration
 
     return parse_duration(text)
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config import values
+from pytest_wsgi502.config.duration import Auto
+from pytest_wsgi502.config.duration import parse as parse_duration
 from pytest_wsgi502.config.modes import load_mode
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
 
@@ -72,7 +74,7 @@ class Cell:
     start_rate: float | None = None
     think_time: float | None = None
     concurrency: int | None = None
-    duration: float | None = None  # seconds of load for this cell (None: the session's --wsgi-duration)
+    duration: float | Auto | None = None  # seconds of load, or auto[:MAX] (config/duration.py); None: the session's
     mix: tuple[Mapping[str, Any], ...] = ()  # [{path, weight, verify_contains, method}], replaces path
     path: str | None = None  # request path, {n}: a random integer in 1..n_max (None: the session's --wsgi-path)
     n_max: int = 1000
@@ -95,6 +97,8 @@ class Cell:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("origin")
+        if isinstance(self.duration, Auto):
+            d["duration"] = str(self.duration)
         d["slo"] = list(self.slo)
         d["mix"] = [dict(m) for m in self.mix]
         d["options"] = dict(self.options)
@@ -114,7 +118,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "keepalive": (0, DAY), "listen": (0, MAX_CONCURRENCY), "pool_size": (0, MAX_CONCURRENCY),
     "max_overflow": (0, MAX_CONCURRENCY), "conn_max_age": (0, DAY), "mysql_max_connections": (1, MAX_CONCURRENCY),
     "concurrency": (1, MAX_CONCURRENCY), "n_max": (1, MAX_COUNT),
-    "start_rate": (0, MAX_RATE), "think_time": (0, DAY), "duration": (0.001, DAY),
+    "start_rate": (0, MAX_RATE), "think_time": (0, DAY),
 }
 _OPEN_BOUNDS: dict[str, tuple[float, float]] = {"rate": (0, MAX_RATE), "cpus": (0, 1024)}  # > lo, <= hi
 _MAX_WEIGHT = 1e9
@@ -344,6 +348,8 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     except ConfigError as exc:
         raise ConfigError(f"{at}: {exc}") from None
     values_ = {k: v for k, v in raw.items() if k in _FIELDS}
+    if raw.get("duration") is not None:
+        values_["duration"] = parse_duration(raw["duration"], f"{at}: duration")
     values_.update(name=name, slo=slos, options=dict(raw.get("options", {})), mix=tuple(dict(m) for m in mix),
                    env={k: str(v) for k, v in raw.get("env", {}).items()})
     return Cell(**values_)

@@ -15,21 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_wsgi502.config import values
+from pytest_wsgi502.config.duration import Auto, parse_duration
+from pytest_wsgi502.config.duration import parse as parse_cell_duration
 from pytest_wsgi502.config.modes import load_mode
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
-
-_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|min)?\s*")
-
-
-def parse_duration(text: str) -> float:
-    """'10', '10s', '250ms', '2m' -> seconds, finite. Raises ConfigError with a usable message."""
-    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
-    if not m:
-        raise ConfigError("not a duration (use e.g. 10, 10s, 250ms, 2m)")  # the caller names the value
-    value = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}[m.group(2) or "s"]
-    if not math.isfinite(value):
-        raise ConfigError("not a finite duration (at most 24h)")
-    return value
 
 
 def _integer(lo: int, hi: int) -> Callable[[str], int]:
@@ -43,6 +32,11 @@ def _integer(lo: int, hi: int) -> Callable[[str], int]:
 
 def _rate(text: str) -> float:
     return float(values.number(text, "a rate in requests/s", 0, MAX_RATE, lo_open=True))
+
+
+def _load_duration(text: str) -> float | Auto:
+    """The load's duration: a length (1ms to 24h) or auto[:MAX] (config/duration.py)."""
+    return parse_cell_duration(text, "")
 
 
 def _duration(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
@@ -155,8 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             "scenarios", None,
             _str, "PATH"),
     Setting("cells", "comma-separated cell names to run (default: all; -k also works)", None, _str, "NAMES"),
-    Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m (1ms to 24h)", "10s",
-            _duration(0.001, DAY), "TIME"),
+    Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m (1ms to 24h), or auto[:MAX]: until every "
+            "error-rate/percentile SLO is decided at 95 % (MAX default 10m)", "10s", _load_duration, "TIME"),
     Setting("requests", "maximum requests per cell (the other bound besides duration; 1 to 10^12)", "1000000",
             _count, "N"),
     Setting("concurrency", "concurrent connections (closed loop: virtual users; 1 to 100000)", "32", _connections,

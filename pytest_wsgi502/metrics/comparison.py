@@ -12,6 +12,7 @@ word per metric — ``better``, ``worse`` or ``same`` (no difference detectable 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pytest_wsgi502.metrics.inference import mean_diff, rate_ratio, verdict_word
@@ -24,13 +25,18 @@ def _repeat_values(result: dict[str, Any], metric: str) -> list[float]:
     return list(((result.get("intervals") or {}).get(metric) or {}).get("values") or [])
 
 
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinity: an unbounded side of an interval (no errors on the baseline) becomes None."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+
+
 def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0.95) -> dict[str, Any]:
     """The ``comparison`` block of the candidate's JSON: per metric the estimate, its interval and a word."""
     out: dict[str, Any] = {"baseline": baseline.get("name"), "confidence": conf, "metrics": {}}
     ratio = rate_ratio(int(candidate.get("error_count") or 0), int(candidate.get("requests") or 0),
                        int(baseline.get("error_count") or 0), int(baseline.get("requests") or 0), conf)
     out["metrics"]["error_rate"] = {
-        **ratio, "candidate": candidate.get("error_rate"), "baseline": baseline.get("error_rate"),
+        **_finite(ratio), "candidate": candidate.get("error_rate"), "baseline": baseline.get("error_rate"),
         "verdict": verdict_word(ratio["lo"], ratio["hi"], higher_is_better=False, null=1.0)
         if candidate.get("requests") and baseline.get("requests") else None,
     }
@@ -42,7 +48,7 @@ def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0
         diff = mean_diff(a, b, conf)
         base = sum(b) / len(b)
         out["metrics"][metric] = {
-            **diff, "relative": diff["diff"] / base if base else None,
+            **_finite(diff), "relative": diff["diff"] / base if base else None,
             "verdict": verdict_word(diff["lo"], diff["hi"], higher_is_better=not LOWER_IS_BETTER[metric], null=0.0),
         }
     return out

@@ -20,8 +20,9 @@ from pytest_wsgi502.config.checks import Check
 from pytest_wsgi502.metrics.registry import CHECKED_METRICS, value
 
 SHOWN = ("error_rate", "p50", "p95", "p99", "rps", "respawns", "kills")
-SUMMARY_KEYS = ("name", "server", "config", "requests", "error_rate", "error_count", "status_counts", "errors",
-                "latency_ms", "rps", "respawns", "kills", "attribution", "histogram", "slo", "load")
+SUMMARY_KEYS = ("name", "server", "config", "requests", "responses", "error_rate", "error_count", "status_counts",
+                "errors", "latency_ms", "rps", "respawns", "kills", "attribution", "histogram", "slo", "load",
+                "intervals")
 
 
 # --- storage (pytest-benchmark's FileStorage) ----------------------------------------------------------------
@@ -144,7 +145,14 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
 
 def compare(now: list[dict[str, Any]], saved: dict[str, dict[str, Any]],
             checks: tuple[Check, ...] = ()) -> dict[str, Any]:
-    """Rows for every shown or checked metric of every cell in both runs, and the failed checks as lines."""
+    """Rows for every shown or checked metric of every cell in both runs, and the failed checks as lines.
+
+    A check fails only when the change is beyond its limit *and* significant at 95 % by the statistics of
+    ``metrics/comparison.py`` (the same as a ``baseline_cell``): the error rate always, req/s and latency when
+    both runs have repeats. Where no test applies (one run a side; counts such as kills), the limit alone
+    decides, and the line says so."""
+    from pytest_wsgi502.metrics.comparison import compare as significance
+
     by_metric = {c.metric: c for c in checks}
     metrics = list(SHOWN) + [m for m in by_metric if m not in SHOWN]
     rows, failures = [], []
@@ -152,16 +160,21 @@ def compare(now: list[dict[str, Any]], saved: dict[str, dict[str, Any]],
         old = saved.get(cell["name"])
         if old is None:
             continue
+        tested = significance(cell, old)["metrics"] if old.get("requests") is not None else {}
         for metric in metrics:
             a, b = value(old, metric), value(cell, metric)
             check = by_metric.get(metric)
-            failed = bool(check and check.fails(b, a))
+            word = (tested.get(metric) or {}).get("verdict")  # better / worse / same, None: no test
+            beyond = bool(check and check.fails(b, a))
+            failed = beyond and word not in ("same", "better")
             rows.append({"cell": cell["name"], "metric": metric, "saved": a, "now": b, "check": check.text
-                         if check else "", "failed": failed})
+                         if check else "", "failed": failed, "significance": word,
+                         "beyond_limit_not_significant": beyond and not failed})
             if failed and check and a is not None and b is not None:
                 unit = _unit(metric)
+                how = "significant at 95 %" if word == "worse" else "no significance test: needs repeats"
                 failures.append(f"{cell['name']}: {metric} {fmt(a, unit)} -> {fmt(b, unit)} "
-                                f"({change_text(a, b)}), limit {check.text}")
+                                f"({change_text(a, b)}), limit {check.text}, {how}")
     return {"rows": rows, "failures": failures,
             "only_now": [c["name"] for c in now if c["name"] not in saved],
             "only_saved": [n for n in saved if n not in {c["name"] for c in now}]}
@@ -191,13 +204,14 @@ def change_text(a: float | None, b: float | None) -> str:
 
 
 def render(result: dict[str, Any], label: str) -> list[str]:
-    head = ("cell", "metric", "saved", "now", "change", "check", "")
+    head = ("cell", "metric", "saved", "now", "change", "95 %", "check", "")
     table = [head]
     for r in result["rows"]:
         unit = _unit(r["metric"])
-        verdict = "FAIL" if r["failed"] else ("ok" if r["check"] else "")
+        verdict = "FAIL" if r["failed"] else ("noise" if r.get("beyond_limit_not_significant") else
+                                              "ok" if r["check"] else "")
         table.append((r["cell"], r["metric"], fmt(r["saved"], unit), fmt(r["now"], unit),
-                      change_text(r["saved"], r["now"]), r["check"], verdict))
+                      change_text(r["saved"], r["now"]), r.get("significance") or "-", r["check"], verdict))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = [f"now vs {label}"]
     for i, row in enumerate(table):
@@ -209,5 +223,7 @@ def render(result: dict[str, Any], label: str) -> list[str]:
         lines.append(f"not in the saved run: {', '.join(result['only_now'])}")
     if result["only_saved"]:
         lines.append(f"saved but not run now: {', '.join(result['only_saved'])}")
+    lines.append("95 %: better / worse / same at 95 % (error rate: exact conditional binomial; req/s and latency: "
+                 "Welch t over repeats, - without them); noise: beyond the limit but not significant, not a failure")
     lines += [f"regression: {f}" for f in result["failures"]]
     return lines

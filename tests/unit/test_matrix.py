@@ -59,7 +59,7 @@ def test_defaults_apply_and_cells_override():
         ({"cells": {"a": {"server": "gunicorn", "max_requests_delta": 5}}}, "max_requests_delta is a uwsgi setting"),
         ({"cells": {"a": {"server": "uwsgi", "driver": "psycopg"}}}, "driver 'psycopg' unknown"),
         ({"cells": {"a": {"server": "uwsgi", "socket": "udp"}}}, "socket 'udp' unknown"),
-        ({"cells": {"a": {"server": "uwsgi", "duration": "long"}}}, "duration must be a number"),
+        ({"cells": {"a": {"server": "uwsgi", "duration": "long"}}}, "duration: not a duration"),
         ({"cells": {"a": {"server": "gunicorn", "server_version": "23.0.0"}}}, "server_version is for uwsgi cells"),
         ({"cells": {"a": {"server": "uwsgi", "server_version": "latest"}}}, "server_version must be a release"),
         ({"cells": {"a": {"server": "uwsgi", "server_version": "2.0.24; rm"}}}, "server_version must be a release"),

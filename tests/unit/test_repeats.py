@@ -1,5 +1,7 @@
 """--wsgi-repeat and baseline_cell: the interleaved order, the pooled result, the comparison, the table."""
 
+import json
+
 import pytest
 
 from pytest_wsgi502.metrics.comparison import compare, summary
@@ -78,6 +80,9 @@ def test_compare_says_better_only_when_the_interval_excludes_no_difference():
     err = c["metrics"]["error_rate"]
     assert err["verdict"] == "better" and err["hi"] < 1 and err["method"].startswith("conditional binomial")
     assert c["metrics"]["rps"]["verdict"] in ("better", "same", "worse")  # decided from 3 vs 3 repeats
+    worse = compare(base, fixed)  # errors against none: the ratio has no upper bound, and JSON has no infinity
+    assert worse["metrics"]["error_rate"]["verdict"] == "worse" and worse["metrics"]["error_rate"]["hi"] is None
+    json.dumps(worse, allow_nan=False)
     # the same counts on both sides: no detectable difference
     same = compare(pool([run("a", 5000, 3)] * 3), pool([run("b", 5000, 4)] * 3))
     assert same["metrics"]["error_rate"]["verdict"] == "same"

@@ -46,13 +46,36 @@ def test_compare_rows_failures_and_unmatched_cells():
     now = [cell("a", p99=150.0), cell("b"), cell("new")]
     saved = {"a": cell("a"), "b": cell("b"), "gone": cell("gone")}
     result = compare.compare(now, saved, checks)
-    assert result["failures"] == ["a: p99 100ms -> 150ms (+50.0%), limit p99:10%"]
+    assert result["failures"] == ["a: p99 100ms -> 150ms (+50.0%), limit p99:10%, no significance test: needs repeats"]
     assert result["only_now"] == ["new"] and result["only_saved"] == ["gone"]
     failed = {(r["cell"], r["metric"]) for r in result["rows"] if r["failed"]}
     assert failed == {("a", "p99")}
     lines = compare.render(result, "0001_x")
     assert lines[0] == "now vs 0001_x" and any(x.startswith("a") and "FAIL" in x for x in lines)
     assert "saved but not run now: gone" in lines and lines[-1].startswith("regression: a: p99")
+
+
+def repeated(name, p99s, errors=0, requests=30_000):
+    mean = sum(p99s) / len(p99s)
+    return cell(name, p99=mean, error_rate=errors / requests, requests=requests, error_count=errors,
+                intervals={"p99": {"values": list(p99s)}, "rps": {"values": [500.0, 510.0, 490.0]}})
+
+
+def test_a_regression_fails_only_when_beyond_the_limit_and_significant():
+    checks = parse_checks("p99:10%, error_rate:0.0001")
+    saved = {"a": repeated("a", [100, 130, 70], errors=3), "b": repeated("b", [100, 101, 99], errors=3)}
+    # a: +20 % p99 but the repeats spread 70..130 ms: not significant -> "noise", not a failure
+    # b: +20 % p99 with tight repeats: a regression; error rate 3 -> 40 in 30,000: beyond 1e-4 and significant
+    now = [repeated("a", [110, 150, 100], errors=3), repeated("b", [120, 121, 119], errors=40)]
+    result = compare.compare(now, saved, checks)
+    rows = {(r["cell"], r["metric"]): r for r in result["rows"]}
+    assert rows[("a", "p99")]["beyond_limit_not_significant"] and not rows[("a", "p99")]["failed"]
+    assert rows[("a", "p99")]["significance"] == "same"
+    assert rows[("b", "p99")]["failed"] and rows[("b", "error_rate")]["failed"]
+    assert result["failures"] == [
+        "b: error_rate 1.00e-04 -> 1.33e-03 (+1233.3%), limit error_rate:0.0001, significant at 95 %",
+        "b: p99 100ms -> 120ms (+20.0%), limit p99:10%, significant at 95 %"]
+    assert any("noise" in line for line in compare.render(result, "0001_x"))
 
 
 def test_find_run_by_latest_number_name(tmp_path):

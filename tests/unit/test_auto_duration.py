@@ -1,0 +1,114 @@
+"""duration = auto: parsing, the precedence of a stopping rule against a length, and the sequential stop."""
+
+from pathlib import Path
+
+import pytest
+
+from pytest_wsgi502.cellrun import CellContext, judge, load_sources, load_spec, stop_rule
+from pytest_wsgi502.config.duration import DEFAULT_CAP, Auto, parse
+from pytest_wsgi502.config.matrix import expand
+from pytest_wsgi502.config.values import ConfigError
+from pytest_wsgi502.metrics.inference import needed_n
+from pytest_wsgi502.metrics.sequential import AutoStop, apply
+from pytest_wsgi502.metrics.stats import Stats
+from pytest_wsgi502.slo import parse_slos, verdict
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("auto", Auto(DEFAULT_CAP)), ("auto:2m", Auto(120.0)), (" auto : 30s ", Auto(30.0)), ("10s", 10.0), (5, 5.0),
+])
+def test_parse(text, want):
+    assert parse(text) == want
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("soon", "not a duration"), ("auto:0.5s", "cap of auto"), ("auto:zz", "cap of auto:MAX"), (True, "number"),
+    (0, ">= 0.001"),
+])
+def test_parse_refuses(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(text)
+
+
+def ctx(duration, layer) -> CellContext:
+    return CellContext(run_dir=Path("/nonexistent"), ledger=Path("/nonexistent/l"), app="a:b", chdir=Path("."),
+                       server_binaries={}, nginx="nginx", db_env={}, duration=duration, max_requests=10**6,
+                       concurrency=4, timeout=65.0, idle_timeout=60.0, sources={"duration": layer})
+
+
+def cell(**keys):
+    return expand({"cells": {"c": {"server": "uwsgi", **keys}}})[0]
+
+
+def test_auto_is_a_stopping_rule_and_a_number_a_length_each_layered_on_its_own():
+    # --wsgi-duration=auto on a cell with its own 25 s: auto, at most 25 s (the cell's length is more specific)
+    c, session = cell(duration=25), ctx(Auto(), "option")
+    assert stop_rule(c, session) == ("auto", "option")
+    assert load_spec(c, session, "http://127.0.0.1:1").duration == 25
+    assert load_sources(c, session) == {**load_sources(c, session), "duration": "cell", "stop": "option"}
+    # a cell without a duration: the option's cap
+    assert load_spec(cell(), session, "http://127.0.0.1:1").duration == DEFAULT_CAP
+    # the cell asks for auto: the session's 5 s is less specific than the cell's cap
+    c2 = cell(duration="auto:90s")
+    assert stop_rule(c2, ctx(5.0, "option")) == ("auto", "cell")
+    assert load_spec(c2, ctx(5.0, "option"), "http://127.0.0.1:1").duration == 90
+    # nobody asks for auto: a fixed length, and no "stop" source
+    assert stop_rule(cell(duration=3), ctx(10.0, "default")) == (None, "default")
+    assert "stop" not in load_sources(cell(duration=3), ctx(10.0, "default"))
+
+
+def feed(auto: AutoStop, total: int, errors_every: int | None = None, slow_every: int | None = None,
+         step: int = 100) -> tuple[str | None, int]:
+    """Feed ``total`` requests, ``step`` at a time (a second of load); returns (stop reason, requests fed)."""
+    stats = Stats()
+    for n in range(1, total + 1):
+        error = errors_every is not None and n % errors_every == 0
+        slow = slow_every is not None and n % slow_every == 0
+        stats.record(502 if error else 200, 2.0 if slow else 0.005, 1000.0 + n / 1000)
+        if n % step == 0 and (why := auto.update(stats)):
+            return why, n
+    return None, total
+
+
+def test_clean_requests_decide_a_ceiling_after_about_3_over_l_and_never_before_the_fixed_n_bound():
+    for limit, expected in ((1e-3, needed_n(1e-3)), (1e-4, needed_n(1e-4))):
+        auto = AutoStop(parse_slos([f"error_rate<{limit}", "kills==0"]))
+        why, n = feed(auto, 60_000, step=500)
+        assert why and "met" in why
+        assert 2_996 / (limit / 1e-3) <= expected <= n < expected + 500  # decided at the first look after it
+        assert auto.report()["decisions"][f"error_rate<{limit}"]["decision"] == "pass"
+    assert 2_996 <= needed_n(1e-3) <= 4_000 and 29_958 <= needed_n(1e-4) <= 40_000
+
+
+def test_a_breach_stops_the_load_early():
+    auto = AutoStop(parse_slos(["error_rate<1e-2"]))
+    why, n = feed(auto, 30_000, errors_every=20)  # 5 % errors
+    assert why and "breached" in why and n <= 1_000
+    slow = AutoStop(parse_slos(["p99<500ms"]))
+    why, n = feed(slow, 30_000, slow_every=10)  # 10 % slower than 500 ms
+    assert why and "p99<500ms breached" in why and n <= 1_000
+
+
+def test_a_cell_with_nothing_to_decide_is_refused():
+    with pytest.raises(ConfigError, match="duration=auto decides"):
+        AutoStop(parse_slos(["kills==0", "rps>10"]))
+
+
+def test_an_slo_open_at_the_cap_is_undecided_never_a_pass():
+    slos = parse_slos(["error_rate<1e-4", "kills==0"])
+    auto = AutoStop(slos)
+    feed(auto, 5_000)  # clean, but far from the ~30,000 a decision needs
+    result = {"requests": 5000, "responses": 5000, "error_count": 0, "error_rate": 0.0, "kills": 0}
+    v = verdict(slos, result)
+    apply(v, auto.report())
+    result["slo"] = v
+    judge(result)
+    assert result["slo"]["outcome"] == "undecided" and not result["slo"]["passed"]
+    assert "undecided after 5,000 requests" in result["slo"]["failures"][0]
+    # a breach proven elsewhere makes it a plain fail
+    result["kills"] = 1
+    v = verdict(slos, result)
+    apply(v, auto.report())
+    result["slo"] = v
+    judge(result)
+    assert result["slo"]["outcome"] == "fail"
