@@ -1,7 +1,7 @@
 """What CPU isolation costs and buys: the same matrix cells with and without it, runs interleaved.
 
     python -m pytest_wsgi502.bench.isolation --json PATH [--cells uwsgi-2w,uwsgi-16w,gunicorn-sync]
-                                             [--duration 10s] [--reps 3] [--modes off,auto]
+                                             [--duration 10s] [--reps 3] [--modes off,auto] [--hogs 0]
 
 Runs the seed matrix cells (sample project, real MariaDB/nginx/servers) ``--reps`` times in each isolation mode
 (``off`` first: the baseline), in the order A B C C B A ... so a drift of the machine (or of the harness, issue
@@ -45,7 +45,7 @@ def machine_probe() -> float:
     return round(1000 * best, 1)
 
 
-def one_run(side: str, cells: str, duration: str, out: Path) -> dict[str, Any]:
+def one_run(side: str, cells: str, duration: str, out: Path, hogs: int = 0) -> dict[str, Any]:
     env = dict(os.environ, WSGI502_BENCH_ISOLATION=side,
                WSGI502_BENCH_ISOLATION_OUT=str(out.with_suffix(".iso.json")))
     argv = [sys.executable, "-m", "pytest", "sample_project/test_matrix.py", "--wsgi-matrix", f"--wsgi-cells={cells}",
@@ -53,7 +53,14 @@ def one_run(side: str, cells: str, duration: str, out: Path) -> dict[str, Any]:
             "pytest_wsgi502.bench.isolate", "-q"]
     probe = machine_probe()
     t0 = time.monotonic()
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    # --hogs: "the machine busy with other work" (issue 14's newcomer check), busy loops no isolation places
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+    try:
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    finally:
+        for h in busy:
+            h.kill()
+            h.wait()
     if not out.exists():
         raise RuntimeError(f"run wrote no JSON (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
     data = json.loads(out.read_text())
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cells", default="uwsgi-2w,uwsgi-16w,gunicorn-sync")
     p.add_argument("--duration", default="10s")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--hogs", type=int, default=0, help="busy-loop processes beside each run (a busy machine)")
     p.add_argument("--modes", default="off,auto", help="isolation modes to compare, the first is the baseline "
                    "(off, auto, cgroup, affinity, nice)")
     a = p.parse_args(argv)
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="wsgi502-isobench-") as tmp:
         for i, side in enumerate(order(a.reps, modes)):
-            r = one_run(side, a.cells, a.duration, Path(tmp) / f"run{i}.json")
+            r = one_run(side, a.cells, a.duration, Path(tmp) / f"run{i}.json", a.hogs)
             r["index"] = i
             runs.append(r)
             cells = "  ".join(f"{n} {c['rps']:.0f} req/s p99 {c['p99']:.0f} ms lag {c['loop_lag_p99_ms']:.1f} ms"
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"run {i} {side:3s} [{r['isolation']['mechanism']}] probe {r['probe_ms']} ms  {cells}",
                   file=sys.stderr)
     result = {"benchmark": "isolation", "cells": a.cells, "duration": a.duration, "reps": a.reps, "modes": modes,
-              "order": order(a.reps, modes), "summary": summarize(runs, modes), "runs": runs}
+              "hogs": a.hogs, "order": order(a.reps, modes), "summary": summarize(runs, modes), "runs": runs}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(result, indent=2) + "\n")
     for name, s in result["summary"].items():

@@ -5,26 +5,39 @@ In production the load balancer and the clients are other machines; on one box t
 uWSGI workers, MariaDB) otherwise takes the engine's CPU and the cell is refused as ``generator_bound``.
 
 ``layout()`` is the pure part: which CPUs go where, from the CPUs this process may use
-(``os.sched_getaffinity(0)``):
+(``os.sched_getaffinity(0)``): 1 CPU no split (said in the reason); 2 CPUs 1 outside / 1 inside; N CPUs
+ceil(N / 4) outside (at least 1; ``outside=`` overrides), the rest inside.
 
-- 1 CPU: no isolation (nothing to split; said in the reason);
-- 2 CPUs: 1 outside / 1 inside;
-- N CPUs: ceil(N / 4) outside (at least 1), the rest inside.
+``start(mode)`` applies it. Modes: ``cgroup`` (a split through cgroups or a one-line error), ``affinity`` (a split
+through ``sched_setaffinity``), ``nice`` (no split: every CPU for everyone, the inside at nice 10, so CFS gives the
+engine and the proxy a CPU first when they want one and the servers keep the rest), ``off``, and ``auto``:
 
-Measured on the 2-core machine (``python -m pytest_wsgi502.bench isolation``; numbers in the commit that
-chose it and in issue 14's note): with 1 outside / 1 inside the engine's loop lag p99 stayed below the 25 ms
-threshold in every cell, including uwsgi-16w; without isolation it did not. A 2-core box cannot tell 1/4 from
-1/3 of a larger machine: the N > 2 rule is the engine (one event loop, about one core) plus nginx (a fraction
-of a core at these rates) and is configurable (``outside=``).
+- 3 or more CPUs: a split, by the best mechanism available (below);
+- 2 CPUs: ``nice``; 1 CPU: off (nothing to split or weigh; says so).
 
-Mechanisms, best first (``start(mode="auto")``):
+Why ``nice`` on 2 CPUs, measured here (2-core AMD EPYC VM; ``python -m pytest_wsgi502.bench.isolation``; cells
+uwsgi-2w, uwsgi-16w, gunicorn-sync, 10 s, closed loop 32 users, runs interleaved A B C C B A):
+
+- a 1/1 split (cgroup-v1) leaves the server under test one core: req/s x0.89 / x0.62 / x0.72 of off (3 runs
+  each) and x0.88 / x0.64 / x0.81 (2 runs each); gunicorn-sync's p99 x2.1-2.5; req/s CV no lower (2.2-11.9 %
+  against 2.6-10.3 %). The engine's loop lag p99 stayed <= 4.5 ms with it, <= 18.6 ms without.
+- ``nice``: req/s x0.98-1.13 of off (2 and 3 runs), CV 0.8-10.8 % against 2.6-8.7 %, loop lag p99 <= 2.0 ms.
+
+A 2-core box cannot tell 1/4 from 1/3 of a larger machine: the N > 2 rule is the engine (one event loop, about a
+core at most) plus nginx (a fraction of one at these rates), and is configurable.
+
+Split mechanisms, best first:
 
 1. ``cgroup-v1``: a cpuset group per side under this process's own cpuset cgroup (root only; nothing is
    written to that cgroup or its ancestors), removed (rmdir) at the end;
 2. ``cgroup-v2``: the same on the unified hierarchy, when cpuset can be enabled in our own
    ``cgroup.subtree_control`` (GitHub's runners as root; not in a cgroup that holds processes itself);
-3. ``affinity``: ``os.sched_setaffinity`` (unprivileged containers): no quota, and a server could undo it;
-4. ``off``: one CPU, ``--wsgi-isolation=off``, or more xdist workers than the CPUs can split.
+3. ``affinity``: ``os.sched_setaffinity`` (unprivileged containers): no quota, and a server could undo it.
+
+Under pytest-xdist each worker runs its own MariaDB, servers and engine: with W workers and at least 2W CPUs
+(3W for ``auto``) worker i splits its own slice of the CPUs; with fewer, ``auto`` weighs (nice, over every CPU:
+each worker's inside yields to every engine) and a split mode is off for every worker (the reason says how many
+workers would fit).
 
 Placing a process: the thread that starts it switches its own affinity to the side's CPUs for the fork (a
 child inherits the forking thread's affinity, so the server's master and every worker it forks are on the
@@ -53,6 +66,7 @@ from pytest_wsgi502.services.process import CGROUP_PREFIX, ServiceError, record_
 
 MODES = ("auto", "cgroup", "affinity", "nice", "off")
 NICE = 10  # mode "nice": the inside's niceness (CFS weight 110 against the engine's 1024)
+AUTO_SPLIT_MIN = 3  # auto splits CPUs from this many up; on 2 it weighs (nice), on 1 it is off (see the docstring)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -256,6 +270,14 @@ class Isolation:
 _LIVE: list[Isolation] = []
 
 
+def _nice(requested: str, why: str, cpus: Sequence[int]) -> Isolation:
+    """Every CPU for everyone, the inside at nice ``NICE``: when the engine or the proxy wants a CPU, CFS gives it
+    to them first (weight 1024 against 110), and the servers keep every cycle the outside does not use."""
+    ids = tuple(sorted(cpus))
+    return Isolation(requested, "nice", Layout(ids, ids), f"{why}; inside at nice {NICE}, outside at nice 0",
+                     Side("inside", ids, nice=NICE), Side("outside", ids, active=False))
+
+
 def release_all() -> list[str]:
     """Release every isolation still held (Ctrl-C, an error before teardown): stop the services first, since a
     cgroup can only be removed once empty. Returns the groups left to the reaper (they stay recorded)."""
@@ -369,12 +391,17 @@ def start(mode: str = "auto", *, outside: int | None = None, ledger: Path | None
     allowed = tuple(sorted(cpus if cpus is not None else os.sched_getaffinity(0)))
     if mode == "off":
         return off(mode, "isolation off (asked for)", allowed)
-    if mode == "nice":  # every CPU for everyone; the inside yields to the engine and proxy when they want a CPU
-        return Isolation(mode, "nice", Layout(allowed, allowed), f"inside at nice {NICE}, outside at nice 0",
-                         Side("inside", allowed, nice=NICE), Side("outside", allowed, active=False))
+    if mode == "nice":
+        return _nice(mode, "asked for", allowed)
     share, xnote = xdist_share(allowed, env)
     if not share:
-        return off(mode, xnote, allowed)
+        return _nice(mode, xnote, allowed) if mode == "auto" else off(mode, xnote, allowed)
+    if mode == "auto" and len(share) < AUTO_SPLIT_MIN:
+        why = ("1 CPU: nothing to split or weigh" if len(share) < 2 else
+               f"{len(share)} CPUs: a split would leave the server under test {len(share) - 1} CPU (measured: "
+               "-12 to -36 % req/s, no steadier); the inside yields instead")
+        why = "; ".join(n for n in (xnote, why) if n)
+        return off(mode, why, allowed) if len(allowed) < 2 else _nice(mode, why, allowed)
     lay = layout(share, outside)
     note = "; ".join(n for n in (xnote, lay.reason) if n)
     if not lay.split:

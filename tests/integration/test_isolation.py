@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,33 +28,73 @@ def _role(cmdline: str) -> str | None:
     return None
 
 
-def test_cell_processes_are_placed_and_released(tmp_path: Path) -> None:
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize("mode", ["split", "nice"])
+def test_cell_processes_are_placed_and_released(tmp_path: Path, mode: str) -> None:
     matrix = Matrix(tmp_path)
     described = tmp_path / "isolation.json"
-    env = dict(os.environ, WSGI502_BENCH_ISOLATION="auto", WSGI502_BENCH_ISOLATION_OUT=str(described))
+    asked = mode if mode == "nice" else ("cgroup" if os.geteuid() == 0 else "affinity")
+    env = dict(os.environ, WSGI502_BENCH_ISOLATION=asked, WSGI502_BENCH_ISOLATION_OUT=str(described))
     argv = matrix.argv("--wsgi-cells=uwsgi-2w", "--wsgi-duration=3s", "-p", "pytest_wsgi502.bench.isolate")
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         matrix.wait_for_load(proc, "uwsgi-2w")
         iso = json.loads(described.read_text())
-        seen: dict[str, list[tuple[int, tuple[int, ...]]]] = {"inside": [], "outside": []}
+        seen: dict[str, list[tuple[int, tuple[int, ...], int]]] = {"inside": [], "outside": []}
         for line in processes_under(matrix.keep):
             pid, cmd = line.split(" ", 1)
             role = _role(cmd)
             if role is not None:
-                seen[role].append((int(pid), cpus_allowed(int(pid))))
-        engine = cpus_allowed(proc.pid)
+                seen[role].append((int(pid), cpus_allowed(int(pid)), _nice(int(pid))))
+        engine = cpus_allowed(proc.pid), _nice(proc.pid)
     finally:
         out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert iso["mechanism"] in ("cgroup-v1", "cgroup-v2", "affinity"), iso
-    inside, outside = tuple(iso["inside"]), tuple(iso["outside"])
-    assert inside and outside and not set(inside) & set(outside)
     # master + 2 workers of uWSGI, and mysqld; nginx (master_process off: one process)
-    assert len(seen["inside"]) >= 4 and all(c == inside for _, c in seen["inside"]), seen
-    assert seen["outside"] and all(c == outside for _, c in seen["outside"]), seen
-    assert engine == outside  # the engine's event loop runs in the pytest process
+    assert len(seen["inside"]) >= 4 and seen["outside"], seen
+    if mode == "nice":
+        assert iso["mechanism"] == "nice" and iso["inside_nice"] == 10, iso
+        assert all(n == 10 for _, _, n in seen["inside"]) and all(n == 0 for _, _, n in seen["outside"]), seen
+        assert engine[1] == 0
+    else:
+        assert iso["mechanism"] in ("cgroup-v1", "cgroup-v2", "affinity"), iso
+        inside, outside = tuple(iso["inside"]), tuple(iso["outside"])
+        assert inside and outside and not set(inside) & set(outside)
+        assert all(c == inside for _, c, _ in seen["inside"]), seen
+        assert all(c == outside for _, c, _ in seen["outside"]), seen
+        assert engine[0] == outside  # the engine's event loop runs in the pytest process
     assert not wait_gone(matrix.keep)
     assert not _cgroup_leftovers(proc.pid)
     result = json.loads(matrix.json.read_text())["cells"][0]
     assert result["engine"]["loop_cpu_percent"] > 0 and result["engine"]["runqueue_wait_ms"] is not None
+
+
+def test_a_killed_sessions_cgroups_are_removed_by_the_reaper(tmp_path: Path) -> None:
+    """SIGKILL leaves no teardown: the groups recorded next to the ledger are removed by the next session."""
+    from pytest_wsgi502.services import process
+
+    base = process.private_base(tmp_path / "base")
+    code = ("import os, sys, time\n"
+            "from pathlib import Path\n"
+            "from pytest_wsgi502.services import isolation, process\n"
+            f"run = process.new_run_dir(Path({str(base)!r}))\n"
+            "iso = isolation.start('cgroup', ledger=process.ledger_path(run))\n"
+            "print(' '.join(iso.describe()['cgroups']), flush=True)\n"
+            "time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line.strip():
+        child.kill()
+        pytest.skip(f"no writable cpuset cgroup here: {child.communicate()[1].strip()[-300:]}")
+    groups = [Path(g) for g in line.split()]
+    assert len(groups) == 2 and all(g.is_dir() for g in groups)
+    child.kill()
+    child.wait()
+    assert all(g.is_dir() for g in groups)  # nothing ran at exit: SIGKILL
+    process.reap_orphans(base)
+    assert not any(g.exists() for g in groups)

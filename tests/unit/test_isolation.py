@@ -65,10 +65,28 @@ def test_xdist_workers_get_disjoint_slices() -> None:
     assert xdist_share(cpus, {}) == (cpus, "")  # not under xdist: every CPU
 
 
-def test_start_under_xdist_that_cannot_split_is_off_and_says_why() -> None:
+def test_auto_under_xdist_that_cannot_split_weighs_instead_and_says_why() -> None:
     iso = isolation.start("auto", env={"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"}, cpus=(0, 1))
     d = iso.describe()
-    assert d["mechanism"] == "off" and "xdist" in d["note"] and d["inside"] == [] and not iso.inside.active
+    assert d["mechanism"] == "nice" and "xdist" in d["note"] and d["inside_nice"] == isolation.NICE
+    assert isolation.start("affinity", env={"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"},
+                           cpus=(0, 1)).mechanism == "off"
+
+
+def test_auto_by_cpu_count() -> None:
+    """Chosen by measurement on 2 cores (module docstring): 1 CPU off, 2 CPUs nice, 3 and more a split."""
+    assert isolation.start("auto", env={}, cpus=(0,)).mechanism == "off"
+    two = isolation.start("auto", env={}, cpus=(0, 1))
+    assert two.mechanism == "nice" and "2 CPUs" in two.note and not two.outside.active
+    mine = os.sched_getaffinity(0)
+    split = isolation.start("affinity", env={}, cpus=sorted(mine))
+    try:
+        assert split.mechanism == ("affinity" if len(mine) > 1 else "off")
+        if len(mine) > 1:  # this process (the engine) is on the outside CPUs until released
+            assert os.sched_getaffinity(0) == set(split.outside.cpus)
+    finally:
+        split.release()
+    assert os.sched_getaffinity(0) == mine
 
 
 def test_start_refuses_an_unknown_mode() -> None:
@@ -180,3 +198,23 @@ def test_the_engine_measures_its_own_cpu_and_cpu_wait() -> None:
 
     before = schedstat()
     assert before is not None and before[0] > 0 and before[1] >= 0
+
+
+def test_a_stop_rule_ends_the_load_early_and_says_why() -> None:
+    """engine.run(stop=...) for duration=auto (metrics/sequential.AutoStop.update): asked about once a second."""
+    import asyncio
+
+    import httpx
+
+    from pytest_wsgi502.load.engine import drive
+
+    seen: list[int] = []
+
+    def rule(stats: Stats) -> str | None:
+        seen.append(stats.requests)
+        return "decided" if stats.requests >= 50 else None
+
+    spec = LoadSpec(base_url="http://127.0.0.1:1", mode="open", rate=200.0, concurrency=4, duration=30.0)
+    stats, engine = asyncio.run(drive(spec, lambda: httpx.MockTransport(lambda r: httpx.Response(200)), stop=rule))
+    assert engine["stopped"] == "decided" and seen and seen[-1] >= 50
+    assert stats.requests < 200 * 3  # stopped after about a second, not after 30 s
