@@ -312,15 +312,17 @@ def _scheduled(request: pytest.FixtureRequest, cell: Cell, ctx: CellContext, bas
     except (ServiceError, ValueError) as exc:
         _fail(exc)
     pooled = pool(runs)
-    slos, sources = effective_slos(cell, ctx, marker=_marker_slos(request))
-    pooled["slo"] = verdict(slos, pooled)
-    pooled["slo"]["sources"] = sources
-    judge(pooled, reasons=[f"repeat {i}: {why}" for i, r in enumerate(runs, 1) for why in r["slo"]["invalid"]])
+    base: dict[str, Any] | None = None
     if baseline is not None:
         try:
-            pooled["comparison"] = compare(pooled, pool(schedule.runs(baseline)))
+            base = pool(schedule.runs(baseline))
+            pooled["comparison"] = compare(pooled, base)
         except (ServiceError, ValueError) as exc:
             pooled["comparison"] = {"baseline": baseline, "error": str(exc).splitlines()[0]}
+    slos, sources = effective_slos(cell, ctx, marker=_marker_slos(request))
+    pooled["slo"] = verdict(slos, pooled, baseline=base)
+    pooled["slo"]["sources"] = sources
+    judge(pooled, reasons=[f"repeat {i}: {why}" for i, r in enumerate(runs, 1) for why in r["slo"]["invalid"]])
     return Result(pooled)
 
 

@@ -20,8 +20,10 @@ from pytest_wsgi502.metrics.registry import SLO_METRICS
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
 _RE = re.compile(
     r"\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|==|<|>)\s*"
-    r"(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|us|s|%)?\s*"
+    r"(?:(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|us|s|%)?"
+    r"|baseline(?:\s*\*\s*(?P<factor>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?)\s*"
 )
+RELATIVE_METRICS = ("error_rate", "rps", "p50", "p90", "p95", "p99", "p99.9", "max")
 _LATENCY_UNITS = {None: 1.0, "ms": 1.0, "us": 1e-3, "s": 1e3}
 # the largest limit each kind takes (in its canonical unit): beyond it a limit is a typo, not an objective
 _MAX = {"latency": DAY * 1000.0, "ratio": 1.0, "count": float(MAX_COUNT), "rate": MAX_RATE}
@@ -32,12 +34,13 @@ class SLO:
     text: str  # normalized, e.g. "p99<500ms": parse_slo(text) gives this SLO back
     metric: str
     op: str
-    limit: float  # in the metric's canonical unit (ms for latency, fraction for ratio)
+    limit: float  # in the metric's canonical unit (ms for latency, fraction for ratio); relative: the factor
+    relative: bool = False  # "p99<=baseline*1.1": the limit is the baseline cell's value times ``limit``
 
     def evaluate(self, result: Mapping[str, Any]) -> tuple[bool, float | None]:
         got = registry.value(result, self.metric)
-        if got is None:
-            return False, None
+        if got is None or self.relative:
+            return False, got
         return bool(_OPS[self.op](got, self.limit)), got
 
 
@@ -51,9 +54,19 @@ def parse_slo(text: str) -> SLO:
     bad = f"bad SLO {shown(text.strip())}"
     if not m:
         raise ConfigError(f"{bad}: expected 'metric op value', e.g. 'p99<500ms' or 'error_rate<1e-3'")
-    metric, op, num, unit = m["metric"], m["op"], float(m["num"]), m["unit"]
+    metric, op, unit = m["metric"], m["op"], m["unit"]
     if metric not in SLO_METRICS:
         raise ConfigError(f"{bad}: unknown metric {shown(metric)}; known: {', '.join(SLO_METRICS)}")
+    if m["num"] is None:  # relative to the baseline cell
+        factor = float(m["factor"]) if m["factor"] is not None else 1.0
+        if metric not in RELATIVE_METRICS or op not in ("<", "<=", ">", ">="):
+            raise ConfigError(f"{bad}: a limit relative to the baseline takes < <= > >= and one of "
+                              f"{', '.join(RELATIVE_METRICS)}")
+        if not 0 < factor <= 1e6:
+            raise ConfigError(f"{bad}: the baseline factor must be > 0 and at most 1e6")
+        return SLO(f"{metric}{op}baseline" + (f"*{m['factor']}" if m["factor"] is not None else ""), metric, op,
+                   factor, relative=True)
+    num = float(m["num"])
     kind = SLO_METRICS[metric].kind
     if kind == "latency":
         if unit == "%":
@@ -133,13 +146,49 @@ def error_rate_upper_bound(errors: int, n: int, confidence: float = 0.95) -> flo
     return min(1.0, hi / n)
 
 
-def verdict(slos: Iterable[SLO], result: Mapping[str, Any]) -> dict[str, Any]:
+def _relative(slo: SLO, result: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """A check against the baseline cell: it fails only when the candidate is beyond ``factor * baseline`` and the
+    difference is significant at 95 % (metrics/comparison.py), or, where no test applies (req/s or latency with
+    one run a side), beyond it at all."""
+    from pytest_wsgi502.metrics.comparison import relative_test
+
+    value = registry.value(result, slo.metric)
+    check: dict[str, Any] = {"slo": slo.text, "value": value, "op": slo.op, "relative": True}
+    if baseline is None:
+        check.update(passed=False, limit=None)
+        return check, f"{slo.text}: needs a baseline cell (baseline_cell or --wsgi-baseline-cell) to compare with"
+    base = registry.value(baseline, slo.metric)
+    limit = None if base is None else base * slo.limit
+    check.update(limit=limit, baseline=baseline.get("name"), baseline_value=base)
+    if value is None or limit is None:
+        check["passed"] = False
+        return check, f"{slo.text}: not measured on both cells"
+    beyond = not _OPS[slo.op](value, limit)
+    word = relative_test(result, baseline, slo.metric, slo.limit, higher_is_worse=slo.op in ("<", "<="))
+    check.update(significance=word, passed=not beyond or word == "same")
+    unit = "ms" if SLO_METRICS[slo.metric].kind == "latency" else ""
+    how = {"worse": "significant at 95 %", "same": "not significant at 95 %: passes",
+           None: "no significance test (needs --wsgi-repeat >= 2 on both cells)"}[word if word != "better" else "same"]
+    line = (f"{slo.text}: measured {_fmt(value)}{unit}, limit {slo.op} {_fmt(limit)}{unit} "
+            f"({baseline.get('name')} {_fmt(base)}{unit} x {_fmt(slo.limit)}), {how}")
+    return check, line
+
+
+def verdict(slos: Iterable[SLO], result: Mapping[str, Any],
+            baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """{"passed": bool, "checks": [...], "failures": [...]} where each failure is a readable line.
 
     Error-rate ceilings are judged on the 95 % upper bound, not the point estimate: "0 errors in 7,000
-    requests" only shows a rate below 4.3e-4, so ``error_rate<1e-4`` needs at least 30,000 clean requests."""
+    requests" only shows a rate below 4.3e-4, so ``error_rate<1e-4`` needs at least 30,000 clean requests.
+    Relative SLOs (``p99<=baseline*1.1``) are judged against ``baseline``, the baseline cell's result."""
     checks, failures = [], []
     for slo in slos:
+        if slo.relative:
+            check, line = _relative(slo, result, baseline)
+            checks.append(check)
+            if not check["passed"]:
+                failures.append(line)
+            continue
         ok, value = slo.evaluate(result)
         unit = "ms" if SLO_METRICS[slo.metric].kind == "latency" else ""
         got = "not measured" if value is None else f"{_fmt(value)}{unit}"

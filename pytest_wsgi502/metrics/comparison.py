@@ -54,6 +54,23 @@ def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0
     return out
 
 
+def relative_test(candidate: dict[str, Any], baseline: dict[str, Any], metric: str, factor: float,
+                  higher_is_worse: bool, conf: float = 0.95) -> str | None:
+    """Is the candidate beyond ``factor`` x the baseline, significantly? "worse" (yes), "same" (not shown),
+    "better" (significantly on the good side), None (no test: req/s or latency without repeats)."""
+    if metric == "error_rate":
+        r = rate_ratio(int(candidate.get("error_count") or 0), int(candidate.get("requests") or 0),
+                       int(baseline.get("error_count") or 0), int(baseline.get("requests") or 0), conf)
+        if not candidate.get("requests") or not baseline.get("requests"):
+            return None
+        return verdict_word(r["lo"], r["hi"], higher_is_better=not higher_is_worse, null=factor)
+    a, b = _repeat_values(candidate, metric), _repeat_values(baseline, metric)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    d = mean_diff(a, [factor * x for x in b], conf)
+    return verdict_word(d["lo"], d["hi"], higher_is_better=not higher_is_worse, null=0.0)
+
+
 def summary(comparison: dict[str, Any]) -> str:
     """The table's "vs baseline" cell: one short word per decided metric, e.g. ``err better, rps same``."""
     short = {"error_rate": "err", "rps": "rps", "p50": "p50", "p99": "p99"}

@@ -54,7 +54,7 @@ class AutoStop:
     def __post_init__(self) -> None:
         self.slos = list(self.slos)
         for s in self.slos:
-            if s.op not in ("<", "<="):
+            if s.op not in ("<", "<=") or getattr(s, "relative", False):  # relative SLOs need the baseline's end
                 continue
             if s.metric == "error_rate" and 0 < s.limit < 1:
                 self.tests.append(_Test(s, SequentialRate(s.limit, self.alpha, s.op), None))

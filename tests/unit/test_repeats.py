@@ -105,3 +105,24 @@ def test_table_shows_plus_minus_and_the_baseline_column_only_when_used():
     text = "\n".join(lines)
     assert "±" in text and "95 % t interval over the 2 repeats" in text
     assert "base: err better" in text
+
+
+def test_relative_slos_fail_only_when_beyond_the_baseline_and_significant():
+    from pytest_wsgi502.slo import parse_slos, verdict
+
+    base = pool([run("base", 5000, 30), run("base", 5000, 25), run("base", 5000, 40)])
+    slos = parse_slos("error_rate<=baseline, p99<=baseline*1.1, rps>=baseline*0.5")
+    same_rate = pool([run("c", 5000, 35), run("c", 5000, 33), run("c", 5000, 31)])  # a bit above, not shown
+    v = verdict(slos, same_rate, baseline=base)
+    assert v["passed"], v["failures"]
+    assert v["checks"][0]["significance"] == "same" and v["checks"][0]["value"] > v["checks"][0]["limit"]
+    much_worse = pool([run("c", 5000, 300), run("c", 5000, 280), run("c", 5000, 310)])
+    v = verdict(slos, much_worse, baseline=base)
+    assert [f.split(":")[0] for f in v["failures"]] == ["error_rate<=baseline"]
+    assert "significant at 95 %" in v["failures"][0] and "base" in v["failures"][0]
+    slow = pool([run("c", 5000, 30, latency_ms=30)] * 3)  # 3x the baseline's latency in every repeat
+    v = verdict(slos, slow, baseline=base)
+    assert [f.split(":")[0] for f in v["failures"]] == ["p99<=baseline*1.1"]
+    # without a baseline cell a relative SLO cannot pass, and says why
+    v = verdict(slos, base)
+    assert not v["passed"] and "needs a baseline cell" in v["failures"][0]
