@@ -67,6 +67,7 @@ def test_xdist_workers_get_disjoint_slices() -> None:
 
 def test_auto_under_xdist_that_cannot_split_weighs_instead_and_says_why() -> None:
     iso = isolation.start("auto", env={"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"}, cpus=(0, 1))
+    iso.release()
     d = iso.describe()
     assert d["mechanism"] == "nice" and "xdist" in d["note"] and d["inside_nice"] == isolation.NICE
     assert isolation.start("affinity", env={"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"},
@@ -74,19 +75,31 @@ def test_auto_under_xdist_that_cannot_split_weighs_instead_and_says_why() -> Non
 
 
 def test_auto_by_cpu_count() -> None:
-    """Chosen by measurement on 2 cores (module docstring): 1 CPU off, 2 CPUs nice, 3 and more a split."""
+    """Chosen by measurement on 2 cores (module docstring): 1 CPU off, 2 and more a split (here by affinity:
+    no cgroup is offered to this call), the harness process on the outside CPUs until released."""
     assert isolation.start("auto", env={}, cpus=(0,)).mechanism == "off"
-    two = isolation.start("auto", env={}, cpus=(0, 1))
-    assert two.mechanism == "nice" and "2 CPUs" in two.note and not two.outside.active
     mine = os.sched_getaffinity(0)
-    split = isolation.start("affinity", env={}, cpus=sorted(mine))
+    if len(mine) < 2:
+        pytest.skip("a split needs 2 CPUs")
+    split = isolation.start("auto", env={}, cpus=sorted(mine), cgroup_text="", mountinfo_text="")
     try:
-        assert split.mechanism == ("affinity" if len(mine) > 1 else "off")
-        if len(mine) > 1:  # this process (the engine) is on the outside CPUs until released
-            assert os.sched_getaffinity(0) == set(split.outside.cpus)
+        assert split.mechanism == "affinity" and split.layout.split
+        assert os.sched_getaffinity(0) == set(split.outside.cpus)
     finally:
         split.release()
     assert os.sched_getaffinity(0) == mine
+
+
+def test_nice_mode_weighs_and_restores_this_process() -> None:
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    iso = isolation.start("nice", env={}, cpus=(0, 1))
+    try:
+        assert iso.mechanism == "nice" and iso.inside.nice == isolation.NICE
+        # as root the engine (this process) runs ahead of other work; unprivileged it cannot raise itself
+        assert os.getpriority(os.PRIO_PROCESS, 0) == (isolation.OUTSIDE_NICE if os.geteuid() == 0 else before)
+    finally:
+        iso.release()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 def test_start_refuses_an_unknown_mode() -> None:
@@ -166,11 +179,12 @@ def test_a_lagging_engine_that_used_its_core_was_the_limit() -> None:
 
 
 def test_a_lagging_engine_that_waited_for_a_cpu_was_starved() -> None:
-    # the issue's reproducer: 16 workers + MariaDB + nginx on 2 cores, loop lag 33 ms at p99
-    e = {**LAGGING, "loop_cpu_percent": 35.0, "runqueue_wait_ms": 1800.0, "runqueue_wait_percent": 18.0}
+    # the issue's reproducer: 16 workers + MariaDB + nginx on 2 cores, loop lag 33 ms at p99; own CPU and wait as
+    # measured here for uwsgi-16w without isolation (lag 18.6 ms that run: 6.2 % of a core, waited 1,367 ms)
+    e = {**LAGGING, "loop_cpu_percent": 6.2, "runqueue_wait_ms": 1367.3, "runqueue_wait_percent": 13.7}
     kind, why = generator_classified(_spec(), [e])
     assert kind == "starved" and why is not None
-    assert "was starved" in why and "waited 1800 ms for a CPU (18.0% of the run)" in why
+    assert "was starved" in why and "waited 1367 ms for a CPU (13.7% of the run)" in why
     assert "--wsgi-isolation" in why and "fewer workers" in why
     assert generator_verdict(_spec(), Stats(), [e]) == (True, why)
 
