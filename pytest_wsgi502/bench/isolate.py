@@ -16,14 +16,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pytest_wsgi502.services import isolation
 
 _ISO: isolation.Isolation | None = None
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def pytest_configure(config: Any) -> None:  # pytest.Config: this package never imports pytest
     global _ISO
     mode = os.environ.get("WSGI502_BENCH_ISOLATION", "off")
     if mode == "off" or _ISO is not None:
@@ -57,7 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
         Path(out).write_text(json.dumps(iso.describe()) + "\n")
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def pytest_unconfigure(config: Any) -> None:
     global _ISO
     if _ISO is not None:
         from pytest_wsgi502.services.process import stop_all
