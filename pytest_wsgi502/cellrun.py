@@ -383,7 +383,7 @@ def run_cell(
         auto = AutoStop(slos) if stop_rule(cell, ctx)[0] == "auto" else None
         since = time.time()
         spec = load_spec(cell, ctx, target.url)
-        load = run_load(spec, progress=progress, **({"stop": auto.update} if auto else {}))
+        load = run_load(spec, progress=progress, stop=auto.update if auto else None)
         target.settle()
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed

@@ -170,7 +170,7 @@ def _relative(slo: SLO, result: Mapping[str, Any], baseline: Mapping[str, Any] |
     how = {"worse": "significant at 95 %", "same": "not significant at 95 %: passes",
            None: "no significance test (needs --wsgi-repeat >= 2 on both cells)"}[word if word != "better" else "same"]
     line = (f"{slo.text}: measured {_fmt(value)}{unit}, limit {slo.op} {_fmt(limit)}{unit} "
-            f"({baseline.get('name')} {_fmt(base)}{unit} x {_fmt(slo.limit)}), {how}")
+            f"({baseline.get('name')} {_fmt(float(base or 0))}{unit} x {_fmt(slo.limit)}), {how}")
     return check, line
 
 
@@ -184,10 +184,10 @@ def verdict(slos: Iterable[SLO], result: Mapping[str, Any],
     checks, failures = [], []
     for slo in slos:
         if slo.relative:
-            check, line = _relative(slo, result, baseline)
-            checks.append(check)
-            if not check["passed"]:
-                failures.append(line)
+            rel, rel_line = _relative(slo, result, baseline)
+            checks.append(rel)
+            if not rel["passed"]:
+                failures.append(rel_line)
             continue
         ok, value = slo.evaluate(result)
         unit = "ms" if SLO_METRICS[slo.metric].kind == "latency" else ""

@@ -13,6 +13,7 @@ word per metric — ``better``, ``worse`` or ``same`` (no difference detectable 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from pytest_wsgi502.metrics.inference import mean_diff, rate_ratio, verdict_word
@@ -21,7 +22,7 @@ from pytest_wsgi502.metrics.repeats import INTERVAL_METRICS
 LOWER_IS_BETTER = {"error_rate": True, "rps": False, "p50": True, "p95": True, "p99": True, "max": True}
 
 
-def _repeat_values(result: dict[str, Any], metric: str) -> list[float]:
+def _repeat_values(result: Mapping[str, Any], metric: str) -> list[float]:
     return list(((result.get("intervals") or {}).get(metric) or {}).get("values") or [])
 
 
@@ -54,7 +55,7 @@ def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0
     return out
 
 
-def relative_test(candidate: dict[str, Any], baseline: dict[str, Any], metric: str, factor: float,
+def relative_test(candidate: Mapping[str, Any], baseline: Mapping[str, Any], metric: str, factor: float,
                   higher_is_worse: bool, conf: float = 0.95) -> str | None:
     """Is the candidate beyond ``factor`` x the baseline, significantly? "worse" (yes), "same" (not shown),
     "better" (significantly on the good side), None (no test: req/s or latency without repeats)."""

@@ -1,4 +1,4 @@
-"""One outcome per cell: pass, fail (an SLO breached) or invalid (the run says nothing about the server)."""
+"""One outcome per cell: pass, fail (an SLO breached), invalid (the run says nothing about the server) or undecided."""
 
 from pytest_wsgi502.cellrun import OUTCOMES, judge
 from pytest_wsgi502.report.table import render_table
@@ -46,7 +46,7 @@ def test_pass_and_fail():
     r["slo"] = verdict(parse_slos("p50<1us"), r)
     judge(r)
     assert r["slo"]["outcome"] == "fail"
-    assert set(OUTCOMES) == {"pass", "fail", "invalid"}
+    assert set(OUTCOMES) == {"pass", "fail", "invalid", "undecided"}
 
 
 def test_the_table_says_invalid_and_why():
