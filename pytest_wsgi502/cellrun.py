@@ -8,6 +8,7 @@ plain, JSON-ready dict. ``wsgi_server`` / ``wsgi_load`` use the same two steps s
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +28,9 @@ from pytest_wsgi502.metrics.sequential import apply as apply_sequential
 from pytest_wsgi502.nginxlog import parse_access_log, parse_error_log
 from pytest_wsgi502.proxy import LocalProxy
 from pytest_wsgi502.servers import Server, ServerFactory, ServerSpec, make_server
+from pytest_wsgi502.servers.local import placed_runner
 from pytest_wsgi502.services.django import overlay_env, write_overlay
+from pytest_wsgi502.services.isolation import Isolation
 from pytest_wsgi502.services.mysql import MySQLInfo
 from pytest_wsgi502.services.process import ServiceError, free_ports
 from pytest_wsgi502.services.programs import program_version
@@ -65,6 +68,7 @@ class CellContext:
     say: Callable[[str], None] | None = None  # a one-line message to the terminal (a pinned server being built)
     # the layer each session setting came from ("option", "env", "ini", "default"): config/layers.py
     sources: Mapping[str, str] = field(default_factory=dict)
+    isolation: Isolation | None = None  # the session's CPU split (services/isolation.py); None: not isolated
 
     def server_binary(self, cell: Cell) -> str:
         """The cell's server binary: the installed one, or the release its ``server_version`` pins (built once
@@ -184,10 +188,14 @@ class Target:
         overlay = write_overlay(ctx.run_dir, ctx.django_settings) if ctx.django_settings else None
         if overlay is not None:
             self.env.update(overlay_env(overlay, self.env))
-        self.server = (ctx.server_factory or make_server)(
+        iso = ctx.isolation if ctx.isolation is not None and ctx.isolation.active else None
+        factory = ctx.server_factory or (functools.partial(make_server, runner=placed_runner(iso.inside)) if iso
+                                         else make_server)
+        self.server = factory(
             ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port, settings_overlay=overlay),
             ctx.server_binary(cell), ctx.ledger)
-        self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port)
+        self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port,
+                                place=iso.outside if iso and ctx.server_factory is None else None)
         self._sampler: _Sampler | None = None
         self._restore_max_connections: int | None = None
         self.stopped = False
@@ -294,6 +302,7 @@ class Target:
         result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
         result["services"] = {"mysql": self.ctx.db_version or None, "nginx": program_version(self.ctx.nginx),
                               cell.server: program_version(self.server.binary)}
+        result["isolation"] = self.ctx.isolation.describe() if self.ctx.isolation is not None else None
         result["histogram"] = load["stats"].histogram.encode().decode("ascii")  # HdrHistogram V2, base64
         result["rendered"] = self.rendered()
         result["ports"] = {"server": self.server.spec.port, "stats": self.server.spec.stats_port,

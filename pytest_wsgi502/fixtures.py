@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # annotations only: these modules load heavy dependencies (ht
     from pytest_wsgi502.schedule import Schedule
     from pytest_wsgi502.servers.factory import ServerFactory
     from pytest_wsgi502.services.containers.session import ContainerSession
+    from pytest_wsgi502.services.isolation import Isolation
     from pytest_wsgi502.services.mysql import MySQLInfo
 
 T = TypeVar("T")
@@ -131,10 +132,58 @@ def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator
     yield from _started(session.open, session.close)
 
 
+def describe_isolation(d: Mapping[str, Any]) -> str:
+    """One line for the terminal: what was asked, what was used, which CPUs went where."""
+    used = d["mechanism"]
+    if used == "off":
+        where = d.get("note") or "off"
+    elif used == "nice":
+        where = f"every CPU for everyone, servers and mysqld at nice {d['inside_nice']}"
+    else:
+        where = (f"engine and proxy on CPU {_cpus(d['outside'])}, servers and mysqld on CPU {_cpus(d['inside'])}"
+                 + (f" ({d['note']})" if d.get("note") else ""))
+    return f"{d['requested']} -> {used}: {where}"
+
+
+def _cpus(ids: Iterable[int]) -> str:
+    return ",".join(str(i) for i in ids)
+
+
 @pytest.fixture(scope="session")
-def wsgi_mysql(wsgi_settings: EffectiveSettings, wsgi_run_dir: Path,
-               wsgi_containers: ContainerSession | None) -> Iterator[MySQLInfo]:
-    """A private MariaDB/MySQL server for this session (one per xdist worker): ``MySQLInfo``."""
+def wsgi_isolation(pytestconfig: pytest.Config, wsgi_settings: EffectiveSettings, wsgi_run_dir: Path,
+                   wsgi_containers: ContainerSession | None) -> Iterator[Isolation]:
+    """The session's CPU isolation (``--wsgi-isolation``, services/isolation.py): the load engine (this process)
+    and the proxy on the outside CPUs, MariaDB and the servers under test inside. Released at the end, after the
+    services that depend on it have stopped (a cgroup is removable once empty)."""
+    from pytest_wsgi502.services import ServiceError, isolation
+    from pytest_wsgi502.services.process import ledger_path
+
+    mode = wsgi_settings.isolation
+    if wsgi_containers is not None:  # the engine places containers: per-cell `cpus` limits them
+        yield isolation.off(mode, "containers backend: services run in containers (per-cell cpus limits them)")
+        return
+    try:
+        iso = isolation.start(mode, ledger=ledger_path(wsgi_run_dir))
+    except ServiceError as exc:
+        _fail(exc)
+    from pytest_wsgi502.report.progress import LiveProgress
+
+    LiveProgress(pytestconfig, "").say(f"wsgi502: isolation {describe_isolation(iso.describe())}")
+    try:
+        yield iso
+    finally:
+        if left := iso.release():
+            import warnings
+
+            warnings.warn(f"wsgi502: isolation groups left to the next session's reaper: {', '.join(left)}",
+                          stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def wsgi_mysql(wsgi_settings: EffectiveSettings, wsgi_run_dir: Path, wsgi_containers: ContainerSession | None,
+               wsgi_isolation: Isolation) -> Iterator[MySQLInfo]:
+    """A private MariaDB/MySQL server for this session (one per xdist worker): ``MySQLInfo``; on the inside CPUs
+    with the servers under test when isolated."""
     from pytest_wsgi502.services.mysql import LocalMySQL, find_mysqld
     from pytest_wsgi502.services.process import ledger_path
 
@@ -144,7 +193,8 @@ def wsgi_mysql(wsgi_settings: EffectiveSettings, wsgi_run_dir: Path,
     binary = find_mysqld(wsgi_settings.mysqld)
     if binary is None:
         pytest.fail("mariadbd/mysqld not found: apt-get install mariadb-server, or pass --wsgi-mysqld", False)
-    server = LocalMySQL(binary, wsgi_run_dir / "mysql", ledger_path(wsgi_run_dir))
+    place = wsgi_isolation.inside if wsgi_isolation.active else None
+    server = LocalMySQL(binary, wsgi_run_dir / "mysql", ledger_path(wsgi_run_dir), place=place)
     yield from _started(server.start, server.stop)
 
 
@@ -193,6 +243,7 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo)
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
         django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""), db=database,
         server_factory=_server_factory(request), say=_progress(request, "").say,
+        isolation=request.getfixturevalue("wsgi_isolation"),
         sources={name: s.source(name) for name in s.values},
     )
 

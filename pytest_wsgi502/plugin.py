@@ -122,7 +122,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if not state.enabled:
         return ["wsgi502: matrix off (pass --wsgi-matrix to run it)"]
     shown = ("backend", "matrix_file", "duration", "requests", "concurrency", "mode", "rate", "processes",
-             "timeout", "idle_timeout", "slo", "app", "chdir")
+             "timeout", "idle_timeout", "slo", "app", "chdir", "isolation")
     parts = []
     for name in shown:
         r = s.values[name]
@@ -177,6 +177,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from pytest_wsgi502.services.process import stop_all
 
     stop_all()  # anything a fixture could not tear down (Ctrl-C, internal errors)
+    from pytest_wsgi502.services.isolation import release_all
+
+    release_all()  # then the CPU split's cgroups (removable once empty) and this process's affinity
     from pytest_wsgi502.services.backend import close_containers
 
     close_containers()  # the same for containers (only if the containers backend was used)

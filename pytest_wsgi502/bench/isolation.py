@@ -46,11 +46,10 @@ def machine_probe() -> float:
 
 
 def one_run(side: str, cells: str, duration: str, out: Path, hogs: int = 0) -> dict[str, Any]:
-    env = dict(os.environ, WSGI502_BENCH_ISOLATION=side,
-               WSGI502_BENCH_ISOLATION_OUT=str(out.with_suffix(".iso.json")))
+    env = dict(os.environ)
     argv = [sys.executable, "-m", "pytest", "sample_project/test_matrix.py", "--wsgi-matrix", f"--wsgi-cells={cells}",
-            f"--wsgi-duration={duration}", f"--wsgi-json={out}", "-p", "no:cacheprovider", "-p",
-            "pytest_wsgi502.bench.isolate", "-q"]
+            f"--wsgi-duration={duration}", f"--wsgi-json={out}", "-p", "no:cacheprovider", f"--wsgi-isolation={side}",
+            "-q"]
     probe = machine_probe()
     t0 = time.monotonic()
     # --hogs: "the machine busy with other work" (issue 14's newcomer check), busy loops no isolation places
@@ -64,7 +63,6 @@ def one_run(side: str, cells: str, duration: str, out: Path, hogs: int = 0) -> d
     if not out.exists():
         raise RuntimeError(f"run wrote no JSON (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
     data = json.loads(out.read_text())
-    iso_file = out.with_suffix(".iso.json")
     rows = {}
     for c in data["cells"]:
         e = c.get("engine") or {}
@@ -74,7 +72,7 @@ def one_run(side: str, cells: str, duration: str, out: Path, hogs: int = 0) -> d
                            "outcome": (c.get("slo") or {}).get("outcome"), "requests": c.get("requests")}
     return {"side": side, "wall_s": round(time.monotonic() - t0, 1), "exit": done.returncode, "cells": rows,
             "probe_ms": probe,
-            "isolation": json.loads(iso_file.read_text()) if iso_file.exists() else {"mechanism": "off"}}
+            "isolation": (data["environment"].get("isolation") or [{"mechanism": "off"}])[0]}
 
 
 def _cv(xs: list[float]) -> float | None:

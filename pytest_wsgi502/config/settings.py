@@ -67,6 +67,12 @@ def _backend(text: str) -> str:
     return text
 
 
+def _isolation(text: str) -> str:
+    if text not in ISOLATION_MODES:
+        raise ConfigError(f"unknown isolation {shown(text)}; choose one of: {', '.join(ISOLATION_MODES)}")
+    return text
+
+
 def _str(text: str) -> str:
     """Free text that ends up in a path, a config file or a command line: one line, no control characters."""
     return values.single_line(text, "the value")
@@ -111,6 +117,8 @@ def _save_name(text: str) -> str:
 
 
 BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-compatible engine answers
+# CPU isolation of the load engine and proxy from the servers under test (services/isolation.py, which uses these)
+ISOLATION_MODES = ("auto", "cgroup", "affinity", "nice", "off")
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("png", "write the report's charts as PNG files into this directory (CI artifacts)", None, _str, "DIR"),
     Setting("storage", "where saved runs live (pytest-benchmark's file storage layout)", ".benchmarks/wsgi502",
             _str, "DIR"),
+    Setting("isolation", "local backend: CPUs of the load engine and proxy apart from the servers under test and "
+            "MariaDB. auto: a split (cgroup as root, else affinity) from 2 CPUs; cgroup; affinity; nice (no split, "
+            "the inside at nice 10); off", "auto", _isolation, "MODE"),
     Setting("save", "save this run's results under NAME in the storage", None, _save_name, "NAME"),
     Setting("compare", "compare with a saved run: latest (no value), a number, a name or a file", None, _str,
             "RUN", const="latest"),

@@ -98,6 +98,13 @@ def build(results: list[dict[str, Any]], settings: Any, rootdir: Path) -> dict[s
     engines = [r["container"]["engine"] for r in results if r.get("container")]
     env["backend_used"] = ("containers" if engines else "local") if results else None
     env["container_engine"] = engines[0] if engines else None
+    # the CPU split each cell ran under (services/isolation.py), one entry per distinct split: xdist workers each
+    # have their own share of the CPUs
+    splits: list[dict[str, Any]] = []
+    for r in results:
+        if r.get("isolation") and r["isolation"] not in splits:
+            splits.append(r["isolation"])
+    env["isolation"] = splits
     return {"schema": SCHEMA, "created": time.time(), "environment": env, "cells": results}
 
 

@@ -66,9 +66,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.config.settings import ISOLATION_MODES
 from pytest_wsgi502.services.process import CGROUP_PREFIX, ServiceError, record_cgroup, remove_cgroup, stop_all
 
-MODES = ("auto", "cgroup", "affinity", "nice", "off")
+MODES = ISOLATION_MODES  # the --wsgi-isolation values (config/settings.py validates them)
 NICE = 10  # mode "nice": the inside's niceness (CFS weight 110 against the engine's 1024)
 OUTSIDE_NICE = -5  # mode "nice", root only: the engine and the proxy ahead of other work on the machine
 AUTO_SPLIT_MIN = 2  # auto splits from this many CPUs up (measured on 2: see the module docstring)

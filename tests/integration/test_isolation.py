@@ -35,14 +35,11 @@ def _nice(pid: int) -> int:
 @pytest.mark.parametrize("mode", ["split", "nice"])
 def test_cell_processes_are_placed_and_released(tmp_path: Path, mode: str) -> None:
     matrix = Matrix(tmp_path)
-    described = tmp_path / "isolation.json"
     asked = "nice" if mode == "nice" else "auto"  # auto: a split on 2+ CPUs (cgroup as root, else affinity)
-    env = dict(os.environ, WSGI502_BENCH_ISOLATION=asked, WSGI502_BENCH_ISOLATION_OUT=str(described))
-    argv = matrix.argv("--wsgi-cells=uwsgi-2w", "--wsgi-duration=3s", "-p", "pytest_wsgi502.bench.isolate")
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = matrix.argv("--wsgi-cells=uwsgi-2w", "--wsgi-duration=3s", f"--wsgi-isolation={asked}")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         matrix.wait_for_load(proc, "uwsgi-2w")
-        iso = json.loads(described.read_text())
         seen: dict[str, list[tuple[int, tuple[int, ...], int]]] = {"inside": [], "outside": []}
         for line in processes_under(matrix.keep):
             pid, cmd = line.split(" ", 1)
@@ -53,6 +50,10 @@ def test_cell_processes_are_placed_and_released(tmp_path: Path, mode: str) -> No
     finally:
         out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
+    doc = json.loads(matrix.json.read_text())
+    iso = doc["cells"][0]["isolation"]
+    assert doc["environment"]["isolation"] == [iso]
+    assert f"wsgi502: isolation {asked} -> {iso['mechanism']}" in out  # the terminal says what was used
     # master + 2 workers of uWSGI, and mysqld; nginx (master_process off: one process)
     assert len(seen["inside"]) >= 4 and seen["outside"], seen
     if mode == "nice":
@@ -69,7 +70,7 @@ def test_cell_processes_are_placed_and_released(tmp_path: Path, mode: str) -> No
         assert engine[0] == outside  # the engine's event loop runs in the pytest process
     assert not wait_gone(matrix.keep)
     assert not _cgroup_leftovers(proc.pid)
-    result = json.loads(matrix.json.read_text())["cells"][0]
+    result = doc["cells"][0]
     assert result["engine"]["loop_cpu_percent"] > 0 and result["engine"]["runqueue_wait_ms"] is not None
 
 

@@ -95,6 +95,7 @@ def test_bad_matrix_without_the_flag_is_a_usage_error_not_a_collection_traceback
         (["--wsgi-compare-fail=p99:1,p99:100%"], "p99 is checked twice"),
         (["--wsgi-path=//192.0.2.10:8080/api"], "must not start with '//'"),
         (["--wsgi-path=api"], "must start with '/'"),
+        (["--wsgi-isolation=cpuset"], "--wsgi-isolation='cpuset': unknown isolation 'cpuset'; choose one of: auto,"),
         (["--wsgi-app=x\nexec-pre-app = id"], "must be module:callable"),
         (["--wsgi-django-settings=os; import x"], "Python module path"),
         (["--wsgi-chdir=.\nexec-pre-app = id"], "one line"),
