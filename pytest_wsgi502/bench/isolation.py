@@ -109,20 +109,36 @@ def summarize(runs: list[dict[str, Any]], modes: tuple[str, ...] = ("off", "auto
     return out
 
 
-def _drift(runs: list[dict[str, Any]], name: str, modes: tuple[str, ...]) -> float | None:
+# Student's t 0.975 quantiles for 1..30 degrees of freedom (any published table; scipy.stats.t.ppf agrees)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _drift(runs: list[dict[str, Any]], name: str, modes: tuple[str, ...]) -> dict[str, Any] | None:
     """Least-squares slope of req/s over the run index, each side centred on its own mean (so the on/off gap
-    is not mistaken for drift), in % of the mean per run."""
+    is not mistaken for drift), in % of the mean per run, with its 95 % interval (t with n - 1 - sides
+    degrees of freedom: one mean per side and the slope are fitted). ``significant``: the interval excludes 0."""
     pts = []
+    sides = 0
     for side in modes:
         rs = [(r["index"], r["cells"][name]["rps"]) for r in runs if r["side"] == side and r["cells"][name]["rps"]]
         if len(rs) > 1:
+            sides += 1
             m = statistics.mean(y for _, y in rs)
             pts += [(i, 100 * (y - m) / m) for i, y in rs]
-    if len(pts) < 3:
+    df = len(pts) - 1 - sides
+    if df < 1:
         return None
     mx = statistics.mean(i for i, _ in pts)
     den = sum((i - mx) ** 2 for i, _ in pts)
-    return round(sum((i - mx) * y for i, y in pts) / den, 2) if den else None
+    if not den:
+        return None
+    slope = sum((i - mx) * y for i, y in pts) / den
+    resid = sum((y - slope * (i - mx)) ** 2 for i, y in pts)  # each side's mean is 0 after centring
+    se = (resid / df / den) ** 0.5
+    half = (T975[df - 1] if df <= len(T975) else 1.96) * se
+    return {"slope": round(slope, 2), "ci95": [round(slope - half, 2), round(slope + half, 2)],
+            "significant": not (slope - half <= 0 <= slope + half), "runs": len(pts)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,7 +171,14 @@ def main(argv: list[str] | None = None) -> None:
                  f"(CV {s[m]['p99_cv']} %) lag<={max((x or 0) for x in s[m]['loop_lag_p99_ms']):.1f} ms" for m in modes]
         ratios = [f"{m}/{modes[0]} req/s {s[f'ratio_rps_{m}_{modes[0]}']} p99 {s[f'ratio_p99_{m}_{modes[0]}']}"
                   for m in modes[1:]]
-        print(f"{name:16s} " + " | ".join(parts + ratios) + f" | drift {s['drift_rps_percent_per_run']} %/run")
+        print(f"{name:16s} " + " | ".join(parts + ratios) + f" | drift {_drift_text(s['drift_rps_percent_per_run'])}")
+
+
+def _drift_text(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "n/a (too few runs)"
+    return (f"{d['slope']:+.2f} %/run [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] "
+            + ("significant" if d["significant"] else "not significant"))
 
 
 if __name__ == "__main__":

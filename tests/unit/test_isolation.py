@@ -232,3 +232,23 @@ def test_a_stop_rule_ends_the_load_early_and_says_why() -> None:
     stats, engine = asyncio.run(drive(spec, lambda: httpx.MockTransport(lambda r: httpx.Response(200)), stop=rule))
     assert engine["stopped"] == "decided" and seen and seen[-1] >= 50
     assert stats.requests < 200 * 3  # stopped after about a second, not after 30 s
+
+
+def test_drift_slope_and_interval_match_scipy_linregress():
+    """The benchmark's drift: least squares over the run index with a t interval (scipy as the reference)."""
+    from scipy import stats
+
+    from pytest_wsgi502.bench.isolation import _drift
+
+    ys = [585.0, 499.0, 442.0, 470.0, 455.0]  # issue 14's falling req/s, then flat
+    runs = [{"index": i, "side": "auto", "cells": {"a": {"rps": y}}} for i, y in enumerate(ys)]
+    d = _drift(runs, "a", ("auto",))
+    m = sum(ys) / len(ys)
+    ref = stats.linregress(range(len(ys)), [100 * (y - m) / m for y in ys])
+    half = stats.t.ppf(0.975, len(ys) - 2) * ref.stderr
+    assert d is not None and d["slope"] == round(ref.slope, 2)
+    assert d["ci95"] == pytest.approx([ref.slope - half, ref.slope + half], abs=0.006)
+    assert d["significant"] == (ref.pvalue < 0.05)
+    flat = [{"index": i, "side": "auto", "cells": {"a": {"rps": 500.0 + (i % 2)}}} for i in range(5)]
+    assert _drift(flat, "a", ("auto",))["significant"] is False
+    assert _drift(runs[:2], "a", ("auto",)) is None  # two points fit the line exactly: no interval
