@@ -28,6 +28,7 @@ from pytest_wsgi502.metrics.sequential import apply as apply_sequential
 from pytest_wsgi502.nginxlog import parse_access_log, parse_error_log
 from pytest_wsgi502.proxy import LocalProxy
 from pytest_wsgi502.servers import Server, ServerFactory, ServerSpec, make_server
+from pytest_wsgi502.servers.base import Readiness
 from pytest_wsgi502.servers.local import placed_runner
 from pytest_wsgi502.services.django import overlay_env, write_overlay
 from pytest_wsgi502.services.isolation import Isolation
@@ -69,6 +70,16 @@ class CellContext:
     # the layer each session setting came from ("option", "env", "ini", "default"): config/layers.py
     sources: Mapping[str, str] = field(default_factory=dict)
     isolation: Isolation | None = None  # the session's CPU split (services/isolation.py); None: not isolated
+    verify_status: str = "2xx"  # statuses below 400 a response may have (wsgi_verify_status)
+    ready_path: str = "/health"  # what readiness GETs on each server (wsgi_ready_path)
+
+    def note(self, message: str) -> None:
+        """A line for the terminal, once per session (run directory): notices that hold for every cell."""
+        key = (str(self.run_dir), message)
+        if key not in _NOTED:
+            _NOTED.add(key)
+            if self.say is not None:
+                self.say(f"wsgi502: {message}")
 
     def server_binary(self, cell: Cell) -> str:
         """The cell's server binary: the installed one, or the release its ``server_version`` pins (built once
@@ -84,6 +95,8 @@ class CellContext:
         except BuildError as exc:
             raise ServiceError(f"cell {cell.name}: {exc}") from None
 
+
+_NOTED: set[tuple[str, str]] = set()  # (run dir, notice) already printed: CellContext.note
 
 # After the last response the server still has to report what happened near the end of the load: uWSGI's master
 # notices a dead worker on its next wake-up (about once a second; seen 1.03 s after the kill) and gunicorn's arbiter
@@ -121,7 +134,7 @@ def cell_env(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
 # a cell's load key -> the session setting (and CellContext field) it overrides
 SESSION_KEYS = {"load_mode": "mode", "rate": "rate", "start_rate": "start_rate", "think_time": "think_time",
                 "concurrency": "concurrency", "duration": "duration", "path": "path",
-                "verify_contains": "verify_contains"}
+                "verify_contains": "verify_contains", "verify_status": "verify_status"}
 
 
 def _durations(cell: Cell, ctx: CellContext) -> list[tuple[str, Any]]:
@@ -161,11 +174,13 @@ def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
     mode, rate = value["mode"] or "closed", value["rate"]
     if mode != "closed" and not rate:
         raise ValueError(f"cell {cell.name}: {mode} load needs a rate (--wsgi-rate or the cell's rate)")
-    mix = tuple(Endpoint(m["path"], float(m.get("weight", 1)), m.get("verify_contains", ""), m.get("method", "GET"))
+    statuses = value["verify_status"] or "2xx"
+    mix = tuple(Endpoint(m["path"], float(m.get("weight", 1)), m.get("verify_contains", ""), m.get("method", "GET"),
+                         m.get("verify_status", statuses), m.get("verify_content_type", ""))
                 for m in cell.mix)
     return LoadSpec(
         base_url=base_url, path=value["path"] or "/", n_max=cell.n_max, mix=mix,
-        verify_contains=value["verify_contains"] or "", mode=mode, rate=rate or 0.0,
+        verify_contains=value["verify_contains"] or "", verify_status=statuses, mode=mode, rate=rate or 0.0,
         start_rate=value["start_rate"] or 0.0, think_time=value["think_time"] or 0.0,
         concurrency=value["concurrency"], duration=value["duration"],
         max_requests=ctx.max_requests, timeout=ctx.timeout, processes=ctx.processes,
@@ -197,6 +212,7 @@ class Target:
         self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port,
                                 place=iso.outside if iso and ctx.server_factory is None else None)
         self._sampler: _Sampler | None = None
+        self.readiness: dict[str, Any] | None = None
         self._restore_max_connections: int | None = None
         self.stopped = False
         self.stop_sent_at: float | None = None
@@ -213,9 +229,15 @@ class Target:
         try:
             if self.cell.mysql_max_connections is not None:
                 self._restore_max_connections = self._database().set_max_connections(self.cell.mysql_max_connections)
-            # any answer below 500 means the app is up
-            self.server.start(self.env, lambda: self.server.http_status("/health") < 500)
-            self.proxy.start("/health")
+            # below 500 is up (a 4xx too: a user's app need not have the path); a 5xx or a traceback fails now
+            ready = Readiness(self.server, self.ctx.ready_path)
+            t0 = time.monotonic()
+            self.server.start(self.env, ready)
+            self.readiness = {"path": ready.path, "status": ready.status, "seconds": round(time.monotonic() - t0, 2)}
+            if ready.status is not None and ready.status >= 400:
+                self.ctx.note(f"readiness: GET {ready.path} answered {ready.status}, counted as up (set "
+                              "wsgi_ready_path to a page of your app that answers 200)")
+            self.proxy.start(self.ctx.ready_path)
         except BaseException:
             self.stop()
             raise
@@ -254,10 +276,42 @@ class Target:
     def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None,
                 progress: Any = None) -> dict[str, Any]:
         """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
+        spec = self.checked(spec, verify)
         since = time.time()
         load = run_load(spec, verify=verify, progress=progress)
         self.settle()  # the server reports the end of the load; the proxy flushes its access log (flush=1s)
-        return self.result(load, since, slos, spec)
+        return self.result(load, since, slos, spec, verify=verify)
+
+    def checked(self, spec: LoadSpec, verify: Any = None) -> LoadSpec:
+        """``spec`` with a Content-Type check on every GET endpoint that has no body check (taken from one GET of
+        it through the proxy, when that answers 2xx), and a notice, once, that those bodies are not verified."""
+        import dataclasses
+
+        if verify is not None:
+            return spec
+        endpoints = []
+        for ep in spec.endpoints():
+            if not ep.verify_contains and not ep.verify_content_type and ep.method == "GET":
+                ctype = self._content_type(ep.path.replace("{n}", "1"))
+                ep = dataclasses.replace(ep, verify_content_type=ctype)
+                also = f" and Content-Type {ctype}" if ctype else ""
+                self.ctx.note(f"GET {ep.path}: no body check, only status {ep.verify_status}{also} verified (set "
+                              "wsgi_verify_contains, a cell's verify_contains, or verify= to check bodies)")
+            endpoints.append(ep)
+        if spec.mix:
+            return dataclasses.replace(spec, mix=tuple(endpoints))
+        return dataclasses.replace(spec, verify_content_type=endpoints[0].verify_content_type)
+
+    def _content_type(self, path: str) -> str:
+        """The media type of a 2xx answer to ``GET path`` through the proxy ("" when it is not a 2xx)."""
+        import httpx
+
+        try:
+            r = httpx.get(self.url + path, timeout=self.ctx.timeout)
+        except httpx.HTTPError:
+            return ""
+        media = r.headers.get("content-type", "").split(";")[0].strip().lower()
+        return media if 200 <= r.status_code < 300 and "/" in media else ""
 
     def rendered(self) -> dict[str, Any]:
         """The server's and the proxy's config files as rendered, with this run's directory and ports replaced
@@ -276,13 +330,17 @@ class Target:
         return out
 
     def result(self, load: dict[str, Any], since: float, slos: list[slo_mod.SLO], spec: LoadSpec,
-               auto: dict[str, Any] | None = None) -> dict[str, Any]:
+               auto: dict[str, Any] | None = None, verify: Any = None) -> dict[str, Any]:
         cell = self.cell
         result: dict[str, Any] = {"name": cell.name, "server": cell.server, "description": cell.description,
                                   "config": cell.as_dict(), "dir": str(self.dir)}
         result.update(load["stats"].to_dict())
         result["load"] = {"mode": load["engine"]["mode"], "intended_rps": load["engine"]["intended_rps"],
                           "spec": spec_dict(spec)}
+        # what every response was checked for, per endpoint (a "verify" error is a response that failed it)
+        result["verify"] = [{**ep.checks(), "callable": getattr(verify, "__qualname__", None) if verify else None}
+                            for ep in spec.endpoints()]
+        result["readiness"] = self.readiness
         result["engine"] = load["engine"]
         result["generator_bound"] = load["generator_bound"]
         result["generator_bound_reason"] = load["generator_bound_reason"]
@@ -390,8 +448,8 @@ def run_cell(
     try:
         slos, slo_sources = effective_slos(cell, ctx, marker=extra_slos)
         auto = AutoStop(slos) if stop_rule(cell, ctx)[0] == "auto" else None
+        spec = target.checked(load_spec(cell, ctx, target.url))  # its probe GET is before ``since``
         since = time.time()
-        spec = load_spec(cell, ctx, target.url)
         load = run_load(spec, progress=progress, stop=auto.update if auto else None)
         target.settle()
     finally:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # annotations only: these modules load heavy dependencies (ht
     from pytest_wsgi502.schedule import Schedule
     from pytest_wsgi502.servers.factory import ServerFactory
     from pytest_wsgi502.services.containers.session import ContainerSession
+    from pytest_wsgi502.services.django import SettingsChoice
     from pytest_wsgi502.services.isolation import Isolation
     from pytest_wsgi502.services.mysql import MySQLInfo
 
@@ -43,7 +44,8 @@ class WsgiServerFactory(Protocol):
     """What ``wsgi_server`` gives a test: call it with a ``Cell``, a matrix cell name or a table of matrix keys
     (plus keyword overrides) to start that server behind the ELB-like proxy."""
 
-    def __call__(self, config: Cell | str | Mapping[str, Any] | None = None, **overrides: Any) -> Target: ...
+    def __call__(self, config: Cell | str | Mapping[str, Any] | None = None, *, name: str | None = None,
+                 **overrides: Any) -> Target: ...
 
 
 class WsgiLoadFactory(Protocol):
@@ -179,6 +181,50 @@ def wsgi_isolation(pytestconfig: pytest.Config, wsgi_settings: EffectiveSettings
                           stacklevel=1)
 
 
+def database_mode(settings: EffectiveSettings) -> tuple[str, str]:
+    """("mysql" | "none", why): ``wsgi_db``, or for auto, none when the app is not Django (no
+    wsgi_django_settings) and runs no setup command (``wsgi_setup_command = none``)."""
+    chosen = settings.db or "auto"
+    if chosen != "auto":
+        return chosen, f"wsgi_db={chosen}"
+    if not settings.django_settings and not settings.setup_command:
+        return "none", "wsgi_db=auto: no wsgi_django_settings and wsgi_setup_command=none"
+    return "mysql", "wsgi_db=auto"
+
+
+def _matrix_env(state: State) -> dict[str, str]:
+    """The env of the matrix's cells (``[defaults.env]``), for what runs the app's settings outside a cell: the
+    settings check and the setup command (a production settings module may read its secret key from it)."""
+    env: dict[str, str] = {}
+    for cell in state.cells:
+        env.update(cell.env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def wsgi_django(pytestconfig: pytest.Config) -> SettingsChoice | None:
+    """The Django settings module the servers and the setup command run (None without wsgi_django_settings):
+    checked before anything starts, in a child Python with the servers' directory and environment. A name
+    that does not import, or is no settings module, fails every test that needs it in one line; a package
+    resolves to the module the wsgi_app module sets, and the terminal says which and what the alternative was."""
+    from pytest_wsgi502.services.django import resolve_settings
+
+    state = _state(pytestconfig)
+    named = state.settings.django_settings
+    if not named:
+        return None
+    try:
+        env = {**_base_env(), **_matrix_env(state)}
+        choice = resolve_settings(named, state.settings.app, state.path("chdir"), env)
+    except ValueError as exc:
+        _fail(exc)
+    if choice.note:
+        from pytest_wsgi502.report.progress import LiveProgress
+
+        LiveProgress(pytestconfig, "").say(f"wsgi502: django settings: {choice.note}")
+    return choice
+
+
 @pytest.fixture(scope="session")
 def wsgi_mysql(wsgi_settings: EffectiveSettings, wsgi_run_dir: Path, wsgi_containers: ContainerSession | None,
                wsgi_isolation: Isolation) -> Iterator[MySQLInfo]:
@@ -199,20 +245,28 @@ def wsgi_mysql(wsgi_settings: EffectiveSettings, wsgi_run_dir: Path, wsgi_contai
 
 
 @pytest.fixture(scope="session")
-def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: MySQLInfo, wsgi_run_dir: Path) -> MySQLInfo:
-    """The database with the app's setup command (migrations) applied once."""
+def wsgi_database(request: pytest.FixtureRequest, pytestconfig: pytest.Config, wsgi_django: SettingsChoice | None,
+                  wsgi_run_dir: Path) -> MySQLInfo | None:
+    """The database with the app's setup command (migrations) applied once; None when the session has no
+    database (``wsgi_db = none``, or auto for a non-Django app without a setup command: MariaDB never starts).
+    The Django settings are checked first (``wsgi_django``), before MariaDB starts."""
     state = _state(pytestconfig)
+    mode, why = database_mode(state.settings)
+    from pytest_wsgi502.report.progress import LiveProgress
+
+    LiveProgress(pytestconfig, "").say(f"wsgi502: database {mode} ({why})")
+    database: MySQLInfo | None = request.getfixturevalue("wsgi_mysql") if mode == "mysql" else None
     command = state.settings.setup_command
     if command:
         argv = shlex.split(command)
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         log = wsgi_run_dir / "setup-command.log"
-        env = {**_base_env(), **wsgi_mysql.env()}
-        if state.settings.django_settings:
+        env = {**_base_env(), **_matrix_env(state), **(database.env() if database is not None else {})}
+        if wsgi_django is not None:
             from pytest_wsgi502.services.django import django_overlay
 
-            env.update(django_overlay(wsgi_run_dir, state.settings.django_settings, env))
+            env.update(django_overlay(wsgi_run_dir, wsgi_django.module, env))
         try:
             with open(log, "wb") as fh:
                 rc = subprocess.run(argv, cwd=state.path("chdir"), env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -223,10 +277,10 @@ def wsgi_database(pytestconfig: pytest.Config, wsgi_mysql: MySQLInfo, wsgi_run_d
             from pytest_wsgi502.services.process import tail
 
             pytest.fail(f"setup command {command!r} failed (exit {rc}); last lines of {log}:\n{tail(log)}", False)
-    return wsgi_mysql
+    return database
 
 
-def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo) -> CellContext:
+def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo | None) -> CellContext:
     from pytest_wsgi502.cellrun import CellContext
     from pytest_wsgi502.proxy import find_nginx
     from pytest_wsgi502.servers import binary_for
@@ -237,11 +291,14 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo)
     return CellContext(
         run_dir=run_dir, ledger=ledger_path(run_dir), app=s.app, chdir=state.path("chdir"),
         server_binaries={k: b for k in ("uwsgi", "gunicorn") if (b := binary_for(k))},
-        nginx=find_nginx(s.nginx) or "nginx", db_env=database.env(), duration=s.duration,
+        nginx=find_nginx(s.nginx) or "nginx", db_env=database.env() if database is not None else {},
+        duration=s.duration,
         max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
         session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
         processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
-        django_settings=s.django_settings, strict=s.strict, db_version=getattr(database, "version", ""), db=database,
+        django_settings=choice.module if (choice := request.getfixturevalue("wsgi_django")) else None,
+        strict=s.strict, db_version=getattr(database, "version", ""), db=database,
+        verify_status=s.verify_status or "2xx", ready_path=s.ready_path or "/health",
         server_factory=_server_factory(request), say=_progress(request, "").say,
         isolation=request.getfixturevalue("wsgi_isolation"),
         sources={name: s.source(name) for name in s.values},
@@ -272,7 +329,7 @@ def _progress(request: pytest.FixtureRequest, name: str) -> LiveProgress:
 
 
 @pytest.fixture
-def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database: MySQLInfo,
+def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database: MySQLInfo | None,
                   wsgi_run_dir: Path) -> CellRun:
     """Run one cell of the matrix (server + proxy + load) and return its ``CellRun``. The cell is the one
     ``pytest_wsgi502_modify_cell`` returns, if a hook changes it."""
@@ -403,35 +460,61 @@ def _modified(config: pytest.Config, cell: Cell) -> Cell:
     return dataclasses.replace(checked, origin=origin)
 
 
-def _as_cell(config: Cell | str | Mapping[str, Any] | None, state: State, overrides: dict[str, Any]) -> Cell:
-    """A Cell from a Cell, a matrix cell name, or a table of matrix keys (validated like the matrix file)."""
+_AD_HOC_NAMES = pytest.StashKey[set[str]]()  # names wsgi_server gave ad-hoc targets this session
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base-2``, ``base-3``, ... : the first not in ``taken`` (which it joins)."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
+
+
+def _as_cell(config: Cell | str | Mapping[str, Any] | None, state: State, overrides: dict[str, Any],
+             name: str | None = None, taken: set[str] | None = None) -> Cell:
+    """A Cell from a Cell, a matrix cell name, or a table of matrix keys (validated like the matrix file).
+    ``name`` names the target (its row in the table); a table without one gets a name made of server, worker
+    class and workers, made unique in the session (``taken``) with -2, -3, ..."""
     import dataclasses
 
-    from pytest_wsgi502.config.matrix import expand
+    from pytest_wsgi502.config.matrix import cell_name, expand
     from pytest_wsgi502.config.values import ConfigError, shown
 
+    taken = set() if taken is None else taken
     if isinstance(config, str):
         by_name = {c.name: c for c in state.cells}
         if config not in by_name:
             raise ConfigError(f"wsgi_server: no cell {shown(config)} in the matrix; known: {', '.join(by_name)}")
         config = by_name[config]
     if isinstance(config, Cell):  # keyword overrides are the cell's own keys (config/layers.py)
-        origin = {**config.origin, **{k: "cell" for k in overrides}}
+        if name is not None:
+            overrides = {**overrides, "name": cell_name(name, "wsgi_server(name=)")}
+        origin = {**config.origin, **{k: "cell" for k in overrides if k != "name"}}
         return dataclasses.replace(config, **overrides, origin=origin) if overrides else config
     table = {**dict(config or {}), **overrides}
-    name = table.pop("name", None) or "-".join(
-        str(p) for p in (table.get("server", "server"), table.get("worker_class"), f"{table.get('workers', 2)}w") if p
-    )
-    return expand({"cells": {name: table}}, "wsgi_server()")[0]
+    given = name or table.pop("name", None)
+    table.pop("name", None)
+    if given is not None:
+        taken.add(cell_name(given, "wsgi_server(name=)"))
+    else:
+        base = "-".join(str(p) for p in (table.get("server", "server"), table.get("worker_class"),
+                                         f"{table.get('workers', 2)}w") if p)
+        given = unique_name(base, taken | {c.name for c in state.cells})
+        taken.add(given)
+    return expand({"cells": {given: table}}, "wsgi_server()")[0]
 
 
 @pytest.fixture
-def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo,
+def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo | None,
                 wsgi_run_dir: Path) -> Iterator[WsgiServerFactory]:
     """Factory: ``wsgi_server({"server": "gunicorn", "workers": 4})`` (matrix keys), a cell name, or a ``Cell``
     starts that server behind the ELB-like proxy and returns a ``Target`` (``.url``, ``.cell``, ``.dir``).
-    The cell passes through ``pytest_wsgi502_modify_cell`` first. Everything it started stops at the end of the
-    test."""
+    ``name=`` names it (its row in the table); unnamed tables get ``gunicorn-4w``, ``gunicorn-4w-2``, ... unique
+    in the session. The cell passes through ``pytest_wsgi502_modify_cell`` first. Everything it started stops at
+    the end of the test."""
     from pytest_wsgi502.cellrun import Target
     from pytest_wsgi502.services import ServiceError
 
@@ -439,9 +522,12 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo,
     state = _state(request.config)
     started: list[Target] = []
 
-    def start(config: Cell | str | Mapping[str, Any] | None = None, **overrides: Any) -> Target:
+    taken = request.config.stash.setdefault(_AD_HOC_NAMES, set())
+
+    def start(config: Cell | str | Mapping[str, Any] | None = None, *, name: str | None = None,
+              **overrides: Any) -> Target:
         try:
-            cell = _as_cell(config, state, overrides)
+            cell = _as_cell(config, state, overrides, name, taken)
         except (ValueError, TypeError) as exc:  # ConfigError: a bad key or value, one line
             _fail(exc)
         cell = _modified(request.config, cell)
@@ -463,7 +549,8 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo,
 # What a test may set through ``wsgi_load(...)``: the load profile. Not the target (``base_url``: load goes to the
 # target's own proxy) and not ``allow_remote``: opting out of loopback is never a side effect of a keyword here.
 PROFILE_KEYS = ("mode", "rate", "start_rate", "concurrency", "duration", "max_requests", "think_time", "processes",
-                "path", "mix", "n_max", "verify_contains", "timeout", "drain", "seed", "headers")
+                "path", "mix", "n_max", "verify_contains", "verify_status", "verify_content_type", "timeout", "drain",
+                "seed", "headers")
 
 
 def _profile(profile: dict[str, Any]) -> dict[str, Any]:
@@ -476,7 +563,7 @@ def _profile(profile: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown profile key(s) {', '.join(map(repr, unknown))}; known: {', '.join(PROFILE_KEYS)}")
     out = dict(profile)
     if "mix" in out:
-        fields = {"path", "weight", "verify_contains", "method"}
+        fields = {"path", "weight", "verify_contains", "verify_status", "verify_content_type", "method"}
         mix = []
         for m in out["mix"]:
             if not isinstance(m, Endpoint):

@@ -79,6 +79,7 @@ class Cell:
     path: str | None = None  # request path, {n}: a random integer in 1..n_max (None: the session's --wsgi-path)
     n_max: int = 1000
     verify_contains: str | None = None  # a 2xx body must contain this (None: the session's; "" = off)
+    verify_status: str | None = None  # statuses below 400 accepted, e.g. "2xx", "200,302" (None: the session's)
     slo: tuple[str, ...] = ()
     baseline_cell: str | None = None  # compare with this cell of the same matrix, run side by side
     options: Mapping[str, Any] = field(default_factory=dict)  # raw server settings
@@ -110,7 +111,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Cell)}
 _INT_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("int", "int | None")}
 _STR_FIELDS = {n for n, f in _FIELDS.items() if f.type in ("str", "str | None")}
 _FLOAT_FIELDS = {n for n, f in _FIELDS.items() if f.type == "float | None"}
-_MIX_KEYS = {"path", "weight", "verify_contains", "method"}
+_MIX_KEYS = {"path", "weight", "verify_contains", "verify_status", "verify_content_type", "method"}
 # (lo, hi) of every number a cell takes; beyond them a value is a typo that would overflow or hang a run
 _BOUNDS: dict[str, tuple[float, float]] = {
     "workers": (1, MAX_CONCURRENCY), "threads": (0, MAX_CONCURRENCY), "async_cores": (0, MAX_CONCURRENCY),
@@ -317,6 +318,8 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
         values.origin_form(raw["path"], f"{at}: path")
     if raw.get("verify_contains") is not None:
         _text(raw["verify_contains"], f"{at}: verify_contains")
+    if raw.get("verify_status") is not None:
+        parse_statuses(raw["verify_status"], f"{at}: verify_status")
     if raw.get("load_mode", "") != "":
         load_mode(raw["load_mode"], f"{at}: load_mode")
     mix = raw.get("mix", [])
@@ -336,6 +339,10 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
             values.method(m["method"], f"{at}: mix[{i}].method")
         if "verify_contains" in m:
             _text(m["verify_contains"], f"{at}: mix[{i}].verify_contains")
+        if "verify_status" in m:
+            parse_statuses(m["verify_status"], f"{at}: mix[{i}].verify_status")
+        if "verify_content_type" in m:
+            content_type(m["verify_content_type"], f"{at}: mix[{i}].verify_content_type")
     slo = raw.get("slo", ())
     if isinstance(slo, str):
         slo = [slo]
@@ -353,6 +360,44 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     values_.update(name=name, slo=slos, options=dict(raw.get("options", {})), mix=tuple(dict(m) for m in mix),
                    env={k: str(v) for k, v in raw.get("env", {}).items()})
     return Cell(**values_)
+
+
+_STATUS = re.compile(r"([1-3])(xx|[0-9][0-9])")
+
+
+def parse_statuses(value: Any, what: str = "verify_status") -> frozenset[int]:
+    """The statuses below 400 a response may have: ``2xx`` (the default), ``200``, ``200,302``, ``2xx,3xx``.
+    4xx and 5xx are errors whatever this says (they count in error_rate), so they are refused here."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{what} must be statuses like 2xx, 200 or '200,302', got {shown(value)}")
+    out: set[int] = set()
+    for part in value.split(","):
+        m = _STATUS.fullmatch(part.strip().lower())
+        if m is None:
+            raise ConfigError(f"{what} must be statuses below 400 like 2xx, 200 or '200,302' (4xx and 5xx are "
+                              f"always errors), got {shown(value)}")
+        lo = int(m[1]) * 100
+        out.update(range(lo, lo + 100) if m[2] == "xx" else {lo + int(m[2])})
+    return frozenset(out)
+
+
+_MEDIA = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
+
+
+def content_type(value: Any, what: str = "verify_content_type") -> str:
+    """A media type a 2xx's Content-Type must start with (``text/html``, ``application/json``); "" = unchecked."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not _MEDIA.fullmatch(value):
+        raise ConfigError(f"{what} must be a media type like text/html or application/json, got {shown(value)}")
+    return value.lower()
+
+
+def cell_name(value: Any, what: str = "name") -> str:
+    """A cell's name (it becomes a pytest id, a directory and a table row): a-z, 0-9, '-', '_', '.'."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(f"{what} {shown(value)}: names use a-z, 0-9, '-', '_', '.' (at most 100)")
+    return value
 
 
 def _text(value: Any, what: str) -> None:

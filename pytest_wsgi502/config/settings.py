@@ -97,6 +97,25 @@ def _module(text: str) -> str:
     return values.dotted(text, "the settings module")
 
 
+def _command(text: str) -> str:
+    """The setup command: one line; ``none`` (or ``off``, ``false``) runs none (a plain WSGI app)."""
+    value = values.single_line(text, "the command").strip()
+    return "" if value.lower() in NO_COMMAND else value
+
+
+def _db(text: str) -> str:
+    if text not in DB_MODES:
+        raise ConfigError(f"unknown database {shown(text)}; choose one of: {', '.join(DB_MODES)}")
+    return text
+
+
+def _statuses(text: str) -> str:
+    from pytest_wsgi502.config.matrix import parse_statuses  # pure, stdlib only
+
+    parse_statuses(text)
+    return text
+
+
 def _slo_list(text: str) -> tuple[str, ...]:
     from pytest_wsgi502.slo import parse_slos  # pure, cheap
 
@@ -116,6 +135,9 @@ def _save_name(text: str) -> str:
     return name
 
 
+NO_COMMAND = ("none", "off")  # wsgi_setup_command values that mean "run no setup command"
+# the session's database: auto = MariaDB unless the app is not Django and runs no setup command (then none)
+DB_MODES = ("auto", "mysql", "none")
 BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-compatible engine answers
 # CPU isolation of the load engine and proxy from the servers under test (services/isolation.py, which uses these)
 ISOLATION_MODES = ("auto", "cgroup", "affinity", "nice", "off")
@@ -191,12 +213,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("chdir", "directory the servers run in (relative to the ini file's directory)", ".", _str, "DIR"),
     Setting("path", "request path for cells that set none (origin-form: /a?b=1); {n} becomes a random integer "
             "1..n_max", "/", _path, "PATH"),
-    Setting("verify_contains", "a 2xx response body must contain this ({n} substituted); unset: status only",
-            None, _text, "TEXT"),
+    Setting("verify_contains", "a 2xx response body must contain this ({n} substituted); unset: status and "
+            "Content-Type only (the terminal says so)", None, _text, "TEXT"),
+    Setting("verify_status", "statuses below 400 a response may have, e.g. 2xx, 200, '200,302', 2xx,3xx (any "
+            "other is a verify error; 4xx and 5xx are always errors)", "2xx", _statuses, "STATUSES"),
+    Setting("ready_path", "the path the harness GETs on each server until it answers: below 400 is up, a 4xx is "
+            "up and noted, a 5xx or a traceback in the server log fails the cell at once", "/health", _path,
+            "PATH"),
     Setting("django_settings", "the app's Django settings module: the harness runs it with DATABASES pointed at "
             "its MySQL (no change to your settings needed)", None, _module, "MODULE"),
-    Setting("setup_command", "command run once after the database is up (DB settings in WSGI502_DB_* env)",
-            "python manage.py migrate --noinput", _str, "CMD"),
+    Setting("setup_command", "command run once after the database is up (DB settings in WSGI502_DB_* env); "
+            "none: run none", "python manage.py migrate --noinput", _command, "CMD"),
+    Setting("db", "the session's database: mysql (a private MariaDB/MySQL), none (never started), or auto: mysql "
+            "unless the app is not Django (no wsgi_django_settings) and the setup command is none", "auto", _db,
+            "MODE"),
     Setting("strict", "fail a cell whose config has a lint finding (default: listed once in the summary)", "false",
             _bool, "BOOL"),
     Setting("keep_dir", "keep the run directory (configs, logs) after the session", None, _str, "DIR"),

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from pytest_wsgi502.config import values
+from pytest_wsgi502.config.matrix import content_type, parse_statuses
 from pytest_wsgi502.config.modes import load_mode
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.load.transport import FastTransport, serialize
@@ -66,6 +67,14 @@ class Endpoint:
     weight: float = 1.0
     verify_contains: str = ""  # a 2xx whose body lacks this (after {n} substitution) is a "verify" error
     method: str = "GET"
+    verify_status: str = "2xx"  # a status below 400 outside these is a "verify" error (4xx/5xx count as such)
+    verify_content_type: str = ""  # a 2xx whose Content-Type does not start with this is a "verify" error
+
+    def checks(self) -> dict[str, Any]:
+        """What every response to this endpoint is checked for (the JSON's ``verify``)."""
+        return {"path": self.path, "method": self.method, "status": self.verify_status,
+                "contains": self.verify_contains or None, "content_type": self.verify_content_type or None,
+                "body_checked": bool(self.verify_contains)}
 
 
 # set by the engine from the target URL and the body; a user value would break the framing or the target's name
@@ -85,7 +94,9 @@ class LoadSpec:
     path: str = "/"  # the single endpoint, unless ``mix`` is given
     n_max: int = 1000
     verify_contains: str = ""
-    mix: tuple[Endpoint, ...] = ()  # weighted request mix; replaces path/verify_contains
+    verify_status: str = "2xx"  # statuses below 400 accepted for ``path`` (Endpoint.verify_status)
+    verify_content_type: str = ""  # media type a 2xx of ``path`` must have (Endpoint.verify_content_type)
+    mix: tuple[Endpoint, ...] = ()  # weighted request mix; replaces path/verify_contains/verify_*
     mode: str = "closed"
     concurrency: int = 32  # closed: virtual users; open/ramp: connections
     rate: float = 0.0  # open: requests/s; ramp: final requests/s
@@ -101,7 +112,8 @@ class LoadSpec:
     headers: dict[str, str] = field(default_factory=dict)
 
     def endpoints(self) -> tuple[Endpoint, ...]:
-        return self.mix or (Endpoint(self.path, 1.0, self.verify_contains),)
+        return self.mix or (Endpoint(self.path, 1.0, self.verify_contains, "GET", self.verify_status,
+                                     self.verify_content_type),)
 
     def validate(self, share: bool = False) -> None:
         """Every field finite, bounded and of its type; paths origin-form; methods and headers tokens/text.
@@ -141,12 +153,16 @@ class LoadSpec:
         else:
             _path(self.path, "path")
             _text(self.verify_contains, "verify_contains")
+            parse_statuses(self.verify_status, "verify_status")
+            content_type(self.verify_content_type, "verify_content_type")
         for i, e in enumerate(self.mix):
             _path(e.path, f"mix[{i}].path")
             values.number(e.weight, f"mix[{i}].weight", 0, 1e9,
                           lo_open=True)
             values.method(e.method, f"mix[{i}].method")
             _text(e.verify_contains, f"mix[{i}].verify_contains")
+            parse_statuses(e.verify_status, f"mix[{i}].verify_status")
+            content_type(e.verify_content_type, f"mix[{i}].verify_content_type")
 
     def share(self, p: int) -> LoadSpec:
         """This spec's part for engine process ``p`` of ``processes`` (connections, rate and budget split)."""
@@ -281,11 +297,13 @@ class _Templates:
         self.n_max, self.headers = spec.n_max, spec.headers
         total = sum(e.weight for e in self.endpoints)
         self.cumulative = [sum(e.weight for e in self.endpoints[: i + 1]) / total for i in range(len(self.endpoints))]
-        self._cache: dict[tuple[int, int], tuple[httpx.Request, bytes, bytes]] = {}
+        self._cache: dict[tuple[int, int], tuple[httpx.Request, bytes, _Check]] = {}
+        self._checks = [(parse_statuses(e.verify_status), content_type(e.verify_content_type).encode("ascii"))
+                        for e in self.endpoints]
         self._rng = random.Random(spec.seed)
 
-    def pick(self) -> tuple[httpx.Request, bytes, bytes]:
-        """(request, its wire bytes, the bytes a 2xx body must contain)"""
+    def pick(self) -> tuple[httpx.Request, bytes, _Check]:
+        """(request, its wire bytes, what its response is checked for)"""
         rng = self._rng
         e = 0 if len(self.endpoints) == 1 else bisect.bisect_left(self.cumulative, rng.random())
         ep = self.endpoints[e]
@@ -297,7 +315,9 @@ class _Templates:
             if (url.scheme, url.host, url.port) != self.origin:  # cannot happen to an origin-form path
                 raise ConfigError(f"request path {values.shown(ep.path)} leaves the target {self.base}")
             req = httpx.Request(ep.method, url, headers=self.headers)
-            hit = self._cache[(e, n)] = (req, serialize(req), ep.verify_contains.replace("{n}", str(n)).encode())
+            statuses, ctype = self._checks[e]
+            hit = self._cache[(e, n)] = (req, serialize(req),
+                                         (ep.verify_contains.replace("{n}", str(n)).encode(), statuses, ctype))
         return hit
 
 
@@ -336,18 +356,42 @@ class _Run:
             self.abort_reason = f"target {what} for {DEAD_TARGET_S:.0f}s: {self.spec.base_url}"
 
 
+# (body substring, accepted statuses below 400, Content-Type prefix): what a response is checked for
+_Check = tuple[bytes, frozenset[int], bytes]
+
+
+def judged(status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, check: _Check) -> str | None:
+    """"verify" when a response below 400 is not what the endpoint expects: a status outside ``verify_status``,
+    or a 2xx without the body substring or with another Content-Type. 4xx/5xx are counted by their status."""
+    expect, statuses, ctype = check
+    if status >= 400:
+        return None
+    if status not in statuses:
+        return "verify"
+    if status >= 300:
+        return None
+    if expect and expect not in body:
+        return "verify"
+    if ctype:
+        got = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+        if not got.lower().startswith(ctype):
+            return "verify"
+    return None
+
+
 async def _send(transport: httpx.AsyncBaseTransport, fast: bool, request: httpx.Request, raw: bytes,
-                verify: Callable[[httpx.Response], bool] | None, expect: bytes) -> tuple[int, str | None]:
+                verify: Callable[[httpx.Response], bool] | None, check: _Check) -> tuple[int, str | None]:
     """One request; returns (status, error class or None). Raises on transport failure."""
     if fast:
-        status, _headers, body = await transport.roundtrip(request, raw)  # type: ignore[attr-defined]
-        bad = status < 300 and expect and expect not in body
-        return status, "verify" if bad else None
+        status, headers, body = await transport.roundtrip(request, raw)  # type: ignore[attr-defined]
+        return status, judged(status, headers, body, check)
     response = await transport.handle_async_request(request)
     await response.aread()
     status = response.status_code
-    ok = status >= 300 or ((not expect or expect in response.content) and (verify is None or verify(response)))
-    return status, None if ok else "verify"
+    error = judged(status, response.headers.raw, response.content, check)
+    if error is None and status < 300 and verify is not None and not verify(response):
+        error = "verify"
+    return status, error
 
 
 async def _connection(run: _Run, templates: _Templates, transport: httpx.AsyncBaseTransport,

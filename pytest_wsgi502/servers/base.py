@@ -123,6 +123,61 @@ class Runner(Protocol):
 RunnerFactory = Callable[["Server"], Runner]
 
 
+TRACEBACK = b"Traceback (most recent call last):"
+
+
+class Readiness:
+    """The readiness probe of one server: ``GET path`` on the server itself until it answers below 500 (a 4xx is
+    up: a user's app need not have the path; ``status`` keeps the answer so the harness can note it). A 5xx, or a
+    Python traceback in the server's log, is ``fatal``: the runner ends its wait at once with the log's last lines
+    instead of waiting out the timeout (a wrong settings module answers 500 forever)."""
+
+    def __init__(self, server: Server, path: str) -> None:
+        self.server, self.path = server, path
+        self.status: int | None = None
+        self.fatal: str | None = None
+        self._log_size = 0
+
+    def __call__(self) -> bool:
+        if self.fatal is None:
+            self._scan_log()
+        if self.fatal is not None:
+            return False
+        status = self.server.http_status(self.path)
+        self.status = status
+        if status >= 500:
+            self.fatal = f"answered {status} to GET {self.path}"
+            return False
+        return True
+
+    def _scan_log(self) -> None:
+        log = self.server.log
+        try:
+            size = log.stat().st_size
+            if size == self._log_size:
+                return
+            with open(log, "rb") as fh:
+                text = fh.read()
+        except OSError:
+            return
+        self._log_size = size
+        if TRACEBACK in text:
+            self.fatal = "logged a Python traceback"
+
+    def failed(self) -> str | None:
+        """For ``wait_until``'s ``alive``: how the server failed to start, or None (keep waiting)."""
+        return self.fatal
+
+
+def fatal_or(ready: Callable[[], bool], gone: Callable[[], str | None]) -> Callable[[], str | None]:
+    """``alive`` for ``wait_until``: the readiness probe's fatal answer (a ``Readiness``), else ``gone``."""
+
+    def alive() -> str | None:
+        return getattr(ready, "fatal", None) or gone()
+
+    return alive
+
+
 class Server:
     """A WSGI server rendered from a cell, run by a ``Runner``. Subclasses: ``settings``, ``render``,
     ``argv`` and ``telemetry``."""

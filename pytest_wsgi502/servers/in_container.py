@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_wsgi502.servers.base import Placement, RunnerFactory, Server, ServerSpec
+from pytest_wsgi502.servers.base import Placement, RunnerFactory, Server, ServerSpec, fatal_or
 from pytest_wsgi502.servers.factory import ServerFactory, make_server
 from pytest_wsgi502.services.containers.images import (
     APP_DIR,
@@ -115,7 +115,7 @@ class ContainerRunner:
             raise ServiceError(f"{s.name}: the container did not start: {str(exc).splitlines()[0]}") from None
         self._follower = threading.Thread(target=self._follow, daemon=True, name=f"wsgi502-log-{s.spec.cell.name}")
         self._follower.start()
-        wait_until(ready, timeout, f"answering HTTP on {s.address}", self._gone, name=s.name,
+        wait_until(ready, timeout, f"answering HTTP on {s.address}", fatal_or(ready, self._gone), name=s.name,
                    details=lambda: f"last lines of {s.log}:\n{tail(s.log)}", interval=0.1)
         self.start_s = round(time.monotonic() - t0, 2)
         self._record_applied()

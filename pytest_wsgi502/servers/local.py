@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pytest_wsgi502.servers.base import Placement
-from pytest_wsgi502.services.process import CpuPlace, LocalProcess
+from pytest_wsgi502.servers.base import Placement, fatal_or
+from pytest_wsgi502.services.process import CpuPlace, LocalProcess, tail, wait_until
 
 if TYPE_CHECKING:
     from pytest_wsgi502.servers.base import RunnerFactory, Server
@@ -39,7 +39,14 @@ class LocalRunner:
         s = self.server
         self.process = LocalProcess(s.name, s.argv(), s.log, cwd=s.spec.chdir, env=env, stop_signal=s.stop_signal,
                                     ledger=s.ledger, stamp=True, place=self.place).start()
-        self.process.wait_ready(ready, timeout, f"answering HTTP on {s.address}")
+        process = self.process
+
+        def gone() -> str | None:
+            return None if process.alive() else f"exited (code {process.proc.returncode if process.proc else None})"
+
+        # a 5xx or a traceback ends the wait at once (servers/base.Readiness), like an exit
+        wait_until(ready, timeout, f"answering HTTP on {s.address}", fatal_or(ready, gone), name=s.name,
+                   details=lambda: f"last lines of {s.log}:\n{tail(s.log)}", on_timeout=process.stop)
         if self.place is not None and self.process.pid is not None:
             self.place.adopt_group(self.process.pid)  # any worker forked before the master was moved
 
