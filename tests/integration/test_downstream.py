@@ -37,14 +37,14 @@ def test_example_breached_slo_fails_with_the_measured_value(tmp_path):
     assert re.search(pattern, out), out
 
 
-README_INI = """\
+DOCS_INI = """\
 [pytest]
 wsgi_app = {project}.wsgi:application
 wsgi_django_settings = {project}.settings
 wsgi_matrix_file = wsgi-matrix.toml
 wsgi_path = /admin/login/
 """
-README_MATRIX = """\
+DOCS_MATRIX = """\
 [defaults]
 slo = ["error_rate<0.02", "p99<1s"]
 [cells.gunicorn]
@@ -56,20 +56,20 @@ workers = 2
 [cells.uwsgi.options]
 add-header = "Connection: close"
 """
-README_TEST = """\
+DOCS_TEST = """\
 def test_slo(wsgi_cell_run):
     wsgi_cell_run.assert_slo()
 """
 
 
 def test_fresh_startproject_with_the_documented_lines(tmp_path):
-    """`django-admin startproject`, then only the files the README shows: one SLO test per server."""
+    """`django-admin startproject`, then only the files docs/getting-started.md shows: one SLO test per server."""
     django_admin = Path(sys.executable).parent / "django-admin"
     subprocess.run([str(django_admin), "startproject", "shop"], cwd=tmp_path, check=True)
     project = tmp_path / "shop"
-    (project / "pytest.ini").write_text(README_INI.format(project="shop"))
-    (project / "wsgi-matrix.toml").write_text(README_MATRIX)
-    (project / "test_slo.py").write_text(README_TEST)
+    (project / "pytest.ini").write_text(DOCS_INI.format(project="shop"))
+    (project / "wsgi-matrix.toml").write_text(DOCS_MATRIX)
+    (project / "test_slo.py").write_text(DOCS_TEST)
     r = pytest_in(project, tmp_path, "--wsgi-matrix", "--wsgi-duration=2s")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
@@ -80,7 +80,7 @@ def test_fresh_startproject_with_the_documented_lines(tmp_path):
     shutil.rmtree(project)
 
 
-def test_readme_shows_the_lines_this_test_uses():
-    readme = (ROOT / "README.md").read_text()
-    for block in (README_INI.format(project="mysite"), README_MATRIX, README_TEST):
-        assert textwrap.dedent(block).strip() in readme, block
+def test_getting_started_shows_the_lines_this_test_uses():
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    for block in (DOCS_INI.format(project="mysite"), DOCS_MATRIX, DOCS_TEST):
+        assert textwrap.dedent(block).strip() in page, block
