@@ -20,7 +20,16 @@ import pytest
 from pytest_wsgi502.config.settings import SETTINGS, env_snapshot, resolve
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.results import MatrixReporter
-from pytest_wsgi502.state import BACKEND, REPORT_ATTR, RESULTS, STATE, State
+from pytest_wsgi502.state import (
+    BACKEND,
+    REPORT_ATTR,
+    RESULTS,
+    SERVICE_FIXTURES,
+    SKIP_CELL,
+    STATE,
+    State,
+    skip_reason,
+)
 
 pytest_plugins = ["pytest_wsgi502.fixtures"]
 
@@ -53,7 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "wsgi_matrix: a test parametrized over the wsgi502 cell matrix")
+    config.addinivalue_line(
+        "markers", "wsgi_matrix: runs services and load (a matrix cell, or a test that uses wsgi_server/wsgi_load); "
+        "set by the plugin, which skips these without --wsgi-matrix"
+    )
     config.addinivalue_line(
         "markers", "wsgi_slo(*slos): SLOs ('p99<200ms', 'error_rate<1e-4') for wsgi_cell_run/wsgi_load in this test"
     )
@@ -120,7 +132,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     s = state.settings
     if not state.enabled:
-        return ["wsgi502: matrix off (pass --wsgi-matrix to run it)"]
+        # nothing to do: a plain run in a project that has the plugin installed says nothing. Asked for a --wsgi-*
+        # option without --wsgi-matrix, say why it does not start anything.
+        asked = [setting.option for setting in SETTINGS if s.source(setting.name) == "option"]
+        return [f"wsgi502: matrix off (pass --wsgi-matrix to run it; given: {', '.join(asked)})"] if asked else []
     shown = ("backend", "matrix_file", "duration", "requests", "concurrency", "mode", "rate", "processes",
              "timeout", "idle_timeout", "slo", "app", "chdir", "isolation")
     parts = []
@@ -151,16 +166,36 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except ConfigError as exc:  # raised here it would be a collection error with a traceback: report it once below
         state.error = str(exc)
         return
-    skip = [] if state.enabled else [pytest.mark.skip(reason="matrix cells run only with --wsgi-matrix")]
+    skip = [] if state.enabled else [pytest.mark.skip(reason=SKIP_CELL)]
     metafunc.parametrize(
         "wsgi_cell", [pytest.param(c, id=c.name, marks=[pytest.mark.wsgi_matrix, *skip]) for c in state.cells]
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config) -> None:
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the wsgi_matrix marker added here counts for -m
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash.get(STATE, None)
-    if state is not None and state.error:
+    if state is None:
+        return
+    if state.error:
         raise pytest.UsageError(state.error)
+    mark_service_tests(items, state.enabled)
+
+
+def mark_service_tests(items: list[pytest.Item], enabled: bool) -> None:
+    """The one rule for when services and load run, as for matrix cells: a test that uses a fixture that starts
+    them (directly or through another fixture: ``item.fixturenames`` is the closure) is marked ``wsgi_matrix``
+    and, without --wsgi-matrix, skipped with a reason that names the fixture. No marker or skipif in the test."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "wsgi_cell" in names:  # a matrix cell: parametrized, marked and skipped in pytest_generate_tests
+            continue
+        used = next((f for f in SERVICE_FIXTURES if f in names), None)
+        if used is None:
+            continue
+        item.add_marker(pytest.mark.wsgi_matrix)
+        if not enabled:
+            item.add_marker(pytest.mark.skip(reason=skip_reason(used)))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_wsgi502.config.matrix import Cell
-from pytest_wsgi502.state import REPORT_ATTR, RESULTS, State
+from pytest_wsgi502.state import MATRIX_ONLY, REPORT_ATTR, RESULTS, State
 
 
 class Result(dict[str, Any]):
@@ -96,6 +96,8 @@ class MatrixReporter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
             self.state.results.extend(dict(r) for r in getattr(report, REPORT_ATTR, None) or ())
+        elif report.when == "setup" and report.skipped and _skipped_for_matrix(report):
+            self.state.skipped += 1
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -105,6 +107,9 @@ class MatrixReporter:
         from pytest_wsgi502.report import compare, manifest  # both stdlib-only at import
 
         doc = manifest.build(state.results, s, state.rootdir)
+        from pytest_wsgi502.report.table import lint_summary
+
+        doc["lint"] = lint_summary(state.results)  # each finding once with its cells (each cell keeps its own)
         if s.compare or s.compare_fail:
             store = compare.storage(state.path("storage"))
             path = compare.find_run(store, s.compare or "latest")
@@ -141,6 +146,10 @@ class MatrixReporter:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         state = self.state
+        if state.skipped and not state.enabled:  # the hint the header no longer gives on every plain run
+            tests = "test" if state.skipped == 1 else "tests"
+            terminalreporter.write_line(f"wsgi502: matrix off: {state.skipped} {tests} that start servers and load "
+                                        "skipped (pass --wsgi-matrix to run them)")
         if not state.results:
             return
         from pytest_wsgi502.report.table import render_lint, render_table
@@ -159,3 +168,10 @@ class MatrixReporter:
                 terminalreporter.write_line(line, red=line.startswith("regression"))
         for line in state.written:
             terminalreporter.write_line(f"wsgi502: {line}")
+
+
+def _skipped_for_matrix(report: pytest.TestReport) -> bool:
+    """A skip made by the --wsgi-matrix rule (its reason ends with MATRIX_ONLY). A skip's ``longrepr`` is
+    (path, line, "Skipped: reason"); from an xdist worker it may arrive as a list."""
+    longrepr = report.longrepr
+    return isinstance(longrepr, tuple | list) and len(longrepr) == 3 and str(longrepr[2]).endswith(MATRIX_ONLY)

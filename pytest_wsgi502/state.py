@@ -18,6 +18,20 @@ from pytest_wsgi502.services.backend import BackendChoice
 if TYPE_CHECKING:
     from pytest_wsgi502.schedule import Schedule
 
+# The one rule for when services and load run: only with --wsgi-matrix. Every skip it makes ends with MATRIX_ONLY
+# (the reporter counts those skips for its hint, also from xdist workers' reports).
+MATRIX_ONLY = "only with --wsgi-matrix"
+SKIP_CELL = f"matrix cells run {MATRIX_ONLY}"
+# fixtures that start services (MariaDB, containers, CPU isolation, servers and their proxy) or drive load, in the
+# order a skip reason names them
+SERVICE_FIXTURES = ("wsgi_server", "wsgi_load", "wsgi_database", "wsgi_mysql", "wsgi_containers", "wsgi_isolation")
+
+
+def skip_reason(fixture: str) -> str:
+    """Why a test that uses ``fixture`` (directly or through another fixture) is skipped without --wsgi-matrix."""
+    return f"uses {fixture}, which starts services and load: like matrix cells, it runs {MATRIX_ONLY}"
+
+
 REPORT_ATTR = "wsgi502_results"  # TestReport attribute carrying cell results (xdist ships it to the controller)
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()  # results a test's fixtures produced, on its item
 
@@ -33,6 +47,7 @@ class State:
     compare: dict[str, Any] | None = None  # the comparison with a saved run, once computed
     written: list[str] = field(default_factory=list)  # "what: path" lines for the summary
     error: str | None = None  # a bad matrix met while collecting: a usage error once collection is done
+    skipped: int = 0  # tests skipped by the --wsgi-matrix rule (counted from their reports, for the summary's hint)
 
     schedule: Schedule | None = None  # --wsgi-repeat / baseline_cell: the interleaved runs of this process
 

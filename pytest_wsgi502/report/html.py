@@ -175,7 +175,7 @@ section{margin:28px 0}h2{font-size:17px;margin-bottom:4px}code{background:#f3f3f
 
 
 def render_html(doc: dict[str, Any]) -> str:
-    from pytest_wsgi502.report.table import COLUMNS, columns, row
+    from pytest_wsgi502.report.table import COLUMNS, columns, lint_summary, row
 
     cells = doc.get("cells", [])
     env = doc.get("environment", {})
@@ -200,6 +200,11 @@ def render_html(doc: dict[str, Any]) -> str:
             parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(v)}</td>" for v in values) + "</tr>")
         parts.append("</table>")
         parts.append("<section id='overview'><h2>Matrix overview</h2>" + _svg(overview_figure(cells)) + "</section>")
+    findings = doc.get("lint") if "lint" in doc else lint_summary(cells)
+    if findings:  # once per finding with the cells it applies to, as in the terminal summary
+        items = "".join(f"<li><code>{esc(f['code'])}</code> {esc(f['message'])} "
+                        f"<span class='meta'>(cells: {esc(', '.join(f['cells']))})</span></li>" for f in findings)
+        parts.append(f"<section id='lint'><h2>Config lint</h2><ul>{items}</ul></section>")
     for c in cells:
         failures = "".join(f"<li class='fail'>{esc(f)}</li>" for f in c["slo"]["failures"])
         parts.append(f"<section id='cell-{esc(c['name'])}'><h2>{esc(c['name'])}</h2>"

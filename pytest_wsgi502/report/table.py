@@ -130,9 +130,10 @@ def render_markdown(results: Sequence[dict[str, Any]], compare_lines: Sequence[s
     return "\n".join(out) + "\n"
 
 
-def render_lint(results: Sequence[dict[str, Any]]) -> list[str]:
-    """Config lint findings once each, with the cells they apply to: ``[code] message (cells: a, b)``. A finding's
-    message starts with its cell's name (lint.py); the same finding in several cells is one line."""
+def lint_summary(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Config lint findings once each, with the cells they apply to: ``{"code", "message", "cells"}`` (the
+    JSON's top-level ``lint``, the HTML's lint section, the terminal's block). A finding's message starts with its
+    cell's name (lint.py); the same finding in several cells is one entry, in the order first met."""
     cells_of: dict[tuple[str, str], list[str]] = {}
     for r in results:
         prefix = f"{r['name']}: "
@@ -141,5 +142,9 @@ def render_lint(results: Sequence[dict[str, Any]]) -> list[str]:
             names = cells_of.setdefault((f["code"], message), [])
             if r["name"] not in names:
                 names.append(r["name"])
-    return [f"[{code}] {message} (cells: {', '.join(names)})" for (code, message), names in cells_of.items()]
+    return [{"code": code, "message": message, "cells": names} for (code, message), names in cells_of.items()]
 
+
+def render_lint(results: Sequence[dict[str, Any]]) -> list[str]:
+    """The terminal's lint block: ``[code] message (cells: a, b)``, one line per finding."""
+    return [f"[{f['code']}] {f['message']} (cells: {', '.join(f['cells'])})" for f in lint_summary(results)]
