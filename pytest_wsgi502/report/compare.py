@@ -8,6 +8,10 @@ req/s, respawns, kills, causes, the HdrHistogram) rides in ``extra_info["wsgi502
 
 Comparison and regression checks are pure functions over two summaries. The checks themselves (``metric:N%`` or
 ``metric:X``) are parsed in ``config/checks.py``, so the settings never import the report layer.
+
+pytest-benchmark is an optional extra (``pytest-wsgi502[benchmark]``): installed, it loads itself into every
+pytest run of a project and prints its own header line. It is imported only here, only when a run is saved or
+compared; without it, ``require_storage`` is the one-line usage error the plugin raises before anything runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config.checks import Check
+from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.metrics.registry import CHECKED_METRICS, value
 
 SHOWN = ("error_rate", "p50", "p95", "p99", "rps", "respawns", "kills")
@@ -37,7 +42,22 @@ class _Log:
     warning = warn = error = debug = info
 
 
+INSTALL_BENCHMARK = "pip install 'pytest-wsgi502[benchmark]'"
+
+
+def require_storage(option: str | None = None) -> None:
+    """Raise the one-line ConfigError (the plugin's usage error) when pytest-benchmark is not importable."""
+    try:
+        import pytest_benchmark.storage.file
+        import pytest_benchmark.utils  # noqa: F401
+    except ImportError:
+        who = f"{option}: runs are" if option else "runs are"
+        raise ConfigError(f"{who} saved in pytest-benchmark's storage format and pytest-benchmark is not "
+                          f"installed: {INSTALL_BENCHMARK}") from None
+
+
 def storage(path: Path) -> Any:
+    require_storage()
     from pytest_benchmark.storage.file import FileStorage
     from pytest_benchmark.utils import get_machine_id
 
@@ -115,7 +135,7 @@ def benchmark_entry(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(store: Any, name: str, cells: list[dict[str, Any]], environment: dict[str, Any]) -> Path:
-    import pytest_benchmark
+    import pytest_benchmark  # importable: ``store`` came from storage()
 
     git = environment.get("git") or {}
     doc = {
