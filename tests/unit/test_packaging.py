@@ -51,6 +51,14 @@ def test_package_data_covers_every_data_file() -> None:
     assert not missing, f"not in package-data: {missing}"
 
 
+def test_ci_builds_and_checks_the_package_before_the_suite() -> None:
+    """CI = .ci/run (the workflow runs it, tests/test_lint.py checks that): build and twine check, then the tests."""
+    run = (ROOT / ".ci" / "run").read_text()
+    build, check, suite = (run.find(s) for s in ('-m build --outdir dist', '-m twine check --strict dist/*',
+                                                 "bash bin/dev test"))
+    assert -1 < build < check < suite, (build, check, suite)
+
+
 def _hide_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m.split(".")[0] == "pytest_benchmark"] + ["pytest_benchmark"]:
         monkeypatch.setitem(sys.modules, name, None)
