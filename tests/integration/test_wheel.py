@@ -79,6 +79,9 @@ def wheel() -> Path:
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
             (out / "build-seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
+            for old in sorted((d for d in CACHE.iterdir() if d.is_dir() and d != out),
+                              key=lambda d: d.stat().st_mtime)[:-2]:
+                shutil.rmtree(old, ignore_errors=True)  # keep this one and the two before it
     (whl,) = out.glob("*.whl")
     return whl
 
