@@ -106,6 +106,14 @@ def _check_reports(state: State) -> None:
         if importlib.util.find_spec("matplotlib") is None:
             what = "--wsgi-html" if s.html else "--wsgi-png"
             raise pytest.UsageError(f"{what} draws with matplotlib: pip install 'pytest-wsgi502[report]'")
+    if s.save or s.compare or s.compare_fail:
+        from pytest_wsgi502.report.compare import require_storage
+
+        option = "--wsgi-save" if s.save else "--wsgi-compare" if s.compare else "--wsgi-compare-fail"
+        try:
+            require_storage(option)  # pytest-benchmark is the optional [benchmark] extra
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if s.compare or s.compare_fail:
         from pytest_wsgi502.report.compare import find_run, storage
 

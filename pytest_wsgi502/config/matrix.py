@@ -385,9 +385,11 @@ _MEDIA = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
 
 
 def content_type(value: Any, what: str = "verify_content_type") -> str:
-    """A media type a 2xx's Content-Type must start with (``text/html``, ``application/json``); "" = unchecked."""
-    if value == "":
-        return ""
+    """A media type a 2xx's Content-Type must start with (``text/html``, ``application/json``); "" = unchecked;
+    ``auto``: the media type of the endpoint's first 2xx in the run (no probe request: a probe of a path with side
+    effects, such as a fault-injection path, would change what is measured)."""
+    if value in ("", "auto"):
+        return str(value)
     if not isinstance(value, str) or not _MEDIA.fullmatch(value):
         raise ConfigError(f"{what} must be a media type like text/html or application/json, got {shown(value)}")
     return value.lower()

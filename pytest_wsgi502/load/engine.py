@@ -298,7 +298,7 @@ class _Templates:
         total = sum(e.weight for e in self.endpoints)
         self.cumulative = [sum(e.weight for e in self.endpoints[: i + 1]) / total for i in range(len(self.endpoints))]
         self._cache: dict[tuple[int, int], tuple[httpx.Request, bytes, _Check]] = {}
-        self._checks = [(parse_statuses(e.verify_status), content_type(e.verify_content_type).encode("ascii"))
+        self._checks = [(parse_statuses(e.verify_status), MediaType(content_type(e.verify_content_type)))
                         for e in self.endpoints]
         self._rng = random.Random(spec.seed)
 
@@ -357,7 +357,18 @@ class _Run:
 
 
 # (body substring, accepted statuses below 400, Content-Type prefix): what a response is checked for
-_Check = tuple[bytes, frozenset[int], bytes]
+class MediaType:
+    """What a 2xx's Content-Type must start with: fixed, nothing (""), or learned (``auto``): the first 2xx of the
+    endpoint in this engine process sets it, every later 2xx must match it."""
+
+    __slots__ = ("learn", "value")
+
+    def __init__(self, text: str) -> None:
+        self.learn = text == "auto"
+        self.value = b"" if self.learn else text.encode("ascii")
+
+
+_Check = tuple[bytes, frozenset[int], MediaType]
 
 
 def judged(status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, check: _Check) -> str | None:
@@ -372,9 +383,12 @@ def judged(status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, che
         return None
     if expect and expect not in body:
         return "verify"
-    if ctype:
-        got = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-        if not got.lower().startswith(ctype):
+    if ctype.value or ctype.learn:
+        got = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
+        if not ctype.value:  # auto: the first 2xx sets the media type (parameters such as charset dropped)
+            ctype.value = got.split(b";", 1)[0].strip()
+            ctype.learn = False
+        elif not got.startswith(ctype.value):
             return "verify"
     return None
 

@@ -169,11 +169,11 @@ def test_no_body_check_is_announced_and_a_wrong_body_fails(tmp_path):
                      f"--wsgi-json={tmp_path}/o.json")
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "1 passed" in out and "1 failed" in out, out
-    assert ("wsgi502: GET /: no body check, only status 2xx and Content-Type text/plain verified (set "
+    assert ("wsgi502: GET /: no body check, only status 2xx and the Content-Type of its first 2xx verified (set "
             "wsgi_verify_contains, a cell's verify_contains, or verify= to check bodies)") in out, out
     cells = {c["name"]: c for c in json.loads((tmp_path / "o.json").read_text())["cells"]}
     assert cells["nocheck"]["verify"][0] | {"callable": None} == {
-        "path": "/", "method": "GET", "status": "2xx", "contains": None, "content_type": "text/plain",
+        "path": "/", "method": "GET", "status": "2xx", "contains": None, "content_type": "auto",
         "body_checked": False, "callable": None}
     wrong = cells["wrongbody"]
     assert wrong["status_counts"].keys() == {"200"} and wrong["errors"]["verify"] == wrong["requests"] > 0

@@ -16,7 +16,7 @@ from pytest_wsgi502.config.matrix import Cell, parse_statuses
 from pytest_wsgi502.config.settings import resolve
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.fixtures import _as_cell, database_mode
-from pytest_wsgi502.load.engine import Endpoint, LoadSpec, drive, judged
+from pytest_wsgi502.load.engine import Endpoint, LoadSpec, MediaType, drive, judged
 from pytest_wsgi502.services.django import choose, resolve_settings
 
 
@@ -134,21 +134,39 @@ def test_verify_status_parsing():
         settings(verify_status="ok")
 
 
-OK = (b"", frozenset(range(200, 300)), b"")
+OK2 = frozenset(range(200, 300))
+
+
+def _ok(ctype: str = "") -> tuple:
+    return (b"", OK2, MediaType(ctype))
+
+
+OK = _ok()
 
 
 @pytest.mark.parametrize(("status", "headers", "body", "check", "error"), [
     (200, [], b"hello", OK, None),
-    (200, [], b"wrong", (b"hello", OK[1], b""), "verify"),  # a 200 with the wrong body
+    (200, [], b"wrong", (b"hello", OK2, MediaType("")), "verify"),  # a 200 with the wrong body
     (302, [], b"", OK, "verify"),  # a redirect where a page was expected
-    (302, [], b"", (b"", parse_statuses("2xx,3xx"), b""), None),
-    (200, [(b"Content-Type", b"text/html; charset=utf-8")], b"", (b"", OK[1], b"text/html"), None),
-    (200, [(b"content-type", b"application/json")], b"{}", (b"", OK[1], b"text/html"), "verify"),
-    (200, [], b"", (b"", OK[1], b"text/html"), "verify"),  # no Content-Type at all
+    (302, [], b"", (b"", parse_statuses("2xx,3xx"), MediaType("")), None),
+    (200, [(b"Content-Type", b"text/html; charset=utf-8")], b"", _ok("text/html"), None),
+    (200, [(b"content-type", b"application/json")], b"{}", _ok("text/html"), "verify"),
+    (200, [], b"", _ok("text/html"), "verify"),  # no Content-Type at all
     (500, [], b"", OK, None),  # counted by its status, not twice
 ])
 def test_every_response_is_judged(status, headers, body, check, error):
     assert judged(status, headers, body, check) == error
+
+
+def test_auto_content_type_is_learned_from_the_first_2xx_without_a_probe():
+    """``auto``: no probe request before the load (a probe of /api/die killed a worker unmeasured: the injected-kill
+    scenario saw 11 kills for 10 client 502s); the first 2xx sets the media type, later ones must match."""
+    check = _ok("auto")
+    html = [(b"Content-Type", b"text/html; charset=utf-8")]
+    assert judged(500, [(b"Content-Type", b"text/plain")], b"", check) is None  # an error page teaches nothing
+    assert judged(200, html, b"", check) is None and check[2].value == b"text/html"
+    assert judged(200, html, b"", check) is None
+    assert judged(200, [(b"content-type", b"application/json")], b"{}", check) == "verify"
 
 
 def test_a_200_with_a_wrong_body_is_a_verify_error_in_the_engine():

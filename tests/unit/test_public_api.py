@@ -45,7 +45,7 @@ def test_types_are_the_ones_the_fixtures_use():
     scope = {**vars(fixtures), **{n: getattr(pytest_wsgi502, n) for n in PUBLIC}}
     hints = typing.get_type_hints(fixtures.wsgi_cell_run.__wrapped__, globalns=scope)
     assert hints["return"] is pytest_wsgi502.CellRun
-    assert hints["wsgi_database"] is pytest_wsgi502.MySQLInfo
+    assert hints["wsgi_database"] == (pytest_wsgi502.MySQLInfo | None)
     load = typing.get_type_hints(fixtures.wsgi_load.__wrapped__, globalns=scope)
     assert load["return"] is pytest_wsgi502.WsgiLoadFactory
 
@@ -55,7 +55,7 @@ def test_fixture_protocols_accept_the_factories():
     import inspect
 
     server = inspect.signature(pytest_wsgi502.WsgiServerFactory.__call__)
-    assert list(server.parameters) == ["self", "config", "overrides"]
+    assert list(server.parameters) == ["self", "config", "name", "overrides"]
     load = inspect.signature(pytest_wsgi502.WsgiLoadFactory.__call__)
     assert list(load.parameters) == ["self", "target", "slo", "verify", "profile"]
 
