@@ -265,13 +265,18 @@ class Target:
         return self.ctx.db
 
     def lint(self) -> list[dict[str, str]]:
-        from pytest_wsgi502.lint import lint, somaxconn, uwsgi_options
+        from pytest_wsgi502.lint import lint, request_bound, somaxconn, uwsgi_options
 
         uwsgi = self.cell.server == "uwsgi"
         known = uwsgi_options(self.server.binary) if uwsgi else ()
         version = (program_version(self.server.binary) or "") if uwsgi else ""
+        try:  # the most requests this cell's load can send: a recycling finding needs recycling within it
+            bound: int | None = request_bound(load_spec(self.cell, self.ctx, "http://127.0.0.1"))
+        except ValueError:  # e.g. open load without a rate: run_cell reports it when it builds the load
+            bound = None
         return lint(self.cell, self.server.settings(), idle_timeout=self.ctx.idle_timeout,
-                    default_path=self.ctx.path, known_uwsgi=known, max_backlog=somaxconn(), uwsgi_version=version)
+                    default_path=self.ctx.path, known_uwsgi=known, max_backlog=somaxconn(), uwsgi_version=version,
+                    request_bound=bound)
 
     def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None,
                 progress: Any = None) -> dict[str, Any]:

@@ -9,8 +9,6 @@ def test_matrix_meets_slo(wsgi_cell_run):
     wsgi_cell_run.assert_slo()
 
 
-@pytest.mark.wsgi_matrix
-@pytest.mark.skipif("not config.getoption('wsgi502_matrix')", reason="starts servers: run with --wsgi-matrix")
 def test_open_loop_at_production_rate(wsgi_server, wsgi_load):
     """gunicorn sync with 4 workers at 100 req/s, open loop: the production target, asserted directly."""
     target = wsgi_server({"server": "gunicorn", "workers": 4})
