@@ -17,7 +17,7 @@ from pytest_wsgi502.report import compare
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-INSTALL_HINT = "pip install 'pytest-wsgi502[benchmark]'"
+INSTALL_HINT = "pip install 'pytest-benchmark>=4'"  # not pytest-wsgi502[...]: the plugin is on no index
 
 # A package that shadows pytest-benchmark on sys.path and fails to import, as if it were not installed. (A
 # sys.meta_path finder is not enough: pytest's assertion rewriter puts its own finder first.) With
