@@ -532,7 +532,8 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo | None,
             _fail(exc)
         cell = _modified(request.config, cell)
         if cell.server not in ctx.server_binaries and ctx.server_factory is None:  # containers bring their own
-            pytest.fail(f"{cell.server} is not installed: pip install 'pytest-wsgi502[servers]'", pytrace=False)
+            pytest.fail(f"{cell.server} is not installed: pip install {cell.server} (or the plugin with its servers "
+                        "extra: pip install '/path/to/pytest-wsgi502[servers]')", pytrace=False)
         try:
             target = Target(cell, ctx, _base_env())
             started.append(target)
