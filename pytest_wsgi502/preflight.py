@@ -34,7 +34,8 @@ def check(settings: EffectiveSettings, cells: list[Cell], chdir: Path, backend: 
         if local and binary_for(server) is None:
             raise ConfigError(
                 f"{server} not found next to {Path(sys.executable).parent} or on PATH: "
-                f"pip install {server} (or the plugin with its servers extra: pip install '/path/to/pytest-wsgi502[servers]')"
+                f"pip install {server} (or the plugin with its servers extra: "
+                "pip install '/path/to/pytest-wsgi502[servers]')"
             )
     if not chdir.is_dir():
         raise ConfigError(f"wsgi_chdir {shown(str(chdir), 200)} is not a directory (it is where the servers import "
