@@ -155,8 +155,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         parts.append(f"{name}={value} ({r.source})")
     choice = config.stash.get(BACKEND, None)
     backend = [f"wsgi502: backend {choice.name}: {choice.reason}"] if choice is not None else []
+    plan = state.shard
+    shard = [f"wsgi502: {plan.header()}"] if plan is not None else []
     return ["wsgi502: " + ", ".join(parts), *backend,
-            f"wsgi502: cells: {', '.join(c.name for c in state.cells)}"]
+            f"wsgi502: cells: {', '.join(c.name for c in state.cells)}", *shard]
 
 
 def _seconds(text: str) -> float:
@@ -188,6 +190,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if state.error:
         raise pytest.UsageError(state.error)
     mark_service_tests(items, state.enabled)
+    if state.settings.shard is not None:
+        deselect_other_shards(config, items, state)
+
+
+def deselect_other_shards(config: pytest.Config, items: list[pytest.Item], state: State) -> None:
+    """--wsgi-shard: matrix cells of other shards are deselected (not skipped: they are another job's work).
+    A baseline pinned to this shard stays; tests that are not matrix cells are left alone."""
+    with _usage():
+        plan = state.shard
+    if plan is None:
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        cell = getattr(getattr(item, "callspec", None), "params", {}).get("wsgi_cell")
+        (drop if cell is not None and getattr(cell, "name", None) not in plan.runs else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_wsgi502_cell_result(result: dict[str, Any], config: pytest.Config) -> None:
+    """Each matrix cell's result says which shard ran it, and whether it belongs there or was pinned there as
+    a baseline (the merge keeps a pinned baseline's run from the shard it belongs to)."""
+    state = config.stash.get(STATE, None)
+    plan = state.shard if state is not None else None
+    if plan is None or result.get("name") not in plan.owner:
+        return
+    name = result["name"]
+    result["shard"] = {"index": plan.shard.index, "count": plan.shard.count, "owner": plan.owner[name],
+                       "pinned": name not in plan.own, "position": list(plan.owner).index(name)}
 
 
 def mark_service_tests(items: list[pytest.Item], enabled: bool) -> None:

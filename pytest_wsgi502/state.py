@@ -16,6 +16,7 @@ from pytest_wsgi502.config.settings import EffectiveSettings
 from pytest_wsgi502.services.backend import BackendChoice
 
 if TYPE_CHECKING:
+    from pytest_wsgi502.config.shard import Plan
     from pytest_wsgi502.schedule import Schedule
 
 # The one rule for when services and load run: only with --wsgi-matrix. Every skip it makes ends with MATRIX_ONLY
@@ -50,6 +51,7 @@ class State:
     skipped: int = 0  # tests skipped by the --wsgi-matrix rule (counted from their reports, for the summary's hint)
 
     schedule: Schedule | None = None  # --wsgi-repeat / baseline_cell: the interleaved runs of this process
+    _plan: Plan | None = None
 
     @property
     def matrix(self) -> list[Cell]:
@@ -64,6 +66,39 @@ class State:
         if self._cells is None:
             self._cells = select(self.matrix, self.settings.cells)
         return self._cells
+
+    @property
+    def shard(self) -> Plan | None:
+        """--wsgi-shard: the cells this shard runs (its own and the baselines pinned to it); None unsharded."""
+        if self.settings.shard is None:
+            return None
+        if self._plan is None:
+            from pytest_wsgi502.config import shard
+
+            cells = self.cells
+            self._plan = shard.plan([c.name for c in cells], {c.name: self.expected_seconds(c) for c in cells},
+                                    {c.name: self.baseline_of(c) for c in cells}, self.settings.shard)
+        return self._plan
+
+    def expected_seconds(self, cell: Cell) -> float:
+        """The cell's expected work for the shard rule: its load length by the precedence rule (auto: its cap)."""
+        from pytest_wsgi502.config.duration import split
+        from pytest_wsgi502.config.layers import pick
+        from pytest_wsgi502.config.shard import expected_seconds
+
+        s = self.settings
+        length, _ = pick((s.source("duration"), split(s.duration)[1]),
+                         (cell.origin.get("duration", "default"), split(cell.duration)[1]))
+        return expected_seconds(length, s.repeat or 1)
+
+    def baseline_of(self, cell: Cell) -> str | None:
+        """The cell's baseline cell by the precedence rule (its own ``baseline_cell`` beats the session's)."""
+        from pytest_wsgi502.config.layers import pick
+
+        s = self.settings
+        name, _ = pick((s.source("baseline_cell"), s.baseline_cell),
+                       (cell.origin.get("baseline_cell", "default"), cell.baseline_cell))
+        return None if name == cell.name else name
 
     def path(self, name: str) -> Path:
         """A path setting: relative to the ini file's directory when it came from ini (or is the default),

@@ -18,6 +18,7 @@ from pytest_wsgi502.config import values
 from pytest_wsgi502.config.duration import Auto, parse_duration
 from pytest_wsgi502.config.duration import parse as parse_cell_duration
 from pytest_wsgi502.config.modes import load_mode
+from pytest_wsgi502.config.shard import parse as parse_shard
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
 
 
@@ -179,6 +180,9 @@ SETTINGS: tuple[Setting, ...] = (
             "scenarios", None,
             _str, "PATH"),
     Setting("cells", "comma-separated cell names to run (default: all; -k also works)", None, _str, "NAMES"),
+    Setting("shard", "run shard I of N (1 <= I <= N <= 1000): a deterministic subset of the cells, balanced by "
+            "expected duration; the others are deselected. Merge the shards' --wsgi-json with python -m "
+            "pytest_wsgi502.report merge", None, parse_shard, "I/N"),
     Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m (1ms to 24h), or auto[:MAX]: until every "
             "error-rate/percentile SLO is decided at 95 % (MAX default 10m)", "10s", _load_duration, "TIME"),
     Setting("requests", "maximum requests per cell (the other bound besides duration; 1 to 10^12)", "1000000",
