@@ -41,8 +41,13 @@ def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0
         "verdict": verdict_word(ratio["lo"], ratio["hi"], higher_is_better=False, null=1.0)
         if candidate.get("requests") and baseline.get("requests") else None,
     }
+    paced = {(r.get("load") or {}).get("mode") for r in (candidate, baseline)} & {"open", "ramp"}
     for metric in INTERVAL_METRICS:
         a, b = _repeat_values(candidate, metric), _repeat_values(baseline, metric)
+        if metric == "rps" and paced:  # the load sets the rate: a tenth of a req/s apart is no capacity result
+            out["metrics"][metric] = {"verdict": None, "method": f"{paced.pop()} loop: req/s is the offered rate, "
+                                      "not the server's capacity (compare latency, or run closed loop)"}
+            continue
         if len(a) < 2 or len(b) < 2:
             out["metrics"][metric] = {"verdict": None, "method": "needs --wsgi-repeat >= 2 on both cells"}
             continue

@@ -92,6 +92,18 @@ def test_compare_says_better_only_when_the_interval_excludes_no_difference():
     assert summary(c).startswith("err better")
 
 
+def test_open_loop_req_s_gets_no_word():
+    """Open loop at 317 req/s: 315 +- 0 against 317 +- 0 is "significant" and means nothing (seed-unix, 3 repeats:
+    every cell came out "rps better" than the baseline that lost requests to 502s); latency still compares."""
+    def paced(name, n, ms):
+        return pool([run(name, n, latency_ms=ms, load={"mode": "open"}) for _ in range(3)])
+
+    c = compare(paced("fixed", 3170, 5.0), paced("base", 3150, 50.0))
+    assert c["metrics"]["rps"]["verdict"] is None and "offered rate" in c["metrics"]["rps"]["method"]
+    assert c["metrics"]["p99"]["verdict"] == "better"
+    assert "rps" not in summary(c)
+
+
 def test_table_shows_plus_minus_and_the_baseline_column_only_when_used():
     plain = render_table([run("a", 100)])
     assert BASELINE_COLUMN not in plain[0] and "±" not in "\n".join(plain)
