@@ -138,3 +138,26 @@ def test_relative_slos_fail_only_when_beyond_the_baseline_and_significant():
     # without a baseline cell a relative SLO cannot pass, and says why
     v = verdict(slos, base)
     assert not v["passed"] and "needs a baseline cell" in v["failures"][0]
+
+
+def test_bursty_errors_widen_the_error_rate_test_quasi_poisson():
+    """seed-unix, 3 x 30 s repeats: uwsgi-2w 378/135/198 502s, uwsgi-sqlalchemy-pool 570/224/404. Pooled as if
+    independent, 1198 vs 711 is "worse"; the repeats show bursts (dispersion ~70), and it is not shown."""
+    from pytest_wsgi502.metrics.comparison import dispersion, error_ratio
+
+    def cell(counts):
+        return pool([run("c", 9510 - x, x) for x in counts])
+
+    base, pool_cell, fixed = cell([378, 135, 198]), cell([570, 224, 404]), cell([0, 0, 0])
+    phi = dispersion(pool_cell, base)
+    assert 60 < phi < 80
+    naive = compare(pool_cell | {"repeats": []}, base | {"repeats": []})["metrics"]["error_rate"]
+    assert naive["verdict"] == "worse" and naive["dispersion"] is None
+    burst = compare(pool_cell, base)["metrics"]["error_rate"]
+    assert burst["verdict"] == "same" and "quasi-Poisson" in burst["method"] and burst["lo"] < 1 < burst["hi"]
+    assert burst["ratio"] == pytest.approx(1198 / 711)
+    assert compare(fixed, base)["metrics"]["error_rate"]["verdict"] == "better"  # 0 in 3 runs vs 135+ each
+    # Poisson-like repeats (no bursts): dispersion 1, the exact test unchanged
+    calm = cell([100, 104, 98])
+    assert dispersion(calm, cell([50, 49, 53])) == 1.0
+    assert error_ratio(calm, cell([50, 49, 53]))["method"] == "conditional binomial (exact)"
