@@ -129,12 +129,31 @@ def test_wrong_settings_name_fails_fast_in_one_line(tmp_path):
     assert not list(keep.glob("run-*/mysql")), "MariaDB started before the settings were checked"
 
 
+PLAIN_INI = """\
+[pytest]
+wsgi_app = myapp:application
+wsgi_setup_command = none
+wsgi_matrix_file = wsgi-matrix.toml
+wsgi_path = /
+wsgi_verify_contains = Hello, plain WSGI
+"""
+
+
+def test_getting_started_shows_what_these_projects_use():
+    """Set up "from the docs' text alone": the plain app's ini, the package's settings line and its
+    [defaults.env] are the page's own blocks."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "getting-started.md").read_text()
+    assert PLAIN_INI.strip() in page
+    assert "wsgi_django_settings = mysite.settings\n" in page  # naming the package works, as the test does
+    assert '[defaults.env]\nDJANGO_SECRET_KEY = "not-a-secret-for-load-tests"' in page
+    matrix_without_env = MATRIX.replace('[defaults.env]\nDJANGO_SECRET_KEY = "not-a-secret-for-load-tests"\n', "")
+    assert matrix_without_env.strip() in page
+
+
 def plain_project(root: Path, matrix: str = MATRIX) -> Path:
     root.mkdir()
     (root / "myapp.py").write_text(PLAIN_APP)
-    (root / "pytest.ini").write_text("[pytest]\nwsgi_app = myapp:application\nwsgi_setup_command = none\n"
-                                     "wsgi_matrix_file = wsgi-matrix.toml\nwsgi_path = /\n"
-                                     "wsgi_verify_contains = Hello, plain WSGI\n")
+    (root / "pytest.ini").write_text(PLAIN_INI)
     (root / "wsgi-matrix.toml").write_text(matrix)
     (root / "test_slo.py").write_text(TEST)
     return root
