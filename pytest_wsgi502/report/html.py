@@ -191,6 +191,20 @@ def render_html(doc: dict[str, Any]) -> str:
         f"{(machine.get('memory_bytes') or 0) / 2**30:.1f} GiB, kernel {esc(str(machine.get('kernel')))}<br>"
         f"{esc(versions)}</p>",
     ]
+    merged = doc.get("merge")
+    if merged:  # python -m pytest_wsgi502.report merge: where each cell ran
+        lines = [f"{'shard ' + r['shard'] + ': ' if r['shard'] else ''}{r['file']}: {', '.join(r['cells']) or '-'}"
+                 for r in merged["runs"]]
+        lines += [f"baseline {p['cell']} kept from {p['kept_from']}"
+                  + (f", also ran in {', '.join(p['also_ran_in'])}" if p["also_ran_in"] else "")
+                  for p in merged["pinned"]]
+        if merged["missing_shards"]:
+            lines.append(f"missing shards: {', '.join(merged['missing_shards'])} (incomplete)")
+        v = merged["verdict"]
+        lines.append(f"verdict: {v['outcome']} ({v['counts']['pass']} pass, {v['counts']['fail']} fail, "
+                     f"{v['counts']['invalid']} invalid)")
+        parts.append("<section id='merge'><h2>Merged runs</h2><ul>"
+                     + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul></section>")
     if cells:
         header = columns(cells)
         parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>")

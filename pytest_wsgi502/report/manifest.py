@@ -32,9 +32,12 @@ MEASURED_CELL_KEYS = frozenset({
 })
 # when and where it ran; "compare" is derived from measurements (this run's vs a saved one's)
 VOLATILE_KEYS = frozenset({"started_at", "ended_at", "timeline_t0", "dir", "ports", "created", "run_dir",
-                           "compare"})
+                           "compare", "shard"})
 # settings that choose where results go, not what is measured
 OUTPUT_SETTINGS = frozenset({"json", "html", "png", "storage", "save", "compare", "compare_fail", "keep_dir"})
+# settings that choose which cells this job runs (its share of the matrix), not how a cell runs: the runs of one
+# matrix split over jobs differ in them (report/merge.py)
+SELECTION_SETTINGS = frozenset({"cells", "shard"})
 
 PACKAGES = ("pytest-wsgi502", "pytest", "pytest-benchmark", "uwsgi", "gunicorn", "django", "httpx", "gevent",
             "mysqlclient", "pymysql", "sqlalchemy", "django-db-connection-pool", "hdrhistogram", "testcontainers")
@@ -105,7 +108,11 @@ def build(results: list[dict[str, Any]], settings: Any, rootdir: Path) -> dict[s
         if r.get("isolation") and r["isolation"] not in splits:
             splits.append(r["isolation"])
     env["isolation"] = splits
-    return {"schema": SCHEMA, "created": time.time(), "environment": env, "cells": results}
+    doc: dict[str, Any] = {"schema": SCHEMA, "created": time.time(), "environment": env, "cells": results}
+    shard = getattr(settings, "shard", None)
+    if shard is not None:  # --wsgi-shard: this run is shard I of N (each cell says whether it belongs here)
+        doc["shard"] = {"index": shard.index, "count": shard.count}
+    return doc
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -124,6 +131,7 @@ def comparable(doc: dict[str, Any]) -> dict[str, Any]:
     out = strip(doc)
     if "environment" in out:
         env = out["environment"] = dict(out["environment"])
-        env["settings"] = {k: v for k, v in env.get("settings", {}).items() if k not in OUTPUT_SETTINGS}
+        env["settings"] = {k: v for k, v in env.get("settings", {}).items()
+                           if k not in OUTPUT_SETTINGS and k != "shard"}
     out["cells"] = [strip(c, MEASURED_CELL_KEYS) for c in doc.get("cells", [])]
     return out

@@ -57,7 +57,8 @@ def _versus(r: dict[str, Any]) -> str:
         return "-"
     if comparison.get("error"):
         return f"{comparison['baseline']}: no run"
-    return f"{comparison['baseline']}: {summary(comparison)}"
+    apart = " (not side by side)" if comparison.get("side_by_side") is False else ""
+    return f"{comparison['baseline']}: {summary(comparison)}{apart}"
 
 
 def outcome(r: dict[str, Any]) -> str:
@@ -102,6 +103,9 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
     if len(header) > len(COLUMNS):
         lines.append("vs baseline: better / worse / same = a difference shown at 95 % or not (error rate: exact "
                      "conditional binomial; req/s and p99: Welch t over the repeats, needs --wsgi-repeat >= 2)")
+    if any((r.get("comparison") or {}).get("side_by_side") is False for r in results):
+        lines.append("not side by side: the cell and its baseline's row ran in different shards (merged runs); "
+                     "its comparison is with the baseline's run in its own shard")
     for r in results:
         invalid = r["slo"].get("invalid") or []
         for reason in invalid:
