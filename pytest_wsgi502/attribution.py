@@ -12,7 +12,19 @@ reason and the server events around the request:
   TCP, as the kernel drops SYNs) while no worker was exiting: more requests than workers plus queue.
   The same overflow within 5 s after workers exited is ``recycle`` (or ``worker_killed``): the queue filled
   because every worker was down at once.
-- ``server_down``: connection refused: nothing listened at all.
+- ``listener_closed``: connection refused after a lifecycle action (the harness's ``actions``, or the server's own
+  reload/shutdown line) sent before the request failed: the server closed its listener (a stop: gunicorn's
+  SIGTERM, uWSGI's with die-on-term) while the proxy still routed to it. nginx: ``connect() failed (111:
+  Connection refused) while connecting to upstream``.
+- ``inflight_cut``: the upstream closed or reset the request (``upstream prematurely closed connection``,
+  ``reset by peer``) at or after a lifecycle action that came while it was in flight or at most
+  ``ACTION_SLACK`` before it started (the workers are being killed): uWSGI 2.0's SIGTERM without die-on-term
+  is a brutal reload that cuts every request in flight. Checked before the worker causes: the workers a
+  reload stops log exits that are the action's doing, not a recycle.
+- ``header_too_large``: the upstream closed the connection without a response and the server logged, for a
+  request in that time span, that its headers exceeded its buffer (uWSGI ``invalid request block size: N (max
+  4096)...skip``): each server line is used for one 502 at most.
+- ``server_down``: connection refused with no lifecycle action before it: nothing listened at all.
 - ``worker_killed``: the upstream closed or reset mid-request while a worker was SIGKILLed (harakiri, worker
   timeout, reload-mercy, OOM) within the request's time span (plus 1 s of log slack). Also a 500 from a gunicorn
   worker the arbiter aborted mid-request: on ``WORKER TIMEOUT`` it sends SIGABRT, the worker's handler raises
@@ -40,10 +52,17 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502 import nginxlog
-from pytest_wsgi502.events import EXITS, KILLS, REQUEST_ERROR
+from pytest_wsgi502.events import EXITS, HEADER_TOO_LARGE, KILLS, LIFECYCLE, REQUEST_ERROR
 from pytest_wsgi502.nginxlog import Failure, Reason
 
-CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "timeout", "db", "unknown")
+CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "listener_closed", "inflight_cut",
+          "header_too_large", "timeout", "db", "unknown")
+# a request that started this long after a lifecycle action can still be cut by it: uWSGI buries the workers of a
+# brutal reload within about 2 s (measured on 2.0.31: "worker 2 buried after 2 seconds")
+ACTION_SLACK = 3.0
+# the harness stamps an action when it sends the signal; a request that failed up to this long before that
+# stamp cannot be the action's (log stamps and nginx's ms clock are the same clock, this is scheduling slack)
+_STAMP_SLACK = 0.05
 # a worker exit this long before a refused connect counts as its cause: uWSGI's master reaps a dead worker when it
 # next wakes (about once a second), a lazy-apps worker then loads the app, and the queue still has to drain
 QUEUE_SLACK = 5.0
@@ -63,6 +82,23 @@ def _worker_cause(events: Iterable[dict[str, Any]], lo: float, hi: float) -> str
     return None
 
 
+def lifecycle_before(events: Iterable[dict[str, Any]], lo: float, hi: float) -> dict[str, Any] | None:
+    """The first lifecycle event (a harness action, a reload or shutdown line) between ``lo`` and ``hi``."""
+    near = [e for e in events if e.get("kind") in LIFECYCLE and e.get("t") is not None and lo <= e["t"] <= hi]
+    return min(near, key=lambda e: e["t"]) if near else None
+
+
+def _lifecycle_cause(reason: Reason, start: float, end: float, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """(cause, the lifecycle event that proves it) for a refused connect or a cut request after an action."""
+    if reason.name == "upstream_refused":  # after a stop the listener stays closed: any action before counts
+        event = lifecycle_before(events, float("-inf"), end + _STAMP_SLACK)
+        return {"cause": "listener_closed", "event": event} if event else None
+    if reason.name in ("upstream_closed", "upstream_reset"):
+        event = lifecycle_before(events, start - ACTION_SLACK, end + _STAMP_SLACK)
+        return {"cause": "inflight_cut", "event": event} if event else None
+    return None
+
+
 def classify(reason: Reason, status: int, start: float, end: float, events: Iterable[dict[str, Any]],
              keepalive_reuse: bool = True) -> str:
     """One failure's cause. ``keepalive_reuse``: whether the proxy could have reused an upstream connection at all
@@ -75,6 +111,10 @@ def classify(reason: Reason, status: int, start: float, end: float, events: Iter
         # the listen queue overflowed; when the workers were recycling or being killed just before, that is
         # why nobody accepted (a joint recycle stalls every worker at once), otherwise plain overload
         return _worker_cause(events, start - QUEUE_SLACK, end + 0.5) or "backlog"
+    events = list(events)
+    lifecycle = _lifecycle_cause(reason, start, end, events) if status == 502 else None
+    if lifecycle is not None:
+        return str(lifecycle["cause"])
     if reason.name == "upstream_refused":
         return "server_down"
     if reason.name in ("upstream_closed", "upstream_reset"):
@@ -91,13 +131,27 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
     """{"counts": {cause: n, ...}, "matches": [...first 50...]} for every 502/503/504 in ``failures``."""
     counts: Counter[str] = Counter({c: 0 for c in CAUSES})
     matches: list[dict[str, Any]] = []
+    too_large = deque(sorted(e["t"] for e in events if e.get("kind") == HEADER_TOO_LARGE and e.get("t") is not None))
     for f in failures:
         queue = reasons.get(f.conn)
         reason = queue.popleft() if queue else _NO_REASON
         cause = classify(reason, f.status, f.t - f.request_time, f.t, events, keepalive_reuse)
+        if cause != "inflight_cut" and reason.name in ("upstream_closed", "upstream_reset"):
+            # the server refused this request's headers: one of its lines in the request's span (stamp slack)
+            lo, hi = f.t - f.request_time - _STAMP_SLACK, f.t + REAP_SLACK
+            while too_large and too_large[0] < lo - QUEUE_SLACK:  # failures come in log order: older lines are spent
+                too_large.popleft()
+            hit = next((i for i, t in enumerate(too_large) if lo <= t <= hi), None)
+            if hit is not None:
+                del too_large[hit]
+                cause = "header_too_large"
         counts[cause] += 1
         if len(matches) < 50:
-            matches.append({"t": f.t, "status": f.status, "uri": f.uri, "cause": cause, "reason": reason.text[:200]})
+            match = {"t": f.t, "status": f.status, "uri": f.uri, "cause": cause, "reason": reason.text[:200]}
+            if cause in ("listener_closed", "inflight_cut"):  # the action or server line that proves it
+                found = _lifecycle_cause(reason, f.t - f.request_time, f.t, events)
+                match["event"] = str(((found or {}).get("event") or {}).get("line", ""))[:200]
+            matches.append(match)
     return {"counts": dict(counts), "matches": matches}
 
 

@@ -21,6 +21,7 @@ from pytest_wsgi502.attribution import attribute_cell
 from pytest_wsgi502.config.duration import split as split_duration
 from pytest_wsgi502.config.layers import merge_keyed, pick
 from pytest_wsgi502.config.matrix import Cell
+from pytest_wsgi502.events import ACTION
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
 from pytest_wsgi502.metrics.sequential import AutoStop
@@ -119,6 +120,38 @@ class _Sampler(threading.Thread):
             self.stopped.wait(1.0)
 
 
+class _Actions(threading.Thread):
+    """Sends the cell's lifecycle actions to the server at their times, counted from the start of the load, on
+    its own thread (the load engine is never blocked), and records each as an event with the time it was sent."""
+
+    def __init__(self, server: Server, actions: Iterable[Mapping[str, Any]], t0: float) -> None:
+        super().__init__(daemon=True, name="wsgi502-actions")
+        self.server, self.actions, self.t0 = server, list(actions), t0
+        self.stopped = threading.Event()
+        self.events: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        for action in self.actions:
+            if self.stopped.wait(max(0.0, self.t0 + float(action["at"]) - time.time())):
+                return  # the load ended first: the rest are not sent
+            do = str(action["do"])
+            t = time.time()
+            try:
+                sig, pid = self.server.act(do)
+                line = f"wsgi502: {do} at {action['at']:g}s: {sig.name} to the {self.server.kind} master" + (
+                    f" (pid {pid})" if pid is not None else "")
+            except Exception as exc:  # recorded, never raised into the load
+                pid, line = None, f"wsgi502: {do} at {action['at']:g}s failed: {type(exc).__name__}: {exc}"
+            self.events.append({"kind": ACTION, "t": t, "pid": pid, "worker": None, "line": line, "action": do,
+                                "at": float(action["at"])})
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Stop sending (the load is over) and return the actions sent."""
+        self.stopped.set()
+        self.join(5)
+        return list(self.events)
+
+
 def cell_env(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str, str]:
     env = dict(base_env)
     env.update(ctx.db_env)
@@ -183,7 +216,7 @@ def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
         verify_contains=value["verify_contains"] or "", verify_status=statuses, mode=mode, rate=rate or 0.0,
         start_rate=value["start_rate"] or 0.0, think_time=value["think_time"] or 0.0,
         concurrency=value["concurrency"], duration=value["duration"],
-        max_requests=ctx.max_requests, timeout=ctx.timeout, processes=ctx.processes,
+        max_requests=ctx.max_requests, timeout=ctx.timeout, processes=ctx.processes, headers=dict(cell.headers),
     )
 
 
@@ -216,6 +249,7 @@ class Target:
         self._restore_max_connections: int | None = None
         self.stopped = False
         self.stop_sent_at: float | None = None
+        self.actions: list[dict[str, Any]] = []  # the lifecycle actions sent during the load (events)
 
     def settle(self) -> None:
         """Give the server the time it needs to log what happened at the end of the load (``REPORT_GRACE``)."""
@@ -283,9 +317,24 @@ class Target:
         """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
         spec = self.checked(spec, verify)
         since = time.time()
-        load = run_load(spec, verify=verify, progress=progress)
+        load = self.drive(spec, verify=verify, progress=progress)
         self.settle()  # the server reports the end of the load; the proxy flushes its access log (flush=1s)
         return self.result(load, since, slos, spec, verify=verify)
+
+    def drive(self, spec: LoadSpec, **kwargs: Any) -> dict[str, Any]:
+        """Run the load, with the cell's lifecycle actions sent at their times on a timer thread."""
+        actions = self.cell.actions
+        if actions and actions[-1]["at"] >= spec.duration:
+            raise ValueError(f"cell {self.cell.name}: action {actions[-1]['do']} at {actions[-1]['at']:g}s is not "
+                             f"within the load's duration ({spec.duration:g}s)")
+        timer = _Actions(self.server, actions, time.time()) if actions else None
+        if timer is not None:
+            timer.start()
+        try:
+            return run_load(spec, **kwargs)
+        finally:
+            if timer is not None:
+                self.actions.extend(timer.finish())
 
     def checked(self, spec: LoadSpec, verify: Any = None) -> LoadSpec:
         """``spec`` with a Content-Type check on every GET endpoint that has no body check (``auto``: every 2xx
@@ -343,6 +392,9 @@ class Target:
         until = self.stop_sent_at or time.time()
         telemetry = self.server.telemetry(until=until)
         telemetry["until"] = until
+        if self.actions:  # the harness's own lifecycle actions, on the same timeline as the server's events
+            telemetry["events"] = sorted([*telemetry.get("events", []), *self.actions], key=lambda e: e.get("t") or 0)
+            telemetry["actions"] = list(self.actions)
         result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
         result["telemetry"] = telemetry
         result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),
@@ -444,7 +496,7 @@ def run_cell(
         auto = AutoStop(slos) if stop_rule(cell, ctx)[0] == "auto" else None
         spec = target.checked(load_spec(cell, ctx, target.url))
         since = time.time()
-        load = run_load(spec, progress=progress, stop=auto.update if auto else None)
+        load = target.drive(spec, progress=progress, stop=auto.update if auto else None)
         target.settle()
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed

@@ -27,13 +27,24 @@ DB_ERROR = "db_error"  # the app logged a database error (django.db.utils.Operat
 # gunicorn "[pid] [ERROR] Error handling request <method> <uri>": the worker answered 500 for a request; when the
 # arbiter aborted that worker (its SIGABRT handler raises SystemExit inside the request) it is the aborted request
 REQUEST_ERROR = "request_error"
+# the server's own lifecycle lines (uWSGI "...gracefully killing workers..." / "...brutally killing workers...",
+# gunicorn "Hang up: Master"; uWSGI "SIGINT/SIGTERM received...killing workers...", gunicorn "Handling signal: term")
+RELOAD = "reload"
+SHUTDOWN = "shutdown"
+# uWSGI "invalid HTTP request size (max 4096)...skip" (http-socket; "invalid request block size: N (max 4096)" on
+# the uwsgi protocol): a request's headers exceed buffer-size, the connection is closed without a response (nginx,
+# measured on 2.0.31's http-socket: recv() failed (104: Connection reset by peer) -> 502)
+HEADER_TOO_LARGE = "header_too_large"
+# a lifecycle action the harness sent during the load (a cell's ``actions``: cellrun.py), with its exact time
+ACTION = "action"
 # gunicorn server hooks (exact times)
 WORKER_EXIT = "worker_exit"
 WORKER_ABORT = "worker_abort"  # gunicorn's timeout kill
 
 KINDS = frozenset({SPAWN, RESPAWN, RECYCLE, LIFETIME, NO_MERCY, HARAKIRI, DIED_SIGNAL, DIED_OTHER_SIGNAL, DIED,
                    DIED_CODE, EXIT, TIMEOUT, LISTEN_QUEUE_FULL, RESPAWNING_TOO_FAST, DB_ERROR, REQUEST_ERROR,
-                   WORKER_EXIT, WORKER_ABORT})
+                   WORKER_EXIT, WORKER_ABORT, RELOAD, SHUTDOWN, ACTION,
+                   HEADER_TOO_LARGE})
 
 SPAWNS = frozenset({SPAWN, RESPAWN})  # a worker started (the initial set included)
 RESPAWNS = frozenset({RESPAWN})  # a worker started to replace one that left
@@ -41,3 +52,5 @@ SIGKILLED = frozenset({NO_MERCY, HARAKIRI, DIED_SIGNAL})  # a worker got SIGKILL
 KILLS = SIGKILLED | {TIMEOUT, WORKER_ABORT}  # the server killed a worker mid-request (SIGKILL or gunicorn's abort)
 # a worker left without SIGKILL: recycled, reached its lifetime, exited, or died of another signal
 EXITS = frozenset({RECYCLE, LIFETIME, EXIT, DIED, DIED_CODE, WORKER_EXIT, DIED_OTHER_SIGNAL})
+# the server was told to reload or stop (by the harness or by its own log): what cuts requests and closes listeners
+LIFECYCLE = frozenset({ACTION, RELOAD, SHUTDOWN})

@@ -38,6 +38,11 @@ BUILTIN = {"seed": SEED_MATRIX, "seed-unix": SEED_MATRIX.parent / "seed_unix.tom
            "scenarios": SEED_MATRIX.parent / "scenarios.toml"}  # --wsgi-matrix-file=NAME
 
 SERVERS = ("uwsgi", "gunicorn")
+# what a cell's ``actions`` may do to its server during the load (servers/*.py map each to the server's signal):
+# reload = the server's graceful reload (SIGHUP for both), term = SIGTERM (uWSGI 2.0 without die-on-term: a
+# brutal reload; gunicorn and uWSGI with die-on-term: a graceful stop, and the server does not come back)
+ACTIONS = ("reload", "term")
+_ACTION_KEYS = {"at", "do"}
 WORKER_CLASSES = {"uwsgi": ("prefork", "gevent"), "gunicorn": ("sync", "gthread", "gevent")}
 DRIVERS = ("mysqlclient", "pymysql")
 POOLS = ("none", "sqlalchemy")
@@ -76,6 +81,9 @@ class Cell:
     concurrency: int | None = None
     duration: float | Auto | None = None  # seconds of load, or auto[:MAX] (config/duration.py); None: the session's
     mix: tuple[Mapping[str, Any], ...] = ()  # [{path, weight, verify_contains, method}], replaces path
+    headers: Mapping[str, str] = field(default_factory=dict)  # request headers sent with every request of the load
+    # lifecycle actions sent to the server during the load: [{"at": seconds since the load started, "do": ACTIONS}]
+    actions: tuple[Mapping[str, Any], ...] = ()
     path: str | None = None  # request path, {n}: a random integer in 1..n_max (None: the session's --wsgi-path)
     n_max: int = 1000
     verify_contains: str | None = None  # a 2xx body must contain this (None: the session's; "" = off)
@@ -102,6 +110,8 @@ class Cell:
             d["duration"] = str(self.duration)
         d["slo"] = list(self.slo)
         d["mix"] = [dict(m) for m in self.mix]
+        d["headers"] = dict(self.headers)
+        d["actions"] = [dict(a) for a in self.actions]
         d["options"] = dict(self.options)
         d["env"] = dict(self.env)
         return d
@@ -343,6 +353,8 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
             parse_statuses(m["verify_status"], f"{at}: mix[{i}].verify_status")
         if "verify_content_type" in m:
             content_type(m["verify_content_type"], f"{at}: mix[{i}].verify_content_type")
+    actions = _actions(raw.get("actions", []), at, raw.get("duration"))
+    headers = _headers(raw.get("headers", {}), at)
     slo = raw.get("slo", ())
     if isinstance(slo, str):
         slo = [slo]
@@ -358,8 +370,50 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     if raw.get("duration") is not None:
         values_["duration"] = parse_duration(raw["duration"], f"{at}: duration")
     values_.update(name=name, slo=slos, options=dict(raw.get("options", {})), mix=tuple(dict(m) for m in mix),
+                   actions=actions, headers=headers,
                    env={k: str(v) for k, v in raw.get("env", {}).items()})
     return Cell(**values_)
+
+
+def _actions(value: Any, at: str, duration: Any) -> tuple[dict[str, Any], ...]:
+    """``actions = [{at = "5s", do = "reload"}]``: each ``at`` a duration within the cell's own duration (when it
+    has one; the run checks it against the session's), each ``do`` one of ``ACTIONS``; sorted by time."""
+    if not isinstance(value, list | tuple) or not all(isinstance(a, Mapping) for a in value):
+        raise ConfigError(f"{at}: actions must be a list of tables, e.g. actions = [{{at = \"5s\", do = \"reload\"}}]")
+    length: float | None = None
+    if duration is not None:
+        parsed = parse_duration(duration, f"{at}: duration")
+        length = parsed.cap if isinstance(parsed, Auto) else parsed
+    out = []
+    for i, a in enumerate(value):
+        if set(a) != _ACTION_KEYS:
+            raise ConfigError(f"{at}: actions[{i}] needs exactly at (a duration like \"5s\") and do (one of "
+                              f"{', '.join(ACTIONS)}); got {shown(dict(a))}")
+        when = parse_duration(a["at"], f"{at}: actions[{i}].at")
+        if isinstance(when, Auto):
+            raise ConfigError(f"{at}: actions[{i}].at must be a time like \"5s\", not auto")
+        if length is not None and when >= length:
+            raise ConfigError(f"{at}: actions[{i}].at = {when:g}s is not within the cell's duration ({length:g}s)")
+        if a["do"] not in ACTIONS:
+            raise ConfigError(f"{at}: actions[{i}].do {shown(a['do'])} unknown; choose one of {', '.join(ACTIONS)}")
+        out.append({"at": when, "do": a["do"]})
+    return tuple(sorted(out, key=lambda a: a["at"]))
+
+
+def _headers(value: Any, at: str) -> dict[str, str]:
+    """``headers = {Cookie = "..."}``: request headers for every request of the cell's load (names are tokens,
+    values one line of printable text; Host, Content-Length and Transfer-Encoding are the engine's)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{at}: headers must be a table of Name = \"value\", got {shown(value)}")
+    out = {}
+    for name, text in value.items():
+        name, text = values.header(name, text, f"{at}: headers")
+        if name.lower() in ("host", "content-length", "transfer-encoding"):
+            raise ConfigError(f"{at}: headers: {name} is set by the load engine, not by the cell")
+        if len(text) > 1_000_000:
+            raise ConfigError(f"{at}: headers {name}: value longer than 1,000,000 characters")
+        out[name] = text
+    return out
 
 
 _STATUS = re.compile(r"([1-3])(xx|[0-9][0-9])")

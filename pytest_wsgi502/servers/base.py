@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.config.values import ConfigError, shown
@@ -115,6 +115,10 @@ class Runner(Protocol):
 
     def stop(self) -> None: ...
 
+    def signal(self, sig: signal.Signals) -> int | None:
+        """Send ``sig`` to the server's master (a lifecycle action); return the pid it went to, when known."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """Keys for the cell's result about where the server ran: ``{}`` for a local process."""
         ...
@@ -184,6 +188,11 @@ class Server:
 
     kind = ""
     stop_signal = signal.SIGINT  # uWSGI 2.0 treats SIGTERM as "reload", not "stop"
+    # a cell's lifecycle actions (config/matrix.ACTIONS) -> the signal its master gets. Both servers reload
+    # gracefully on SIGHUP. SIGTERM: gunicorn stops gracefully (the listener closes at once); uWSGI 2.0 stops when
+    # die-on-term is set (the harness sets it; in-flight requests are cut), else it reloads brutally (in-flight
+    # requests cut, the listening socket kept across the re-exec): measured on uWSGI 2.0.31 and gunicorn 27.0.1
+    action_signals: ClassVar[Mapping[str, signal.Signals]] = {"reload": signal.SIGHUP, "term": signal.SIGTERM}
     config_name = ""
 
     def __init__(self, spec: ServerSpec, binary: str, ledger: Path | None = None, *, runner: RunnerFactory) -> None:
@@ -296,6 +305,11 @@ class Server:
     def describe(self) -> dict[str, Any]:
         """Keys for the cell's result about where the server ran (the runner's: ``{}`` for a local process)."""
         return self.runner.describe()
+
+    def act(self, do: str) -> tuple[signal.Signals, int | None]:
+        """Perform lifecycle action ``do`` (``reload``, ``term``) on the running server: (signal, master pid)."""
+        sig = self.action_signals[do]
+        return sig, self.runner.signal(sig)
 
     def telemetry(self, until: float | None = None) -> dict[str, Any]:
         """{"respawns": int, "kills": int, "events": [...], ...} from the server's own logs/stats, counting

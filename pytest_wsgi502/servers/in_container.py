@@ -11,6 +11,7 @@ as the local backend does, so the same telemetry parsers and attribution read it
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -161,6 +162,13 @@ class ContainerRunner:
             self.state.update({"exit_code": st.get("ExitCode"), "oom_killed_flag": st.get("OOMKilled")})
         with contextlib.suppress(Exception):
             c.remove(force=True, v=True)
+
+    def signal(self, sig: signal.Signals) -> int | None:
+        """``sig`` to the container's main process: the server's master is its command (pid 1 inside)."""
+        if self.container is not None:
+            with contextlib.suppress(Exception):  # the container already ended (a term action before)
+                self.container.kill(signal=sig.name)
+        return None
 
     def describe(self) -> dict[str, Any]:
         """The container part of the cell's JSON: image, limits, engine, phase timings, exit state."""

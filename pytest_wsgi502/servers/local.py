@@ -4,6 +4,7 @@ pytest, its output stamped line by line into the cell's ``server.log``."""
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,13 @@ class LocalRunner:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+    def signal(self, sig: signal.Signals) -> int | None:
+        """``sig`` to the master (the process the runner started), if it still runs."""
+        if self.process is None:
+            return None
+        self.process.signal(sig)
+        return self.process.pid
 
     def describe(self) -> dict[str, Any]:
         return {}

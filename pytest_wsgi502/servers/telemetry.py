@@ -32,6 +32,12 @@ UWSGI_PATTERNS: dict[str, re.Pattern[str]] = {
     ev.LISTEN_QUEUE_FULL: re.compile(r"listen queue of socket .* full"),
     ev.RESPAWNING_TOO_FAST: re.compile(r"worker respawning too fast"),
     ev.DB_ERROR: re.compile(r"django\.db\.utils\.OperationalError: \((?P<code>\d+)"),
+    # SIGHUP (graceful) and, without die-on-term, SIGTERM (brutal) reloads; SIGINT/SIGQUIT/die-on-term stops
+    ev.RELOAD: re.compile(r"\.\.\.(gracefully|brutally) killing workers\.\.\."),
+    ev.SHUTDOWN: re.compile(r"SIGINT/SIGTERM received\.\.\.killing workers|SIGINT/SIGQUIT received"),
+    # http-socket (2.0.31): "invalid HTTP request size (max 4096)...skip"; uwsgi protocol: "invalid request block
+    # size: 5054 (max 4096)...skip"
+    ev.HEADER_TOO_LARGE: re.compile(r"invalid (?:HTTP request size|request block size: \d+) \(max (?P<max>\d+)\)"),
 }
 
 GUNICORN_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -44,6 +50,8 @@ GUNICORN_PATTERNS: dict[str, re.Pattern[str]] = {
     ev.DB_ERROR: UWSGI_PATTERNS[ev.DB_ERROR],
     # the worker's own pid is the line's second bracket; gunicorn 20+ logs the method before the URI
     ev.REQUEST_ERROR: re.compile(r"\[(?P<pid>\d+)\] \[ERROR\] Error handling request (?:[A-Z]+ )?(?P<uri>\S+)"),
+    ev.RELOAD: re.compile(r"\[(?P<pid>\d+)\] \[INFO\] Hang up: Master"),
+    ev.SHUTDOWN: re.compile(r"\[(?P<pid>\d+)\] \[INFO\] Handling signal: (term|int|quit)"),
 }
 
 

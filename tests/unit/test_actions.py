@@ -1,0 +1,187 @@
+"""Lifecycle actions (issue 16 item 1-2): the matrix key, the timer that sends them, their events, and the
+attribution of the 502s they cause (listener_closed, inflight_cut) from nginx's lines and the action's time."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import pytest
+
+from pytest_wsgi502 import events as ev
+from pytest_wsgi502.attribution import ACTION_SLACK, attribute, classify
+from pytest_wsgi502.cellrun import _Actions
+from pytest_wsgi502.config.matrix import expand
+from pytest_wsgi502.config.values import ConfigError
+from pytest_wsgi502.nginxlog import Failure, classify_reason
+from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, UWSGI_PATTERNS, parse_events
+
+REFUSED = ("connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, "
+           "server: , request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:1/\"")
+CLOSED = "upstream prematurely closed connection while reading response header from upstream"
+
+
+def cell(**keys: Any) -> Any:
+    return expand({"cells": {"c": {"server": "uwsgi", **keys}}})[0]
+
+
+# --- the matrix key -------------------------------------------------------------------------------------------
+
+
+def test_actions_parse_sorted_in_seconds() -> None:
+    c = cell(duration=10, actions=[{"at": "7s", "do": "term"}, {"at": "2500ms", "do": "reload"}])
+    assert c.actions == ({"at": 2.5, "do": "reload"}, {"at": 7.0, "do": "term"})
+    assert c.as_dict()["actions"] == [{"at": 2.5, "do": "reload"}, {"at": 7.0, "do": "term"}]
+
+
+@pytest.mark.parametrize(("actions", "duration", "message"), [
+    ([{"at": "5s", "do": "restart"}], None, "actions[0].do 'restart' unknown; choose one of reload, term"),
+    ([{"at": "12s", "do": "reload"}], 10, "actions[0].at = 12s is not within the cell's duration (10s)"),
+    ([{"at": "10s", "do": "reload"}], "auto:10s", "is not within the cell's duration (10s)"),
+    ([{"at": "soon", "do": "reload"}], None, "actions[0].at: not a duration"),
+    ([{"at": "auto", "do": "reload"}], None, "must be a time like"),
+    ([{"at": "5s"}], None, "needs exactly at"),
+    ([{"at": "5s", "do": "reload", "signal": "HUP"}], None, "needs exactly at"),
+    ("reload", None, "actions must be a list of tables"),
+])
+def test_bad_actions_are_one_line_config_errors(actions: Any, duration: Any, message: str) -> None:
+    keys = {"actions": actions} | ({"duration": duration} if duration is not None else {})
+    with pytest.raises(ConfigError) as exc:
+        cell(**keys)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert "cell 'c'" in str(exc.value)
+
+
+def test_headers_key_is_validated() -> None:
+    assert cell(headers={"Cookie": "a=" + "x" * 5000}).headers["Cookie"].startswith("a=x")
+    for bad, message in (({"Bad Name": "x"}, "must be a token"), ({"Cookie": "a\nb"}, "without CR/LF"),
+                         ({"Host": "evil"}, "set by the load engine"), ("Cookie: x", "must be a table")):
+        with pytest.raises(ConfigError, match=message):
+            cell(headers=bad)
+
+
+# --- the timer thread -----------------------------------------------------------------------------------------
+
+
+class FakeServer:
+    kind = "uwsgi"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, float]] = []
+
+    def act(self, do: str) -> tuple[signal.Signals, int]:
+        self.sent.append((do, time.time()))
+        return {"reload": signal.SIGHUP, "term": signal.SIGTERM}[do], 4242
+
+
+def test_actions_are_sent_at_their_time_without_blocking_the_caller() -> None:
+    server = FakeServer()
+    t0 = time.time()
+    timer = _Actions(server, [{"at": 0.2, "do": "reload"}, {"at": 0.4, "do": "term"}], t0)  # type: ignore[arg-type]
+    timer.start()
+    assert time.time() - t0 < 0.1  # start() returns at once: the load runs meanwhile
+    time.sleep(0.7)
+    sent = timer.finish()
+    assert [d for d, _ in server.sent] == ["reload", "term"]
+    for (_, at), want in zip(server.sent, (0.2, 0.4), strict=True):
+        assert want <= at - t0 < want + 0.15
+    assert [e["kind"] for e in sent] == [ev.ACTION, ev.ACTION]
+    assert sent[0]["line"] == "wsgi502: reload at 0.2s: SIGHUP to the uwsgi master (pid 4242)"
+    assert sent[1]["action"] == "term" and sent[1]["pid"] == 4242 and abs(sent[1]["t"] - server.sent[1][1]) < 0.01
+
+
+def test_actions_after_the_load_are_not_sent() -> None:
+    server = FakeServer()
+    timer = _Actions(server, [{"at": 5.0, "do": "term"}], time.time())  # type: ignore[arg-type]
+    timer.start()
+    t = time.time()
+    assert timer.finish() == [] and server.sent == []
+    assert time.time() - t < 1 and not timer.is_alive()
+
+
+def test_a_failing_action_is_an_event_not_an_exception() -> None:
+    class Broken(FakeServer):
+        def act(self, do: str) -> tuple[signal.Signals, int]:
+            raise ProcessLookupError("gone")
+
+    timer = _Actions(Broken(), [{"at": 0.01, "do": "term"}], time.time())  # type: ignore[arg-type]
+    timer.start()
+    time.sleep(0.2)
+    (event,) = timer.finish()
+    assert "term at 0.01s failed: ProcessLookupError: gone" in event["line"]
+    assert threading.active_count() >= 1
+
+
+# --- the servers' own lifecycle lines (as uWSGI 2.0.31 and gunicorn 27.0.1 print them) ---------------------------
+
+
+def test_server_lifecycle_lines_are_events() -> None:
+    uwsgi = ("1796095254.100000 ...brutally killing workers...\n"
+             "1796095254.200000 ...gracefully killing workers...\n"
+             "1796095254.300000 SIGINT/SIGTERM received...killing workers...\n"
+             "1796095254.400000 worker 1 buried after 0 seconds\n")
+    assert [e.kind for e in parse_events(uwsgi, UWSGI_PATTERNS)] == [ev.RELOAD, ev.RELOAD, ev.SHUTDOWN]
+    gunicorn = ("[2026-12-01 03:21:45 +0000] [32540] [INFO] Handling signal: hup\n"
+                "[2026-12-01 03:21:45 +0000] [32540] [INFO] Hang up: Master\n"
+                "[2026-12-01 03:28:02 +0000] [925] [INFO] Handling signal: term\n"
+                "[2026-12-01 03:28:04 +0000] [925] [INFO] Shutting down: Master\n")
+    got = parse_events(gunicorn, GUNICORN_PATTERNS)
+    assert [(e.kind, e.pid) for e in got] == [(ev.RELOAD, 32540), (ev.SHUTDOWN, 925)]
+
+
+# --- attribution ---------------------------------------------------------------------------------------------
+
+ACTION_AT = 1000.0
+TERM = [{"kind": ev.ACTION, "t": ACTION_AT, "pid": 1, "line": "wsgi502: term at 5s: SIGTERM to the uwsgi master"}]
+
+
+def test_refused_after_an_action_is_listener_closed_and_before_it_server_down() -> None:
+    refused = classify_reason(REFUSED)
+    assert classify(refused, 502, ACTION_AT + 3, ACTION_AT + 3.001, TERM) == "listener_closed"
+    assert classify(refused, 502, ACTION_AT - 1, ACTION_AT - 0.9, TERM) == "server_down"  # before the action
+    assert classify(refused, 502, ACTION_AT + 3, ACTION_AT + 3.001, []) == "server_down"
+
+
+def test_cut_in_flight_after_an_action_is_inflight_cut() -> None:
+    closed = classify_reason(CLOSED)
+    assert classify(closed, 502, ACTION_AT - 0.3, ACTION_AT + 0.01, TERM) == "inflight_cut"  # in flight
+    assert classify(closed, 502, ACTION_AT + 1, ACTION_AT + 1.2, TERM) == "inflight_cut"  # started in the reload
+    # ended before the action was sent, or started long after it: not the action's
+    assert classify(closed, 502, ACTION_AT - 2, ACTION_AT - 1, TERM) == "unknown"
+    assert classify(closed, 502, ACTION_AT + ACTION_SLACK + 1, ACTION_AT + ACTION_SLACK + 1.2, TERM) == "unknown"
+
+
+def test_the_action_wins_over_the_worker_exits_it_causes() -> None:
+    """gunicorn logs 'Worker exiting' for each worker a HUP or TERM stops: those are the action's, not recycles."""
+    closed = classify_reason(CLOSED)
+    exits = [*TERM, {"kind": ev.EXIT, "t": ACTION_AT + 0.5, "pid": 7, "line": "Worker exiting (pid: 7)"}]
+    assert classify(closed, 502, ACTION_AT - 0.2, ACTION_AT + 0.6, exits) == "inflight_cut"
+    assert classify(closed, 502, ACTION_AT - 0.2, ACTION_AT + 0.6, exits[1:]) == "recycle"  # without the action
+
+
+def test_matches_carry_the_nginx_line_and_the_action_that_prove_them() -> None:
+    failures = [Failure(ACTION_AT + 0.05, 502, 1, 0.3, "/api/slow"), Failure(ACTION_AT + 2, 502, 2, 0.001, "/a"),
+                Failure(ACTION_AT + 2.5, 502, 3, 0.001, "/b")]
+    reasons = {1: deque([classify_reason(CLOSED)]), 2: deque([classify_reason(REFUSED)])}
+    out = attribute(failures, reasons, TERM)
+    assert out["counts"]["inflight_cut"] == 1 and out["counts"]["listener_closed"] == 1
+    assert out["counts"]["unknown"] == 1  # no nginx line for connection 3: not proven, not guessed
+    cut, refused, unknown = out["matches"]
+    assert "prematurely closed" in cut["reason"] and "SIGTERM" in cut["event"]
+    assert "(111: Connection refused)" in refused["reason"] and "SIGTERM" in refused["event"]
+    assert "event" not in unknown
+
+
+def test_header_too_large_needs_the_servers_line_one_per_502() -> None:
+    """uWSGI 2.0.31 logs 'invalid request block size: 5054 (max 4096)...skip' and closes the connection; nginx
+    answers 502 (upstream prematurely closed). Each server line proves one 502; a 502 without one stays unknown."""
+    line = "1796095254.100000 invalid HTTP request size (max 4096)...skip"
+    (event,) = [e.as_dict() for e in parse_events(line, UWSGI_PATTERNS)]
+    assert event["kind"] == ev.HEADER_TOO_LARGE
+    failures = [Failure(1796095254.1, 502, 1, 0.002, "/a"), Failure(1796095254.2, 502, 2, 0.002, "/b")]
+    reasons = {1: deque([classify_reason(CLOSED)]), 2: deque([classify_reason(CLOSED)])}
+    out = attribute(failures, reasons, [event], keepalive_reuse=False)
+    assert out["counts"]["header_too_large"] == 1 and out["counts"]["unknown"] == 1
