@@ -12,7 +12,8 @@ import pytest
 RUNS = (1, 2, 3)
 # mechanism -> the cause its 502s must be attributed to (>= 80 %)
 MECHANISMS_502 = {"keepalive-race": "keepalive_race", "harakiri": "worker_killed", "recycle": "recycle",
-                  "backlog": "backlog", "lifetime": "recycle"}
+                  "backlog": "backlog", "lifetime": "recycle", "reload-term": "inflight_cut",
+                  "header-size": "header_too_large"}
 PAIRS = [*MECHANISMS_502, "gunicorn-timeout", "recycle-hang", "recycle-hang-gunicorn", "gevent-mysqlclient",
          "db-exhaustion"]
 
@@ -160,3 +161,31 @@ def test_db_exhaustion_is_500s_attributed_to_the_database(scenario_run):
     # cell was INVALID, generator_bound, in 2 of 3 runs of the clean container under a full-speed closed loop)
     assert broken["slo"]["outcome"] == "fail" and fixed["slo"]["outcome"] == "pass", (broken["slo"], fixed["slo"])
     assert fixed["requests"] >= 0.5 * broken["requests"]  # the same load reached it
+
+
+def test_reload_term_is_a_brutal_reload_on_uwsgi_2_0_and_sighup_is_graceful(scenario_run):
+    """SIGTERM to uWSGI 2.0 without die-on-term: a brutal reload that cuts the requests in flight (nginx: upstream
+    prematurely closed), each right after the action; the listening socket is kept (no refused connect). SIGHUP
+    at the same time under the same load: the workers finish their requests, nothing is lost. Both the action
+    and the server's own reload line are on the cell's timeline."""
+    _, cells, _ = scenario_run
+    broken, fixed = cells["reload-term"], cells["reload-term-fixed"]
+    for cell, sig in ((broken, "SIGTERM"), (fixed, "SIGHUP")):
+        (action,) = cell["telemetry"]["actions"]
+        assert sig in action["line"] and abs(action["t"] - cell["started_at"] - 5) < 0.5, action
+        assert cell["telemetry"]["event_counts"].get("reload", 0) == 1  # uWSGI's "...killing workers..." line
+        assert cell["proxy"]["error_reasons"].get("upstream_refused", 0) == 0  # the socket survived the re-exec
+    cuts = [m for m in broken["attribution_matches"] if m["cause"] == "inflight_cut"]
+    assert cuts and all("prematurely closed" in m["reason"] and "SIGTERM" in m["event"] for m in cuts), cuts
+    assert all(0 <= m["t"] - broken["telemetry"]["actions"][0]["t"] < 3 for m in cuts), cuts
+
+
+def test_header_size_over_the_uwsgi_buffer_is_a_502_per_request_with_its_log_line(scenario_run):
+    """A 5 KB Cookie against uWSGI's default 4 KB buffer-size: one 'invalid HTTP request size (max 4096)' line
+    per request, which nginx answers 502; buffer-size = 32768 serves the same requests."""
+    _, cells, _ = scenario_run
+    broken, fixed = cells["header-size"], cells["header-size-fixed"]
+    n502 = broken["status_counts"].get("502", 0)
+    assert n502 == broken["requests"] == broken["telemetry"]["event_counts"]["header_too_large"]
+    assert broken["attribution"]["header_too_large"] == n502, broken["attribution"]
+    assert fixed["telemetry"]["event_counts"].get("header_too_large", 0) == 0
