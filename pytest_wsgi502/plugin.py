@@ -220,7 +220,8 @@ def pytest_wsgi502_cell_result(result: dict[str, Any], config: pytest.Config) ->
         return
     name = result["name"]
     result["shard"] = {"index": plan.shard.index, "count": plan.shard.count, "owner": plan.owner[name],
-                       "pinned": name not in plan.own, "position": list(plan.owner).index(name)}
+                       "pinned": name not in plan.own, "position": list(plan.owner).index(name),
+                       "owners": dict(plan.owner)}  # every cell's shard: the merge knows what a full run has
 
 
 def mark_service_tests(items: list[pytest.Item], enabled: bool) -> None:

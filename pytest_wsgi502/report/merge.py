@@ -105,7 +105,14 @@ def _shards(runs: Sequence[Run]) -> tuple[int | None, list[int]]:
             raise MergeError(f"shard {s['index']}/{count} given twice: {Path(seen[s['index']]).name} and "
                              f"{Path(label).name}")
         seen[s["index"]] = label
-    return count, [i for i in range(1, count + 1) if i not in seen]
+    # every cell's shard, as the shards recorded it: a shard that owns no cell (more shards than cells) writes
+    # no manifest and is not missing; without the map (no cell ran anywhere) every shard is expected
+    owners: dict[str, int] = {}
+    for _, doc in runs:
+        for cell in doc["cells"]:
+            owners.update((cell.get("shard") or {}).get("owners") or {})
+    expected = set(owners.values()) if owners else set(range(1, count + 1))
+    return count, sorted(i for i in expected if i not in seen)
 
 
 def merge(runs: Sequence[Run]) -> dict[str, Any]:

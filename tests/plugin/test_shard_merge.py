@@ -98,12 +98,14 @@ def test_two_shards_merge_into_the_unsharded_matrix(real_project: pytest.Pyteste
     one = json.loads((real_project.path / "shard1.json").read_text())
     two = json.loads((real_project.path / "shard2.json").read_text())
     assert one["shard"] == {"index": 1, "count": 2} and [c["name"] for c in one["cells"]] == ["uwsgi-2w"]
+    assert one["cells"][0]["shard"]["owners"] == {"uwsgi-2w": 1, "gunicorn-2w": 2}
     # shard 2 ran its cell and the pinned baseline, side by side
     assert sorted(c["name"] for c in two["cells"]) == ["gunicorn-2w", "uwsgi-2w"]
     assert next(c for c in two["cells"] if c["name"] == "uwsgi-2w")["shard"]["pinned"] is True
 
     done = subprocess.run([sys.executable, "-m", "pytest_wsgi502.report", "merge", "shard1.json", "shard2.json",
-                           "--json=merged.json"], cwd=real_project.path, capture_output=True, text=True, timeout=120)
+                           "--json=merged.json", "--html=merged.html"],
+                          cwd=real_project.path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     merged = json.loads((real_project.path / "merged.json").read_text())
     assert [c["name"] for c in merged["cells"]] == everything
@@ -117,3 +119,6 @@ def test_two_shards_merge_into_the_unsharded_matrix(real_project: pytest.Pyteste
     assert "(not side by side)" in done.stdout
     assert "baseline uwsgi-2w: kept from shard1.json; its pinned runs in shard2.json not kept" in done.stdout
     assert "verdict: pass (2 pass, 0 fail, 0 invalid)" in done.stdout
+    assert merged["merge"]["missing_shards"] == [] and merged["merge"]["verdict"]["outcome"] == "pass"
+    page = (real_project.path / "merged.html").read_text()
+    assert "<section id='merge'>" in page and "id='cell-gunicorn-2w'" in page and "(not side by side)" in page

@@ -190,3 +190,15 @@ def test_the_merged_html_says_where_the_cells_ran(tmp_path: Path) -> None:
     page = render_html(merge.merge(two_shards()))
     assert "<section id='merge'>" in page and "shard 2/2: s2.json: a, c" in page
     assert "baseline base kept from s1.json, also ran in s2.json" in page and "(not side by side)" in page
+
+
+def test_a_shard_that_owns_no_cell_is_not_missing() -> None:
+    """Three shards of two cells: shard 3 runs nothing and writes no manifest; the cells' owner maps say so."""
+    owners = {"a": 1, "b": 2}
+    runs = []
+    for i, name in ((1, "a"), (2, "b")):
+        c = cell(name, shard=(i, 3, i, False, i - 1))
+        c["shard"]["owners"] = owners
+        runs.append((f"s{i}.json", run([c], (i, 3))))
+    assert merge.merge(runs)["merge"]["missing_shards"] == []
+    assert merge.merge(runs[:1])["merge"]["missing_shards"] == ["2/3"]
