@@ -134,23 +134,6 @@ def wsgi_containers(pytestconfig: pytest.Config, wsgi_run_dir: Path) -> Iterator
     yield from _started(session.open, session.close)
 
 
-def describe_isolation(d: Mapping[str, Any]) -> str:
-    """One line for the terminal: what was asked, what was used, which CPUs went where."""
-    used = d["mechanism"]
-    if used == "off":
-        where = d.get("note") or "off"
-    elif used == "nice":
-        where = f"every CPU for everyone, servers and mysqld at nice {d['inside_nice']}"
-    else:
-        where = (f"engine and proxy on CPU {_cpus(d['outside'])}, servers and mysqld on CPU {_cpus(d['inside'])}"
-                 + (f" ({d['note']})" if d.get("note") else ""))
-    return f"{d['requested']} -> {used}: {where}"
-
-
-def _cpus(ids: Iterable[int]) -> str:
-    return ",".join(str(i) for i in ids)
-
-
 @pytest.fixture(scope="session")
 def wsgi_isolation(pytestconfig: pytest.Config, wsgi_settings: EffectiveSettings, wsgi_run_dir: Path,
                    wsgi_containers: ContainerSession | None) -> Iterator[Isolation]:
@@ -170,7 +153,7 @@ def wsgi_isolation(pytestconfig: pytest.Config, wsgi_settings: EffectiveSettings
         _fail(exc)
     from pytest_wsgi502.report.progress import LiveProgress
 
-    LiveProgress(pytestconfig, "").say(f"wsgi502: isolation {describe_isolation(iso.describe())}")
+    LiveProgress(pytestconfig, "").say(f"wsgi502: isolation {isolation.describe_text(iso.describe())}")
     try:
         yield iso
     finally:

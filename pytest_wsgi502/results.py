@@ -162,6 +162,16 @@ class MatrixReporter:
             terminalreporter.section("wsgi502 config lint")
             for line in lint:
                 terminalreporter.write_line(line, yellow=True)
+        splits: list[dict[str, Any]] = []
+        for r in state.results:
+            if r.get("isolation") and r["isolation"] not in splits:
+                splits.append(r["isolation"])
+        if len(splits) > 1 or any(s.get("worker", "main") != "main" for s in splits):  # xdist: what each got
+            from pytest_wsgi502.services.isolation import describe_text
+
+            for split in splits:
+                terminalreporter.write_line(f"wsgi502: isolation {split.get('worker', 'main')}: "
+                                            f"{describe_text(split)}")
         if state.compare is not None:
             terminalreporter.section("wsgi502 compare")
             for line in state.compare["lines"]:

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.events import KILLS, RESPAWNS
+from pytest_wsgi502.events import ACTION, KILLS, RESPAWNS
 
 RESPAWN_COLOR = "#00b050"  # green: used for nothing else, so a picture test can look for it
 KILL_COLOR = "#e00000"
@@ -33,7 +33,7 @@ def _pyplot() -> Any:
 def event_offsets(cell: dict[str, Any]) -> dict[str, list[float]]:
     """Worker events as seconds since the load started, within the load (not the initial forks or our stop)."""
     started, end = cell.get("started_at"), cell.get("duration_s") or 0
-    out: dict[str, list[float]] = {"respawn": [], "kill": []}
+    out: dict[str, list[float]] = {"respawn": [], "kill": [], "action": []}
     if started is None:
         return out
     for e in (cell.get("telemetry") or {}).get("events", []):
@@ -43,6 +43,8 @@ def event_offsets(cell: dict[str, Any]) -> dict[str, list[float]]:
             out["respawn"].append(e["t"] - started)
         elif e["kind"] in KILLS:
             out["kill"].append(e["t"] - started)
+        elif e["kind"] == ACTION:  # a lifecycle action the harness sent (reload, term)
+            out["action"].append(e["t"] - started)
     return out
 
 
@@ -88,7 +90,11 @@ def timeline_figure(cell: dict[str, Any]) -> Any:
             ax.axvline(x, color=RESPAWN_COLOR, ls="--", lw=1.6)
         for x in events["kill"]:
             ax.axvline(x, color=KILL_COLOR, ls="-", lw=2.0)
+        for x in events["action"]:
+            ax.axvline(x, color="#000000", ls=":", lw=1.8)
     counts = f"{len(events['respawn'])} respawns (green dashed), {len(events['kill'])} kills (red)"
+    if events["action"]:
+        counts += f", {len(events['action'])} actions (black dotted)"
     rate = cell.get("error_rate") or 0
     fig.suptitle(f"{cell['name']}: {cell.get('requests', 0):,} requests, error rate {rate:.2e}, {counts}",
                  fontsize=9)

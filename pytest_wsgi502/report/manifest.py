@@ -29,6 +29,7 @@ MEASURED_CELL_KEYS = frozenset({
     "requests", "responses", "status_counts", "http_5xx", "errors", "error_count", "error_rate", "latency_ms", "rps",
     "duration_s", "latency_clamped", "timeline", "histogram", "engine", "generator_bound", "generator_bound_reason",
     "aborted", "respawns", "kills", "telemetry", "proxy", "attribution", "attribution_matches", "files", "slo",
+    "readiness",  # the status the readiness path answered and how long the server took to answer it
 })
 # when and where it ran; "compare" is derived from measurements (this run's vs a saved one's)
 VOLATILE_KEYS = frozenset({"started_at", "ended_at", "timeline_t0", "dir", "ports", "created", "run_dir",

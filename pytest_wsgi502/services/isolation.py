@@ -267,7 +267,8 @@ class Isolation:
         return [str(g) for g in self.groups if not remove_cgroup(g)]
 
     def describe(self) -> dict[str, Any]:
-        """For the manifest: what was asked, what was used, which CPUs went where, and why."""
+        """For the manifest: what was asked, what was used, which CPUs went where, and why. The cgroup paths
+        (``groups``) are a run-local allocation like a port: left out, so two runs describe alike."""
         return {
             "requested": self.requested,
             "mechanism": self.mechanism,
@@ -279,7 +280,7 @@ class Isolation:
             "inside_nice": self.inside.nice,
             "outside_nice": self.outside.nice,
             "note": self.note,
-            "cgroups": [str(g) for g in self.groups],
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),  # under xdist each worker has its own split
         }
 
 
@@ -458,6 +459,23 @@ def start(mode: str = "auto", *, outside: int | None = None, ledger: Path | None
                     Side("inside", lay.inside), Side("outside", lay.outside))
     iso.enter_outside()
     return iso
+
+
+def describe_text(d: Mapping[str, Any]) -> str:
+    """One line for the terminal: what was asked, what was used, which CPUs went where."""
+    used = d["mechanism"]
+    if used == "off":
+        where = d.get("note") or "off"
+    elif used == "nice":
+        where = f"every CPU for everyone, servers and mysqld at nice {d['inside_nice']}"
+    else:
+        where = (f"engine and proxy on CPU {_cpus(d['outside'])}, servers and mysqld on CPU {_cpus(d['inside'])}"
+                 + (f" ({d['note']})" if d.get("note") else ""))
+    return f"{d['requested']} -> {used}: {where}"
+
+
+def _cpus(ids: Iterable[int]) -> str:
+    return ",".join(str(i) for i in ids)
 
 
 def cpus_allowed(pid: int) -> tuple[int, ...]:

@@ -84,7 +84,7 @@ def test_a_killed_sessions_cgroups_are_removed_by_the_reaper(tmp_path: Path) -> 
             "from pytest_wsgi502.services import isolation, process\n"
             f"run = process.new_run_dir(Path({str(base)!r}))\n"
             "iso = isolation.start('cgroup', ledger=process.ledger_path(run))\n"
-            "print(' '.join(iso.describe()['cgroups']), flush=True)\n"
+            "print(' '.join(str(g) for g in iso.groups), flush=True)\n"
             "time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)

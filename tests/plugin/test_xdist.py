@@ -34,3 +34,11 @@ def test_two_cells_on_two_workers_reach_the_controller(real_project: pytest.Pyte
     # the controller printed one table with both rows
     table = out[out.index("wsgi502 matrix"):]
     assert re.search(r"uwsgi-2w\s+\d+", table) and re.search(r"gunicorn-2w\s+\d+", table), table
+    # what each worker got for CPU isolation (2 workers on 2 CPUs cannot each split: both weigh with nice)
+    workers = sorted(re.findall(r"^wsgi502: isolation (gw\d): auto -> (\w[\w-]*)", out, re.M))
+    assert [w for w, _ in workers] == ["gw0", "gw1"], out
+    import os
+
+    if len(os.sched_getaffinity(0)) == 2:
+        assert {m for _, m in workers} == {"nice"}, workers
+    assert sorted(s["worker"] for s in doc["environment"]["isolation"]) == ["gw0", "gw1"]
