@@ -42,11 +42,8 @@ class LocalRunner:
                                     ledger=s.ledger, stamp=True, place=self.place).start()
         process = self.process
 
-        def gone() -> str | None:
-            return None if process.alive() else f"exited (code {process.proc.returncode if process.proc else None})"
-
         # a 5xx or a traceback ends the wait at once (servers/base.Readiness), like an exit
-        wait_until(ready, timeout, f"answering HTTP on {s.address}", fatal_or(ready, gone), name=s.name,
+        wait_until(ready, timeout, f"answering HTTP on {s.address}", fatal_or(ready, process.exited), name=s.name,
                    details=lambda: f"last lines of {s.log}:\n{tail(s.log)}", on_timeout=process.stop)
         if self.place is not None and self.process.pid is not None:
             self.place.adopt_group(self.process.pid)  # any worker forked before the master was moved

@@ -381,8 +381,16 @@ class LocalProcess:
                    on_timeout=self.stop)
 
     def _gone(self) -> str | None:
+        return self.exited()
+
+    def exited(self) -> str | None:
+        """None while the process runs; else how it ended, once its last output is in the log (the stamping
+        thread may still be copying it: seen with CPU isolation, where the child exits on another CPU and the
+        harness read an empty log under "exited (code 1)")."""
         if self.alive():
             return None
+        if self._pump is not None:
+            self._pump.join(2)
         return f"exited (code {self.proc.returncode if self.proc else None})"
 
     def _log_tail(self) -> str:
