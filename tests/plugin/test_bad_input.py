@@ -63,10 +63,22 @@ def test_matrix_file_that_cannot_be_read_is_one_usage_error(project):
     assert_one_usage_error(project.runpytest(*MATRIX, "--wsgi-matrix-file=adir"), "is a directory")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file (the directory case covers OSError)")
-def test_unreadable_matrix_file_is_one_usage_error(project):
+def test_unreadable_matrix_file_is_one_usage_error(project, monkeypatch):
+    """Mode 000 for a normal user; root reads any mode, so as root the matrix loader's open() is made to fail the
+    way the kernel does for everyone else (the same PermissionError), instead of skipping the case."""
     f = project.makefile(".toml", m=CELL)
     f.chmod(0)
+    if os.geteuid() == 0:
+        import builtins
+
+        from pytest_wsgi502.config import matrix
+
+        def denying_open(path, *args, **kwargs):
+            if os.fspath(path).endswith("m.toml"):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return builtins.open(path, *args, **kwargs)
+
+        monkeypatch.setattr(matrix, "open", denying_open, raising=False)
     try:
         assert_one_usage_error(project.runpytest(*MATRIX, "--wsgi-matrix-file=m.toml"), "cannot read it")
     finally:
