@@ -7,7 +7,7 @@ its normalized text) or a ``ConfigError`` whose message is one line. Never anoth
 a negative number accepted.
 
 Deterministic in CI: ``derandomize=True`` (the examples derive from the test itself, no random seed) and no
-example database. About 11,000 examples per run (the ``max_examples`` below add up to 11,100; hypothesis runs
+example database. About 11,700 examples per run (the ``max_examples`` below add up to 11,700; hypothesis runs
 that many unless a strategy is exhausted first), in about 25 s on a 2-core machine.
 """
 
@@ -24,7 +24,17 @@ from hypothesis import strategies as st
 
 from pytest_wsgi502.config import values
 from pytest_wsgi502.config.checks import Check, parse_checks
-from pytest_wsgi502.config.matrix import _BOUNDS, _FIELDS, _OPEN_BOUNDS, Cell, expand, load_matrix
+from pytest_wsgi502.config.duration import Auto
+from pytest_wsgi502.config.matrix import (
+    _BOUNDS,
+    _FIELDS,
+    _OPEN_BOUNDS,
+    ACTIONS,
+    SERVER_ACTIONS,
+    Cell,
+    expand,
+    load_matrix,
+)
 from pytest_wsgi502.config.settings import SETTINGS, resolve
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError
 from pytest_wsgi502.metrics.registry import CHECKED_METRICS as CHECK_METRICS
@@ -314,6 +324,15 @@ GOOD = {
                            st.one_of(st.integers(), st.text(st.characters(min_codepoint=32, max_codepoint=126))),
                            max_size=2),
     "cpus": st.floats(0.01, 64), "mem_limit": st.sampled_from(["256m", "1g", "512k", "1.5g"]),
+    "actions": st.lists(st.fixed_dictionaries({
+        "at": st.one_of(st.floats(0, 120).map(lambda t: f"{t:.3f}s"), st.integers(0, 90), st.sampled_from(
+            ["5s", "250ms", "1m", "auto", "-1s", "nans", "1e999s"])),
+        "do": st.one_of(st.sampled_from(ACTIONS), st.sampled_from(["HUP", "kill", "reload\n"]))}), max_size=3),
+    "headers": st.dictionaries(
+        st.one_of(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,12}", fullmatch=True),
+                  st.sampled_from(["Host", "content-length", "X Y", "X:Y", "", "Cookie\r\nX"])),
+        st.one_of(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+                  st.sampled_from(["a\r\nX-Injected: 1", "\x00", "v" * 5000])), max_size=3),
 }
 GOOD_TABLE = st.dictionaries(st.sampled_from(sorted(GOOD)), st.just(None), max_size=6).flatmap(
     lambda keys: st.fixed_dictionaries({k: GOOD[k] for k in keys}))
@@ -349,6 +368,19 @@ def check_cell(cell: Cell) -> None:
             assert not isinstance(item, str) or item.isprintable() or values.single_line(item, k)
     for k, v in cell.env.items():
         assert isinstance(v, str) and "\n" not in v and "\x00" not in v and k.isidentifier()
+    if cell.actions:
+        event("accepted with actions")
+    if cell.headers:
+        event("accepted with headers")
+    times = [a["at"] for a in cell.actions]
+    assert times == sorted(times), cell.actions
+    for a in cell.actions:
+        assert set(a) == {"at", "do"} and a["do"] in SERVER_ACTIONS[cell.server], a
+        assert finite(a["at"]) and 0 <= a["at"] <= DAY, a
+        assert cell.duration is None or isinstance(cell.duration, Auto) or a["at"] < cell.duration, (a, cell.duration)
+    for name, text in cell.headers.items():
+        assert name == values.header(name, text, "h")[0] and name.lower() not in ("host", "content-length")
+        assert text.isprintable() and "\r" not in text and "\n" not in text, (name, text)
     # the accepted cell is a fixed point: its own fields, as a matrix table, give the same cell
     table = {k: v for k, v in cell.as_dict().items() if k != "name"}
     assert expand({"cells": {cell.name: table}}) == [cell]
@@ -364,6 +396,23 @@ def test_matrix_data(data: Any) -> None:
         return
     event("accepted")
     assert cells
+    for cell in cells:
+        check_cell(cell)
+
+
+@given(st.builds(lambda cell, actions, headers: {"cells": {"c": {**cell, "actions": actions, "headers": headers}}},
+                 GOOD_CELL, GOOD["actions"], GOOD["headers"]))
+@fuzz(600)
+def test_matrix_actions_and_headers(data: Any) -> None:
+    """The lifecycle ``actions`` and request ``headers`` of issue 16, in otherwise good cells: each is accepted
+    sane (times finite, sorted and within the cell's duration; the server's own actions; header names tokens and
+    values one printable line) or refused with one line."""
+    try:
+        cells = expand(data, "m.toml")
+    except ConfigError as exc:
+        one_line_error(exc)
+        return
+    event("accepted")
     for cell in cells:
         check_cell(cell)
 
