@@ -9,7 +9,7 @@ from pytest_wsgi502.config.duration import DEFAULT_CAP, Auto, parse
 from pytest_wsgi502.config.matrix import expand
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.metrics.inference import needed_n
-from pytest_wsgi502.metrics.sequential import AutoStop, apply
+from pytest_wsgi502.metrics.sequential import AutoStop, Horizon, apply, horizon
 from pytest_wsgi502.metrics.stats import Stats
 from pytest_wsgi502.slo import parse_slos, verdict
 
@@ -112,3 +112,48 @@ def test_an_slo_open_at_the_cap_is_undecided_never_a_pass():
     result["slo"] = v
     judge(result)
     assert result["slo"]["outcome"] == "fail"
+
+
+def recycle_like(auto: AutoStop, seconds: int = 25, rate: int = 150, burst_at: int = 10) -> tuple[str | None, int]:
+    """The ``recycle`` scenario's shape (measured): clean for 10 s, then a joint recycle turns 1.5 s of requests
+    into 502s. Fed a second at a time as the engine does; returns (stop reason, the second it stopped in)."""
+    stats = Stats()
+    for sec in range(seconds):
+        for i in range(rate):
+            bad = burst_at <= sec + i / rate < burst_at + 1.5
+            stats.record(502 if bad else 200, 0.002, 1000.0 + sec + i / rate)
+        if why := auto.update(stats):
+            return why, sec
+    return None, seconds
+
+
+def test_horizon_is_twice_the_first_lifecycle_event():
+    # the recycle scenario: 2 uWSGI workers, max-requests 100, min-worker-lifetime 10 s
+    h = horizon("uwsgi", 2, 100, options={"min-worker-lifetime": 10, "lazy-apps": True})
+    assert (h.requests, h.seconds) == (400, 20.0) and "max_requests 100 x 2 workers" in h.why
+    assert horizon("uwsgi", 2, 500).seconds == 20.0  # uWSGI's default min-worker-lifetime is 10 s
+    assert (horizon("gunicorn", 2, 500, jitter=50).requests, horizon("gunicorn", 2, 500).seconds) == (2200, 0.0)
+    assert horizon("uwsgi", 4, 0) == Horizon()  # nothing recycles: no wait
+    assert horizon("uwsgi", 2, 0, options={"max_worker_lifetime": 30}).seconds == 60.0
+    assert horizon("gunicorn", 2, 0, actions=[{"at": 3, "do": "reload"}, {"at": 6, "do": "term"}]).seconds == 12.0
+
+
+def test_recycle_is_not_passed_before_its_first_recycle_and_stops_early_with_the_breach():
+    slos = parse_slos(["http_502==0", "error_rate<0.05"])
+    # the reproducer: without a wait a pass was proven after 150 clean requests, before any recycle
+    why, sec = recycle_like(AutoStop(slos))
+    assert why and "met" in why and sec == 0
+    # waiting for the lifecycle: the burst at 10 s is seen and proven a breach, well before the 25 s cap
+    auto = AutoStop(slos, hold=horizon("uwsgi", 2, 100, options={"min-worker-lifetime": 10}))
+    why, sec = recycle_like(auto)
+    assert why and "error_rate<0.05 breached" in why and 10 <= sec <= 12, (why, sec)
+    d = auto.report()["decisions"]["error_rate<0.05"]
+    assert d["decision"] == "fail" and d["at_requests"] > 1_500
+    assert auto.report()["hold"]["seconds"] == 20.0
+
+
+def test_a_held_pass_stops_at_the_horizon_and_says_so():
+    auto = AutoStop(parse_slos(["error_rate<0.05"]), hold=Horizon(400, 20.0, "max_requests 100 x 2 workers"))
+    why, sec = recycle_like(auto, seconds=30, burst_at=10**6)  # never a burst: clean throughout
+    assert why and "met" in why and "held to" in why and sec == 19  # 20 whole seconds of load
+    assert auto.report()["decisions"]["error_rate<0.05"]["decision"] == "pass"
