@@ -21,7 +21,7 @@ from pytest_wsgi502.attribution import attribute_cell
 from pytest_wsgi502.config.duration import split as split_duration
 from pytest_wsgi502.config.layers import merge_keyed, pick
 from pytest_wsgi502.config.matrix import Cell
-from pytest_wsgi502.events import ACTION
+from pytest_wsgi502.events import ACTION, ACTION_PHASE
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
 from pytest_wsgi502.metrics.sequential import AutoStop
@@ -122,31 +122,60 @@ class _Sampler(threading.Thread):
 
 class _Actions(threading.Thread):
     """Sends the cell's lifecycle actions to the server at their times, counted from the start of the load, on
-    its own thread (the load engine is never blocked), and records each as an event with the time it was sent."""
+    its own thread (the load engine is never blocked), and records each as an event with the time it was sent;
+    then polls the action's phases (new workers ready, old ones gone, ...: ``servers.base.Watch``) until they are
+    all seen, the next action is due or the load ends, each an ``action_phase`` event with the time it was seen."""
+
+    POLL = 0.05  # seconds between phase checks (a /proc scan of the server's process tree)
 
     def __init__(self, server: Server, actions: Iterable[Mapping[str, Any]], t0: float) -> None:
         super().__init__(daemon=True, name="wsgi502-actions")
         self.server, self.actions, self.t0 = server, list(actions), t0
         self.stopped = threading.Event()
         self.events: list[dict[str, Any]] = []
+        self.pending: list[str] = []  # phases of the last action not seen when the thread stopped
 
     def run(self) -> None:
-        for action in self.actions:
+        for i, action in enumerate(self.actions):
             if self.stopped.wait(max(0.0, self.t0 + float(action["at"]) - time.time())):
                 return  # the load ended first: the rest are not sent
             do = str(action["do"])
             t = time.time()
+            watch = None
             try:
+                make_watch = getattr(self.server, "watch", None)
+                watch = make_watch(do) if make_watch is not None else None  # notes the old workers first
+                t = time.time()
                 sig, pid = self.server.act(do)
-                line = f"wsgi502: {do} at {action['at']:g}s: {sig.name} to the {self.server.kind} master" + (
+                what = sig if isinstance(sig, str) else sig.name
+                line = f"wsgi502: {do} at {action['at']:g}s: {what} to the {self.server.kind} master" + (
                     f" (pid {pid})" if pid is not None else "")
             except Exception as exc:  # recorded, never raised into the load
-                pid, line = None, f"wsgi502: {do} at {action['at']:g}s failed: {type(exc).__name__}: {exc}"
+                pid, watch = None, None
+                line = f"wsgi502: {do} at {action['at']:g}s failed: {type(exc).__name__}: {exc}"
             self.events.append({"kind": ACTION, "t": t, "pid": pid, "worker": None, "line": line, "action": do,
                                 "at": float(action["at"])})
+            if watch is not None:
+                due = self.t0 + float(self.actions[i + 1]["at"]) if i + 1 < len(self.actions) else float("inf")
+                self.follow(watch, do, float(action["at"]), due)
+
+    def follow(self, watch: Any, do: str, at: float, due: float) -> None:
+        """Poll ``watch`` until its phases are all seen, ``due`` (the next action's time) or the load's end."""
+        while True:
+            try:
+                reached = watch.poll()
+            except Exception as exc:  # a step of the action failed (e.g. the old master already gone)
+                reached = [("failed", f"wsgi502: {do} at {at:g}s: {type(exc).__name__}: {exc}", None)]
+                watch.todo.clear()
+            for phase, line, pid in reached:
+                self.events.append({"kind": ACTION_PHASE, "t": time.time(), "pid": pid, "worker": None,
+                                    "line": line, "action": do, "at": at, "phase": phase})
+            if watch.done or time.time() >= due or self.stopped.wait(self.POLL):
+                self.pending = list(watch.todo)
+                return
 
     def finish(self) -> list[dict[str, Any]]:
-        """Stop sending (the load is over) and return the actions sent."""
+        """Stop sending (the load is over) and return the actions sent and the phases seen."""
         self.stopped.set()
         self.join(5)
         return list(self.events)
@@ -394,7 +423,8 @@ class Target:
         telemetry["until"] = until
         if self.actions:  # the harness's own lifecycle actions, on the same timeline as the server's events
             telemetry["events"] = sorted([*telemetry.get("events", []), *self.actions], key=lambda e: e.get("t") or 0)
-            telemetry["actions"] = list(self.actions)
+            telemetry["actions"] = [e for e in self.actions if e["kind"] == ACTION]
+            telemetry["action_phases"] = [e for e in self.actions if e["kind"] == ACTION_PHASE]
         result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
         result["telemetry"] = telemetry
         result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),

@@ -37,13 +37,16 @@ SHUTDOWN = "shutdown"
 HEADER_TOO_LARGE = "header_too_large"
 # a lifecycle action the harness sent during the load (a cell's ``actions``: cellrun.py), with its exact time
 ACTION = "action"
+# a phase of such an action, seen by polling the server's processes (servers/base.Watch): new workers ready, old
+# ones gone, the master gone, a binary upgrade's new master running; not a cause of errors (the action is)
+ACTION_PHASE = "action_phase"
 # gunicorn server hooks (exact times)
 WORKER_EXIT = "worker_exit"
 WORKER_ABORT = "worker_abort"  # gunicorn's timeout kill
 
 KINDS = frozenset({SPAWN, RESPAWN, RECYCLE, LIFETIME, NO_MERCY, HARAKIRI, DIED_SIGNAL, DIED_OTHER_SIGNAL, DIED,
                    DIED_CODE, EXIT, TIMEOUT, LISTEN_QUEUE_FULL, RESPAWNING_TOO_FAST, DB_ERROR, REQUEST_ERROR,
-                   WORKER_EXIT, WORKER_ABORT, RELOAD, SHUTDOWN, ACTION,
+                   WORKER_EXIT, WORKER_ABORT, RELOAD, SHUTDOWN, ACTION, ACTION_PHASE,
                    HEADER_TOO_LARGE})
 
 SPAWNS = frozenset({SPAWN, RESPAWN})  # a worker started (the initial set included)

@@ -39,9 +39,12 @@ BUILTIN = {"seed": SEED_MATRIX, "seed-unix": SEED_MATRIX.parent / "seed_unix.tom
 
 SERVERS = ("uwsgi", "gunicorn")
 # what a cell's ``actions`` may do to its server during the load (servers/*.py map each to the server's signal):
-# reload = the server's graceful reload (SIGHUP for both), term = SIGTERM (uWSGI 2.0 without die-on-term: a
-# brutal reload; gunicorn and uWSGI with die-on-term: a graceful stop, and the server does not come back)
-ACTIONS = ("reload", "term")
+# reload = hup = the server's graceful reload (SIGHUP for both; ``reload`` is the first name, kept), term = SIGTERM
+# (uWSGI 2.0 without die-on-term: a brutal reload; gunicorn and uWSGI with die-on-term: a graceful stop, and the
+# server does not come back), upgrade = gunicorn's binary upgrade (USR2, then WINCH + QUIT to the old master once
+# the new one's workers are up), chain-reload = uWSGI's worker-by-worker reload (master FIFO ``c``)
+ACTIONS = ("reload", "hup", "term", "upgrade", "chain-reload")
+SERVER_ACTIONS = {"uwsgi": ("reload", "hup", "term", "chain-reload"), "gunicorn": ("reload", "hup", "term", "upgrade")}
 _ACTION_KEYS = {"at", "do"}
 WORKER_CLASSES = {"uwsgi": ("prefork", "gevent"), "gunicorn": ("sync", "gthread", "gevent")}
 DRIVERS = ("mysqlclient", "pymysql")
@@ -353,7 +356,7 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
             parse_statuses(m["verify_status"], f"{at}: mix[{i}].verify_status")
         if "verify_content_type" in m:
             content_type(m["verify_content_type"], f"{at}: mix[{i}].verify_content_type")
-    actions = _actions(raw.get("actions", []), at, raw.get("duration"))
+    actions = _actions(raw.get("actions", []), at, raw.get("duration"), server)
     headers = _headers(raw.get("headers", {}), at)
     slo = raw.get("slo", ())
     if isinstance(slo, str):
@@ -375,9 +378,10 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     return Cell(**values_)
 
 
-def _actions(value: Any, at: str, duration: Any) -> tuple[dict[str, Any], ...]:
+def _actions(value: Any, at: str, duration: Any, server: str = "uwsgi") -> tuple[dict[str, Any], ...]:
     """``actions = [{at = "5s", do = "reload"}]``: each ``at`` a duration within the cell's own duration (when it
-    has one; the run checks it against the session's), each ``do`` one of ``ACTIONS``; sorted by time."""
+    has one; the run checks it against the session's), each ``do`` one of the server's ``SERVER_ACTIONS``; sorted
+    by time."""
     if not isinstance(value, list | tuple) or not all(isinstance(a, Mapping) for a in value):
         raise ConfigError(f"{at}: actions must be a list of tables, e.g. actions = [{{at = \"5s\", do = \"reload\"}}]")
     length: float | None = None
@@ -396,6 +400,9 @@ def _actions(value: Any, at: str, duration: Any) -> tuple[dict[str, Any], ...]:
             raise ConfigError(f"{at}: actions[{i}].at = {when:g}s is not within the cell's duration ({length:g}s)")
         if a["do"] not in ACTIONS:
             raise ConfigError(f"{at}: actions[{i}].do {shown(a['do'])} unknown; choose one of {', '.join(ACTIONS)}")
+        if a["do"] not in SERVER_ACTIONS[server]:
+            raise ConfigError(f"{at}: actions[{i}].do {shown(a['do'])} is not a {server} action; choose one of "
+                              f"{', '.join(SERVER_ACTIONS[server])}")
         out.append({"at": when, "do": a["do"]})
     return tuple(sorted(out, key=lambda a: a["at"]))
 

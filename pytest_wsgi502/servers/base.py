@@ -127,6 +127,95 @@ class Runner(Protocol):
 RunnerFactory = Callable[["Server"], Runner]
 
 
+def children(pid: int) -> list[int]:
+    """The live children of ``pid`` (every thread's: /proc/PID/task/*/children), [] when it is gone."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return [c for c in found if alive(c)]
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (exists and is no zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class Watch:
+    """The phases of one lifecycle action, seen by polling the server's process tree (local servers only): made
+    before the action is sent (it notes the master and its old workers), then ``poll``-ed until ``done``.
+
+    Phases (each once, in the server's order, ``Server.phases``): ``new_master`` (gunicorn's binary upgrade: the
+    re-executed master runs), ``workers_ready`` (as many new workers as the cell has, each ``worker_ready``),
+    ``old_told`` (upgrade: WINCH then QUIT sent to the old master), ``old_gone`` (every old worker exited),
+    ``master_gone`` (the master exited: a stop, or the old master of an upgrade, whose successor the runner
+    then adopts)."""
+
+    def __init__(self, server: Server, do: str, master: int) -> None:
+        self.server, self.do, self.master = server, do, master
+        self.old = set(children(master))
+        self.todo = list(server.phases(do))
+        self.new_master: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self.todo
+
+    def poll(self) -> list[tuple[str, str, int | None]]:
+        """The phases reached since the last poll, in order: (phase, line, pid)."""
+        out: list[tuple[str, str, int | None]] = []
+        for phase in list(self.todo):
+            step = self._check(phase)
+            if step is None:
+                if self.do == "upgrade":
+                    break  # its steps are a sequence: the old master is told only once the new one serves
+                continue
+            self.todo.remove(phase)
+            out.append((phase, *step))
+        return out
+
+    def _check(self, phase: str) -> tuple[str, int | None] | None:
+        s, kind = self.server, self.server.kind
+        if phase == "new_master":
+            new = [c for c in children(self.master) if c not in self.old and children(c)]
+            if not new:
+                return None
+            self.new_master = new[0]
+            return f"{kind}: new master running (pid {new[0]}), forked by the old one (pid {self.master})", new[0]
+        if phase == "workers_ready":
+            parent = self.new_master or self.master
+            ready = sorted(c for c in children(parent) if c not in self.old and s.worker_ready(c))
+            if len(ready) < s.spec.cell.workers:
+                return None
+            return f"{kind}: {len(ready)} new workers ready (pids {', '.join(map(str, ready))})", parent
+        if phase == "old_told":
+            for sig in (signal.SIGWINCH, signal.SIGQUIT):
+                os.kill(self.master, sig)
+            return f"{kind}: SIGWINCH then SIGQUIT to the old master (pid {self.master})", self.master
+        if phase == "old_gone":
+            if any(alive(p) for p in self.old):
+                return None
+            return f"{kind}: the {len(self.old)} old workers are gone", self.master
+        if phase == "master_gone":
+            if alive(self.master):
+                return None
+            if self.new_master is not None:
+                adopt = getattr(s.runner, "adopt", None)
+                if adopt is not None:
+                    adopt(self.new_master)
+                return f"{kind}: the old master (pid {self.master}) exited; pid {self.new_master} serves", self.master
+            return f"{kind}: the master (pid {self.master}) exited", self.master
+        raise ValueError(f"unknown phase {phase}")
+
+
 TRACEBACK = b"Traceback (most recent call last):"
 
 
@@ -192,7 +281,9 @@ class Server:
     # gracefully on SIGHUP. SIGTERM: gunicorn stops gracefully (the listener closes at once); uWSGI 2.0 stops when
     # die-on-term is set (the harness sets it; in-flight requests are cut), else it reloads brutally (in-flight
     # requests cut, the listening socket kept across the re-exec): measured on uWSGI 2.0.31 and gunicorn 27.0.1
-    action_signals: ClassVar[Mapping[str, signal.Signals]] = {"reload": signal.SIGHUP, "term": signal.SIGTERM}
+    # (``hup`` is ``reload`` by its signal's name; ``upgrade`` and ``chain-reload`` are the servers' own: see act)
+    action_signals: ClassVar[Mapping[str, signal.Signals]] = {"reload": signal.SIGHUP, "hup": signal.SIGHUP,
+                                                              "term": signal.SIGTERM}
     config_name = ""
 
     def __init__(self, spec: ServerSpec, binary: str, ledger: Path | None = None, *, runner: RunnerFactory) -> None:
@@ -306,10 +397,27 @@ class Server:
         """Keys for the cell's result about where the server ran (the runner's: ``{}`` for a local process)."""
         return self.runner.describe()
 
-    def act(self, do: str) -> tuple[signal.Signals, int | None]:
-        """Perform lifecycle action ``do`` (``reload``, ``term``) on the running server: (signal, master pid)."""
+    def act(self, do: str) -> tuple[signal.Signals | str, int | None]:
+        """Perform lifecycle action ``do`` (config/matrix.SERVER_ACTIONS) on the running server: (what was sent, the
+        master's pid). ``upgrade``'s first step (USR2) is sent here, the rest by its ``Watch``."""
         sig = self.action_signals[do]
         return sig, self.runner.signal(sig)
+
+    def watch(self, do: str) -> Watch | None:
+        """The phases of action ``do``, to be polled after ``act``: None when the master's pid is unknown (a
+        container: its processes are in another pid namespace). Made *before* ``act``: it notes the old workers."""
+        master = getattr(self.runner, "master_pid", lambda: None)()
+        return Watch(self, do, master) if master is not None else None
+
+    def phases(self, do: str) -> tuple[str, ...]:
+        """The phases action ``do`` goes through on this server, in order (see ``Watch``)."""
+        if do == "term":
+            return ("old_gone", "master_gone")  # gunicorn: a graceful stop within graceful_timeout
+        return ("workers_ready", "old_gone")
+
+    def worker_ready(self, pid: int) -> bool:
+        """Whether worker ``pid`` (alive, forked by the master) serves requests: forked = ready by default."""
+        return True
 
     def telemetry(self, until: float | None = None) -> dict[str, Any]:
         """{"respawns": int, "kills": int, "events": [...], ...} from the server's own logs/stats, counting

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import keyword
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from pytest_wsgi502.config.values import ConfigError, shown, wsgi_app
 from pytest_wsgi502.servers.base import Placement, Server, comment_label, loopback_listeners
 from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, summarize
 
-HOOKS = ("post_fork", "worker_exit", "child_exit", "worker_abort", "worker_int")  # defined by _HOOKS below
+HOOKS = ("post_fork", "post_worker_init", "worker_exit", "child_exit", "worker_abort",
+         "worker_int")  # defined by _HOOKS below
 _INT_LIMIT = 2**63
 
 _HOOKS = '''
@@ -28,6 +30,9 @@ def _wsgi502_event(hook, worker):
 
 def post_fork(server, worker):
     _wsgi502_event("post_fork", worker)
+
+def post_worker_init(worker):
+    _wsgi502_event("post_worker_init", worker)
 
 def worker_exit(server, worker):
     _wsgi502_event("worker_exit", worker)
@@ -170,6 +175,24 @@ class Gunicorn(Server):
 
     def argv(self) -> list[str]:
         return argv_for(self.placement)
+
+    def act(self, do: str) -> tuple[signal.Signals | str, int | None]:
+        """``upgrade``: USR2 (the master re-executes itself as a child that shares the listeners); its ``Watch``
+        sends WINCH and QUIT to the old master once the new one's workers are ready, as gunicorn's docs say."""
+        if do == "upgrade":
+            if getattr(self.runner, "master_pid", lambda: None)() is None:
+                raise RuntimeError("upgrade needs the server's master pid (the local backend)")
+            return signal.SIGUSR2, self.runner.signal(signal.SIGUSR2)
+        return super().act(do)
+
+    def phases(self, do: str) -> tuple[str, ...]:
+        if do == "upgrade":
+            return ("new_master", "workers_ready", "old_told", "old_gone", "master_gone")
+        return super().phases(do)
+
+    def worker_ready(self, pid: int) -> bool:
+        """A worker is ready once its app is loaded: the post_worker_init hook ran in it."""
+        return any(h.get("pid") == pid and h.get("hook") == "post_worker_init" for h in self.hook_events())
 
     def hook_events(self) -> list[dict[str, Any]]:
         try:

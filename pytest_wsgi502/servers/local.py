@@ -3,13 +3,16 @@ pytest, its output stamped line by line into the cell's ``server.log``."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pytest_wsgi502.servers.base import Placement, fatal_or
+from pytest_wsgi502.servers.base import Placement, alive, fatal_or
 from pytest_wsgi502.services.process import CpuPlace, LocalProcess, tail, wait_until
 
 if TYPE_CHECKING:
@@ -25,6 +28,7 @@ class LocalRunner:
         self.server = server
         self.place = place  # the inside CPUs (services/isolation.py): master and every worker it forks
         self.process: LocalProcess | None = None
+        self.master: int | None = None  # the master that took over in a binary upgrade (gunicorn USR2)
 
     @property
     def placement(self) -> Placement:
@@ -49,11 +53,32 @@ class LocalRunner:
             self.place.adopt_group(self.process.pid)  # any worker forked before the master was moved
 
     def stop(self) -> None:
+        if self.master is not None and alive(self.master):
+            # the upgraded master is in the started process's group, but the graceful signal goes to it (the
+            # started one is gone); the group is then killed as always
+            os.kill(self.master, self.server.stop_signal)
+            deadline = time.monotonic() + 10
+            while alive(self.master) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if self.process is not None:
             self.process.stop()
 
+    def master_pid(self) -> int | None:
+        """The server's master: the started process, or the one that took over in a binary upgrade."""
+        if self.master is not None:
+            return self.master
+        return self.process.pid if self.process is not None and self.process.alive() else None
+
+    def adopt(self, pid: int) -> None:
+        """``pid`` is the master from now on (a binary upgrade's new master; the started one exited)."""
+        self.master = pid
+
     def signal(self, sig: signal.Signals) -> int | None:
-        """``sig`` to the master (the process the runner started), if it still runs."""
+        """``sig`` to the master (the process the runner started, or its upgraded successor), if it still runs."""
+        if self.master is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.master, sig)
+            return self.master
         if self.process is None:
             return None
         self.process.signal(sig)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config.matrix import Cell
@@ -77,6 +80,9 @@ def render_ini(cell: str, settings: dict[str, Any]) -> str:
 
 
 CONFIG_NAME = "uwsgi.ini"
+FIFO_NAME = "master.fifo"  # in the cell's directory: the master FIFO of a cell with a chain-reload action
+# "WSGI app 0 (mountpoint='') ready in 1 seconds on interpreter 0x55d0 pid: 1234 (default app)"
+_APP_READY = re.compile(r"WSGI app \d+ \(mountpoint='[^']*'\) ready in .* pid: (\d+)")
 
 
 def settings_for(cell: Cell, app: str, where: Placement) -> dict[str, Any]:
@@ -119,6 +125,9 @@ def settings_for(cell: Cell, app: str, where: Placement) -> dict[str, Any]:
         s["gevent-early-monkey-patch"] = True
     if cell.listen is not None:
         s["listen"] = cell.listen
+    if any(a["do"] == "chain-reload" for a in cell.actions):
+        # the chain-reload action writes "c" to it (the touch-chain-reload file waits for the master's next check)
+        s["master-fifo"] = f"{where.config_dir}/{FIFO_NAME}"
     loopback_listeners(cell.name, "uwsgi", cell.options)
     s.update(cell.options)  # raw options win
     checked_settings(cell.name, s)
@@ -147,6 +156,37 @@ class UWSGI(Server):
 
     def argv(self) -> list[str]:
         return argv_for(self.placement)
+
+    def act(self, do: str) -> tuple[signal.Signals | str, int | None]:
+        """``chain-reload``: ``c`` to the master FIFO (uWSGI replaces its workers one at a time, each after the
+        previous one is up); the others are signals (``Server.action_signals``)."""
+        if do != "chain-reload":
+            return super().act(do)
+        fifo = self.spec.workdir / FIFO_NAME
+        if not self.placement.fixed and "master-fifo" in self.spec.cell.options:
+            fifo = Path(str(self.spec.cell.options["master-fifo"]))
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO when nobody reads it: the master is gone
+        try:
+            os.write(fd, b"c")
+        finally:
+            os.close(fd)
+        return "'c' via the master FIFO", getattr(self.runner, "master_pid", lambda: None)()
+
+    def phases(self, do: str) -> tuple[str, ...]:
+        """uWSGI stops its old workers before the new ones start (reload: graceful, term without die-on-term:
+        brutal, re-executing the master); with die-on-term, term is a stop."""
+        if do == "term" and self.settings().get("die-on-term") not in (False, "false", 0, "0"):
+            return ("old_gone", "master_gone")
+        return ("old_gone", "workers_ready")
+
+    def worker_ready(self, pid: int) -> bool:
+        """Forked from a loaded app = ready; with lazy-apps a worker loads the app itself: its "WSGI app ...
+        ready ... pid: N" line."""
+        settings = self.settings()
+        if not any(settings.get(k) not in (None, False, "false", 0, "0") for k in ("lazy-apps", "lazy")):
+            return True
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return str(pid) in {m[1] for m in _APP_READY.finditer(text)}
 
     def stats(self) -> dict[str, Any] | None:
         try:

@@ -3,6 +3,7 @@ attribution of the 502s they cause (listener_closed, inflight_cut) from nginx's 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -38,7 +39,8 @@ def test_actions_parse_sorted_in_seconds() -> None:
 
 
 @pytest.mark.parametrize(("actions", "duration", "message"), [
-    ([{"at": "5s", "do": "restart"}], None, "actions[0].do 'restart' unknown; choose one of reload, term"),
+    ([{"at": "5s", "do": "restart"}], None,
+     "actions[0].do 'restart' unknown; choose one of reload, hup, term, upgrade, chain-reload"),
     ([{"at": "12s", "do": "reload"}], 10, "actions[0].at = 12s is not within the cell's duration (10s)"),
     ([{"at": "10s", "do": "reload"}], "auto:10s", "is not within the cell's duration (10s)"),
     ([{"at": "soon", "do": "reload"}], None, "actions[0].at: not a duration"),
@@ -185,3 +187,155 @@ def test_header_too_large_needs_the_servers_line_one_per_502() -> None:
     reasons = {1: deque([classify_reason(CLOSED)]), 2: deque([classify_reason(CLOSED)])}
     out = attribute(failures, reasons, [event], keepalive_reuse=False)
     assert out["counts"]["header_too_large"] == 1 and out["counts"]["unknown"] == 1
+
+
+# --- more actions (hup, upgrade, chain-reload) and their phases ----------------------------------------------------
+
+
+def test_hup_is_reload_by_its_signal_and_each_server_has_its_own_actions() -> None:
+    from pytest_wsgi502.config.matrix import SERVER_ACTIONS
+    from pytest_wsgi502.servers.base import Server
+
+    assert Server.action_signals["hup"] == Server.action_signals["reload"] == signal.SIGHUP  # the old name stays
+    assert cell(actions=[{"at": "1s", "do": "chain-reload"}]).actions == ({"at": 1.0, "do": "chain-reload"},)
+    g = expand({"cells": {"g": {"server": "gunicorn", "actions": [{"at": "1s", "do": "upgrade"},
+                                                                 {"at": "2s", "do": "hup"}]}}})[0]
+    assert [a["do"] for a in g.actions] == ["upgrade", "hup"]
+    assert set(SERVER_ACTIONS["uwsgi"]) ^ set(SERVER_ACTIONS["gunicorn"]) == {"upgrade", "chain-reload"}
+    with pytest.raises(ConfigError, match=r"actions\[0\].do 'upgrade' is not a uwsgi action; choose one of reload, "
+                                          r"hup, term, chain-reload$"):
+        cell(actions=[{"at": "1s", "do": "upgrade"}])
+    with pytest.raises(ConfigError, match="'chain-reload' is not a gunicorn action"):
+        expand({"cells": {"g": {"server": "gunicorn", "actions": [{"at": "1s", "do": "chain-reload"}]}}})
+
+
+def test_chain_reload_gets_a_master_fifo_and_gunicorn_a_worker_ready_hook() -> None:
+    from pytest_wsgi502.servers import gunicorn, uwsgi
+    from pytest_wsgi502.servers.base import Placement
+
+    where = Placement(address="127.0.0.1:1", stats="127.0.0.1:2", chdir="/app", config_dir="/cell", binary="x")
+    assert uwsgi.settings_for(cell(actions=[{"at": "1s", "do": "chain-reload"}]), "a:b", where)["master-fifo"] == (
+        "/cell/master.fifo")
+    assert "master-fifo" not in uwsgi.settings_for(cell(actions=[{"at": "1s", "do": "reload"}]), "a:b", where)
+    text = gunicorn.render_config("g", {"workers": 2}, "/cell/ev.jsonl")
+    assert "def post_worker_init(worker):" in text and "post_worker_init" in gunicorn.HOOKS
+    with pytest.raises(ConfigError, match="post_worker_init is a server hook"):
+        gunicorn.check_option_names("g", {"post_worker_init": "x"})
+
+
+class PhasedServer(FakeServer):
+    """act + watch: a watch that reaches one phase per poll."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = 0
+
+    def watch(self, do: str) -> Any:
+        server = self
+
+        class W:
+            def __init__(self) -> None:
+                self.todo = ["workers_ready", "old_gone"]
+
+            @property
+            def done(self) -> bool:
+                return not self.todo
+
+            def poll(self) -> list[tuple[str, str, int | None]]:
+                server.polls += 1
+                return [(self.todo.pop(0), f"phase {server.polls}", 7)] if self.todo else []
+
+        return W()
+
+
+def test_phases_are_events_after_the_action_in_the_order_seen() -> None:
+    server = PhasedServer()
+    timer = _Actions(server, [{"at": 0.05, "do": "reload"}], time.time())  # type: ignore[arg-type]
+    timer.start()
+    time.sleep(0.5)
+    events = timer.finish()
+    assert [(e["kind"], e.get("phase")) for e in events] == [
+        (ev.ACTION, None), (ev.ACTION_PHASE, "workers_ready"), (ev.ACTION_PHASE, "old_gone")]
+    assert events[1]["t"] >= events[0]["t"] and events[2]["action"] == "reload" and timer.pending == []
+
+
+def test_phases_not_seen_before_the_next_action_are_left_pending() -> None:
+    class Slow(PhasedServer):
+        def watch(self, do: str) -> Any:
+            w = super().watch(do)
+            w.poll = lambda: []  # never reaches a phase
+            return w
+
+    server = Slow()
+    timer = _Actions(server, [{"at": 0.05, "do": "hup"}, {"at": 0.3, "do": "term"}], time.time())  # type: ignore
+    timer.start()
+    time.sleep(0.6)
+    events = timer.finish()
+    assert [e["action"] for e in events if e["kind"] == ev.ACTION] == ["hup", "term"]  # the second was still sent
+    assert abs(server.sent[1][1] - server.sent[0][1] - 0.25) < 0.1
+
+
+MASTER = r'''
+import os, signal, sys, time
+kids = []
+def spawn():
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            time.sleep(60); os._exit(0)
+        kids.append(pid)
+def hup(*_):
+    old = list(kids); kids.clear(); spawn(); time.sleep(0.2)
+    for p in old: os.kill(p, signal.SIGTERM); os.waitpid(p, 0)
+def term(*_):
+    for p in kids: os.kill(p, signal.SIGTERM); os.waitpid(p, 0)
+    sys.exit(0)
+signal.signal(signal.SIGHUP, hup); signal.signal(signal.SIGTERM, term)
+spawn(); print("up", flush=True)
+while True: time.sleep(0.05)
+'''
+
+
+def test_watch_sees_new_workers_then_old_ones_gone_in_a_real_process_tree(tmp_path: Any) -> None:
+    """A tiny prefork master (2 workers; SIGHUP forks 2 new ones, then stops the old): the watch reads the
+    process tree, as it does for uWSGI and gunicorn."""
+    import subprocess
+    import sys
+
+    from pytest_wsgi502.servers.base import Watch, alive, children
+
+    class Tree:
+        kind = "fake"
+        spec = type("S", (), {"cell": type("C", (), {"workers": 2})()})()
+        runner = None
+
+        def phases(self, do: str) -> tuple[str, ...]:
+            return ("old_gone", "master_gone") if do == "term" else ("workers_ready", "old_gone")
+
+        def worker_ready(self, pid: int) -> bool:
+            return True
+
+    proc = subprocess.Popen([sys.executable, "-c", MASTER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        old = set(children(proc.pid))
+        assert len(old) == 2
+        watch = Watch(Tree(), "hup", proc.pid)  # type: ignore[arg-type]
+        assert watch.poll() == [] and not watch.done  # nothing sent yet: no new worker, the old ones alive
+        os.kill(proc.pid, signal.SIGHUP)
+        seen: list[str] = []
+        deadline = time.monotonic() + 5
+        while not watch.done and time.monotonic() < deadline:
+            seen += [phase for phase, _, _ in watch.poll()]
+            time.sleep(0.02)
+        assert seen == ["workers_ready", "old_gone"]
+        new = set(children(proc.pid))
+        assert len(new) == 2 and not new & old and not any(alive(p) for p in old)
+        stop = Watch(Tree(), "term", proc.pid)  # type: ignore[arg-type]
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(5)
+        assert [phase for phase, _, _ in stop.poll()] == ["old_gone", "master_gone"]
+    finally:
+        proc.kill()
+        proc.wait(5)
