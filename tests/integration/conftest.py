@@ -16,6 +16,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_project"
 
+# The two-server matrix docs/getting-started.md shows (test_downstream checks the page has it verbatim);
+# test_own_app runs the same cells with a secret in [defaults.env].
+TWO_SERVER_MATRIX = """\
+[defaults]
+slo = ["error_rate<0.02", "p99<1s"]
+[cells.gunicorn]
+server = "gunicorn"
+workers = 2
+[cells.uwsgi]
+server = "uwsgi"
+workers = 2
+[cells.uwsgi.options]
+add-header = "Connection: close"
+"""
+SECRET_ENV = '[defaults.env]\nDJANGO_SECRET_KEY = "not-a-secret-for-load-tests"\n'
+
 
 def pytest_collection_modifyitems(items):
     for item in items:

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .conftest import ROOT, wait_gone
+from .conftest import ROOT, TWO_SERVER_MATRIX, wait_gone
 
 EXAMPLE = ROOT / "examples" / "mysite"
 
@@ -47,18 +47,6 @@ wsgi_matrix_file = wsgi-matrix.toml
 wsgi_path = /admin/login/
 wsgi_verify_contains = Log in
 """
-DOCS_MATRIX = """\
-[defaults]
-slo = ["error_rate<0.02", "p99<1s"]
-[cells.gunicorn]
-server = "gunicorn"
-workers = 2
-[cells.uwsgi]
-server = "uwsgi"
-workers = 2
-[cells.uwsgi.options]
-add-header = "Connection: close"
-"""
 DOCS_TEST = """\
 def test_slo(wsgi_cell_run):
     wsgi_cell_run.assert_slo()
@@ -71,7 +59,7 @@ def test_fresh_startproject_with_the_documented_lines(tmp_path):
     subprocess.run([str(django_admin), "startproject", "shop"], cwd=tmp_path, check=True)
     project = tmp_path / "shop"
     (project / "pytest.ini").write_text(DOCS_INI.format(project="shop"))
-    (project / "wsgi-matrix.toml").write_text(DOCS_MATRIX)
+    (project / "wsgi-matrix.toml").write_text(TWO_SERVER_MATRIX)
     (project / "test_slo.py").write_text(DOCS_TEST)
     r = pytest_in(project, tmp_path, "--wsgi-matrix", "--wsgi-duration=2s", f"--wsgi-json={tmp_path}/o.json")
     out = r.stdout + r.stderr
@@ -88,5 +76,5 @@ def test_fresh_startproject_with_the_documented_lines(tmp_path):
 
 def test_getting_started_shows_the_lines_this_test_uses():
     page = (ROOT / "docs" / "getting-started.md").read_text()
-    for block in (DOCS_INI.format(project="mysite"), DOCS_MATRIX, DOCS_TEST):
+    for block in (DOCS_INI.format(project="mysite"), TWO_SERVER_MATRIX, DOCS_TEST):
         assert textwrap.dedent(block).strip() in page, block

@@ -12,22 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from .conftest import wait_gone
+from .conftest import SECRET_ENV, TWO_SERVER_MATRIX, wait_gone
 
-MATRIX = """\
-[defaults]
-slo = ["error_rate<0.02", "p99<1s"]
-[defaults.env]
-DJANGO_SECRET_KEY = "not-a-secret-for-load-tests"
-[cells.gunicorn]
-server = "gunicorn"
-workers = 2
-[cells.uwsgi]
-server = "uwsgi"
-workers = 2
-[cells.uwsgi.options]
-add-header = "Connection: close"
-"""
+MATRIX = TWO_SERVER_MATRIX.replace("[cells.gunicorn]", SECRET_ENV + "[cells.gunicorn]", 1)
 TEST = """\
 def test_slo(wsgi_cell_run):
     wsgi_cell_run.assert_slo()
@@ -145,9 +132,8 @@ def test_getting_started_shows_what_these_projects_use():
     page = (Path(__file__).resolve().parents[2] / "docs" / "getting-started.md").read_text()
     assert PLAIN_INI.strip() in page
     assert "wsgi_django_settings = mysite.settings\n" in page  # naming the package works, as the test does
-    assert '[defaults.env]\nDJANGO_SECRET_KEY = "not-a-secret-for-load-tests"' in page
-    matrix_without_env = MATRIX.replace('[defaults.env]\nDJANGO_SECRET_KEY = "not-a-secret-for-load-tests"\n', "")
-    assert matrix_without_env.strip() in page
+    assert SECRET_ENV.strip() in page
+    assert TWO_SERVER_MATRIX.strip() in page
 
 
 def plain_project(root: Path, matrix: str = MATRIX) -> Path:
