@@ -97,7 +97,9 @@ def horizon(server: str, workers: int, max_requests: int = 0, jitter: int = 0, o
         requests = 2 * max(1, workers) * (max_requests + max(0, jitter))
         why.append(f"max_requests {max_requests} x {workers} workers")
         if server == "uwsgi":
-            seconds = max(seconds, 2 * seconds_of("min-worker-lifetime", UWSGI_MIN_WORKER_LIFETIME_S))
+            least = seconds_of("min-worker-lifetime", UWSGI_MIN_WORKER_LIFETIME_S)
+            seconds = max(seconds, 2 * least)
+            why.append(f"min-worker-lifetime {least:g}s")
     if server == "uwsgi" and (life := seconds_of("max-worker-lifetime")) > 0:
         seconds = max(seconds, 2 * life)
         why.append(f"max-worker-lifetime {life:g}s")
