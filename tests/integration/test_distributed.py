@@ -1,0 +1,243 @@
+"""Distributed load on Locust's runtime against a fixed-delay target (issue 17 item 2 acceptance, loopback only).
+
+The target is a tiny threaded HTTP/1.1 server in its own process that sleeps 20 ms per request and counts what it
+answered (the access-log count). One engine process and a master with 2 generators at the same total open-loop
+rate must agree; a generator killed mid-run fails the run with "generator N lost at t=..s" and leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hdrh.histogram import HdrHistogram
+
+from pytest_wsgi502.load import distributed
+from pytest_wsgi502.load.engine import LoadSpec, run
+from pytest_wsgi502.metrics.stats import new_histogram
+
+SERVER = r"""
+import threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+count, lock = 0, threading.Lock()
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        global count
+        if self.path == "/count":
+            body = str(count).encode()
+        else:
+            time.sleep(0.020)
+            with lock:
+                count += 1
+            body = b"slept"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer.daemon_threads = True
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+RATE, DURATION = 200.0, 4.0
+
+
+@pytest.fixture
+def target() -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        yield f"http://127.0.0.1:{int(proc.stdout.readline())}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def served(url: str) -> int:
+    with urllib.request.urlopen(url + "/count", timeout=5) as r:
+        return int(r.read())
+
+
+def _spec(url: str, **kw: Any) -> LoadSpec:
+    return LoadSpec(url, **{"path": "/sleep", "verify_contains": "slept", "mode": "open", "rate": RATE,
+                            "concurrency": 16, "duration": DURATION, "drain": 3.0, **kw})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _pids(workdir: Path) -> list[int]:
+    """Every process the run started, from the master's events: master, generators, their engine processes."""
+    pids = []
+    for line in (workdir / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "started":
+            pids += [p for g in event["generators"] for p in (g["pid"], g["engine_pid"])]
+    return pids
+
+
+def _locust_processes() -> list[str]:
+    """Any process of this distributed machinery still running (by command line)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ("distributed_master" in cmd or "distributed_engine" in cmd or "distributed_locustfile" in cmd) \
+                and _alive(int(pid)):
+            found.append(f"{pid} {cmd[:160]}")
+    return found
+
+
+def test_two_generators_match_one_engine_process_and_merge_exactly(target: str, tmp_path: Path) -> None:
+    before = served(target)
+    local = run(_spec(target))
+    local_served = served(target) - before
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    before = served(target)
+    dist = distributed.run_distributed(_spec(target), generators=2, workdir=tmp_path / "run", dump_dir=dumps)
+    dist_served = served(target) - before
+    assert local["engine_error"] is None and dist["engine_error"] is None, (local["engine_error"], dist["engine_error"])
+    one, two = local["stats"], dist["stats"]
+    assert one.errors.total() == 0 and two.errors.total() == 0, (one.errors, two.errors)
+    # the same schedule: request counts within 1 %, and what the target answered
+    assert abs(two.requests - one.requests) <= 0.01 * one.requests, (one.requests, two.requests)
+    assert one.requests == local_served and two.requests == dist_served, (local_served, dist_served)
+    assert abs(two.requests - RATE * DURATION) <= 2
+    # the master's merge is the sum of what each generator dumped itself, bucket by bucket
+    own = new_histogram()
+    for g in range(2):
+        own.add(HdrHistogram.decode((dumps / f"generator-{g}.hdr").read_bytes()))
+    assert own.get_total_count() == two.histogram.get_total_count() == two.responses
+    assert list(own.counts) == list(two.histogram.counts)
+    # and both generators did their half
+    per = [e["requests"] for e in dist["engine"]["per_process"]]
+    assert sorted(per) == [int(RATE * DURATION) // 2] * 2, per
+    for p in (50, 99):
+        a, b = one.histogram.get_value_at_percentile(p), two.histogram.get_value_at_percentile(p)
+        assert abs(b - a) <= 0.05 * a, (p, a / 1000, b / 1000)
+    assert dist["engine"]["distributed"]["runtime"] == "locust"
+    assert not _locust_processes()
+
+
+def test_a_generator_killed_mid_run_fails_the_run_and_leaves_no_process(target: str, tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    killed: list[int] = []
+
+    def killer() -> None:  # SIGKILL generator 1 (the Locust worker) a second into the load
+        events = workdir / "events.jsonl"
+        until = time.monotonic() + 60
+        while time.monotonic() < until:
+            for line in events.read_text().splitlines() if events.exists() else []:
+                event = json.loads(line)
+                if event.get("event") == "started":
+                    time.sleep(max(0.0, event["start_at"] - time.time()) + 1.0)
+                    pid = next(g["pid"] for g in event["generators"] if g["g"] == 1)
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    t0 = time.monotonic()
+    result = distributed.run_distributed(_spec(target, max_requests=100_000), generators=2, workdir=workdir)
+    thread.join(10)
+    assert killed
+    assert re.fullmatch(r"generator 1 lost at t=1\.\ds \(killed by SIGKILL\)", result["engine_error"] or ""), \
+        result["engine_error"]
+    assert time.monotonic() - t0 < DURATION + 10  # ended when it was lost, not at the deadline plus grace
+    pids = _pids(workdir)
+    assert len(pids) == 4
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
+    assert not _locust_processes()
+
+
+def _worker(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A generator started the documented way, as it would be on another machine."""
+    locustfile = Path(distributed.__file__).with_name("distributed_locustfile.py")
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "locust", "--worker", "-f", str(locustfile), "--master-host",
+                                 "127.0.0.1", "--master-port", str(port), "--loglevel", "WARNING"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_generators_started_elsewhere_and_one_lost_by_heartbeat(target: str, tmp_path: Path) -> None:
+    """The master alone (``master=HOST:PORT``): Locust's heartbeat finds the generator that stopped answering."""
+    from pytest_wsgi502.services.process import free_port
+
+    port = free_port()
+    workers = [_worker(port, tmp_path / f"w{i}.log") for i in range(2)]
+    workdir = tmp_path / "run"
+
+    def killer() -> None:
+        events = workdir / "events.jsonl"
+        until = time.monotonic() + 60
+        while time.monotonic() < until:
+            for line in events.read_text().splitlines() if events.exists() else []:
+                event = json.loads(line)
+                if event.get("event") == "started":
+                    time.sleep(max(0.0, event["start_at"] - time.time()) + 1.0)
+                    g1 = next(g for g in event["generators"] if g["g"] == 1)
+                    os.kill(g1["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        result = distributed.run_distributed(_spec(target, duration=10.0, max_requests=100_000),
+                                             master=f"127.0.0.1:{port}", expect_generators=2, workdir=workdir)
+    finally:
+        thread.join(10)
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+            w.wait(10)
+    assert re.fullmatch(r"generator 1 lost at t=\d+\.\ds \(no heartbeat for 3s on \S+ pid \d+\)",
+                        result["engine_error"] or ""), result["engine_error"]
+    assert not _locust_processes()
+
+
+def test_generators_that_never_connect_end_the_run_with_the_count(tmp_path: Path) -> None:
+    from pytest_wsgi502.services.process import free_port
+
+    port = free_port()
+    worker = _worker(port, tmp_path / "w.log")
+    try:
+        t0 = time.monotonic()
+        result = distributed.run_distributed(LoadSpec("http://127.0.0.1:9", concurrency=4, duration=1.0),
+                                             master=f"127.0.0.1:{port}", expect_generators=2, workdir=tmp_path / "r",
+                                             start_timeout=4.0)
+        assert time.monotonic() - t0 < 15
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    assert result["engine_error"] == "1 of 2 generators connected within 4s"
+    assert result["stats"].requests == 0
+    assert not _locust_processes()
