@@ -145,7 +145,7 @@ class AutoStop:
             if t.latency_ms is None:
                 t.x, t.n = stats.error_count, stats.requests
             else:
-                t.x, t.n = _slower_than(stats, t.latency_ms), stats.responses
+                t.x, t.n = _slower_than(stats, t.latency_ms), stats.histogram.get_total_count()  # after any warm-up
             t.x = min(t.x, t.n)
             t.rate.update(t.x, t.n)
             if t.decision() == "fail" and t.failed_at is None:

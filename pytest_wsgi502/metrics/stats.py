@@ -42,6 +42,10 @@ class Stats:
     ended: float = 0.0  # wall-clock seconds of the last completion
     clamped: int = 0
     windows: dict[int, Window] = field(default_factory=dict)  # unix second -> window
+    # warm-up: requests sent before this wall time count as requests and errors (and in the timeline), never in
+    # ``histogram`` nor in ``rps`` (0: no warm-up)
+    warmup_until: float = 0.0
+    warmup_requests: int = 0
 
     def record(self, status: int | None, latency_s: float, at: float, error: str | None = None) -> None:
         """One finished attempt at wall time ``at``: an HTTP status (None when the transport failed) and/or
@@ -50,6 +54,8 @@ class Stats:
         if window is None:
             window = self.windows[sec] = Window()
         window.requests += 1
+        warm = self.warmup_until > 0 and at - latency_s < self.warmup_until  # sent within the warm-up
+        self.warmup_requests += warm
         if status is not None:
             self.status_counts[status] += 1
             us = int(latency_s * 1e6)
@@ -57,7 +63,8 @@ class Stats:
                 us, self.clamped = HIGHEST_US, self.clamped + 1
             elif us < LOWEST_US:
                 us = LOWEST_US
-            self.histogram.record_value(us)
+            if not warm:
+                self.histogram.record_value(us)
             window.histogram.record_value(us)
             if status >= 400:
                 window.errors[str(status)] += 1
@@ -73,6 +80,8 @@ class Stats:
             self.started = other.started
         self.ended = max(self.ended, other.ended)
         self.clamped += other.clamped
+        self.warmup_until = max(self.warmup_until, other.warmup_until)
+        self.warmup_requests += other.warmup_requests
         for sec, w in other.windows.items():
             mine = self.windows.setdefault(sec, Window())
             mine.requests += w.requests
@@ -85,14 +94,15 @@ class Stats:
         return {
             "status_counts": dict(self.status_counts), "errors": dict(self.errors),
             "histogram": self.histogram.encode(), "started": self.started, "ended": self.ended,
-            "clamped": self.clamped,
+            "clamped": self.clamped, "warmup_until": self.warmup_until, "warmup_requests": self.warmup_requests,
             "windows": {s: (w.requests, dict(w.errors), w.histogram.encode()) for s, w in self.windows.items()},
         }
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Stats:
         s = cls(Counter(d["status_counts"]), Counter(d["errors"]), started=d["started"], ended=d["ended"],
-                clamped=d["clamped"])
+                clamped=d["clamped"], warmup_until=d.get("warmup_until", 0.0),
+                warmup_requests=d.get("warmup_requests", 0))
         s.histogram.add(HdrHistogram.decode(d["histogram"]))
         for sec, (n, errors, hist) in d["windows"].items():
             w = s.windows[int(sec)] = Window(n, Counter(errors))
@@ -117,6 +127,13 @@ class Stats:
     def duration(self) -> float:
         return max(0.0, self.ended - self.started)
 
+    @property
+    def measured(self) -> tuple[int, float]:
+        """(requests, seconds) that throughput is measured over: after the warm-up, to the last completion."""
+        if not self.warmup_until:
+            return self.requests, self.duration
+        return self.requests - self.warmup_requests, max(0.0, self.ended - max(self.started, self.warmup_until))
+
     def timeline(self) -> list[dict[str, Any]]:
         """Per-second series: offset from the first second, requests, errors by class, p99 (ms, 1 %)."""
         if not self.windows:
@@ -134,8 +151,9 @@ class Stats:
             ("p99.9" if p == 99.9 else f"p{p:g}"): h.get_value_at_percentile(p) / 1000 for p in PERCENTILES
         }
         latency.update(max=h.get_max_value() / 1000, mean=round(h.get_mean_value() / 1000, 3))
-        if not self.responses:
+        if not h.get_total_count():
             latency = dict.fromkeys(latency)
+        measured, seconds = self.measured
         return {
             "requests": n,
             "responses": self.responses,
@@ -145,11 +163,14 @@ class Stats:
             "error_count": self.error_count,
             "error_rate": (self.error_count / n) if n else 0.0,
             "latency_ms": latency,
-            "rps": round(n / self.duration, 1) if self.duration else 0.0,
+            "rps": round(measured / seconds, 1) if seconds else 0.0,
             "duration_s": round(self.duration, 3),
             "started_at": self.started,
             "ended_at": self.ended,
             "latency_clamped": self.clamped,
             "timeline": self.timeline(),
             "timeline_t0": min(self.windows) if self.windows else None,  # wall second of the series' t=0
+            **({"warmup": {"seconds": round(self.warmup_until - self.started, 3), "requests": self.warmup_requests,
+                           "note": "counted in requests and errors; not in latency or req/s"}}
+               if self.warmup_until else {}),
         }

@@ -95,6 +95,25 @@ def test_status_errors_count_in_error_rate_and_the_timeline():
     assert sum(w["errors"].get("502", 0) for w in d["timeline"]) == 50
 
 
+def test_warmup_excludes_the_first_seconds_from_latency_but_not_from_errors():
+    async def app(request):
+        await asyncio.sleep(0.01)
+        return httpx.Response(502 if asyncio.get_running_loop().time() - t0[0] < 0.1 else 200)
+
+    t0 = [0.0]
+
+    async def go():
+        t0[0] = asyncio.get_running_loop().time()
+        return await drive(spec(duration=0.6, warmup=0.2, max_requests=10**9, concurrency=2),
+                           lambda: httpx.MockTransport(app))
+
+    s = asyncio.run(go())[0]
+    d = s.to_dict()
+    assert d["status_counts"].get("502", 0) > 0 and d["error_count"] == d["status_counts"]["502"]  # counted
+    assert 0 < s.warmup_requests < s.requests and s.histogram.get_total_count() == s.responses - s.warmup_requests
+    assert d["warmup"]["seconds"] == 0.2
+
+
 def test_deadline_bounds_a_run_with_unlimited_budget():
     async def slow(request):
         await asyncio.sleep(0.01)
@@ -168,6 +187,8 @@ def test_generator_bound_rules():
         ({"mode": "open"}, "needs a rate"),
         ({"processes": 8, "concurrency": 4}, "need at least as many connections"),
         ({"mix": (Endpoint("/a", 0),)}, r"mix\[0\]\.weight must be > 0"),
+        ({"warmup": 5.0}, r"warmup \(5s\) must be shorter than the duration \(5s\)"),
+        ({"warmup": -1}, "warmup must be >= 0"),
     ],
 )
 def test_bad_specs(kw, message):
