@@ -51,7 +51,7 @@ class WsgiServerFactory(Protocol):
 class WsgiLoadFactory(Protocol):
     """What ``wsgi_load`` gives a test: drive load through a started ``Target`` and get its ``Result``."""
 
-    def __call__(self, target: Target, *, slo: str | Iterable[str] = (),
+    def __call__(self, target: Target | RemoteTarget, *, slo: str | Iterable[str] = (),
                  verify: Callable[[httpx.Response], bool] | None = None, **profile: Any) -> Result: ...
 
 
@@ -194,7 +194,7 @@ def wsgi_django(pytestconfig: pytest.Config) -> SettingsChoice | None:
 
     state = _state(pytestconfig)
     named = state.settings.django_settings
-    if not named:
+    if not named or state.target is not None:  # --wsgi-target: the app runs elsewhere
         return None
     try:
         env = {**_base_env(), **_matrix_env(state)}
@@ -234,6 +234,8 @@ def wsgi_database(request: pytest.FixtureRequest, pytestconfig: pytest.Config, w
     database (``wsgi_db = none``, or auto for a non-Django app without a setup command: MariaDB never starts).
     The Django settings are checked first (``wsgi_django``), before MariaDB starts."""
     state = _state(pytestconfig)
+    if state.target is not None:  # --wsgi-target: the service has its own database; nothing starts here
+        return None
     mode, why = database_mode(state.settings)
     from pytest_wsgi502.report.progress import LiveProgress
 
@@ -319,6 +321,8 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
     from pytest_wsgi502.cellrun import run_cell
     from pytest_wsgi502.services import ServiceError
 
+    if _state(request.config).target is not None:  # --wsgi-target: the one target cell, nothing started
+        return _remote_cell_run(request, wsgi_cell, wsgi_run_dir)
     wsgi_cell = _modified(request.config, wsgi_cell)
     if reason := _skip_reason(wsgi_cell, request.getfixturevalue("wsgi_containers") is not None):
         pytest.skip(reason)
@@ -336,6 +340,134 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
             live.finish()
     record(request, result)  # lint findings travel in the result: the summary lists each once
     return CellRun(wsgi_cell, result)
+
+
+class RemoteTarget:
+    """A service that is already running (--wsgi-target): the harness starts and stops nothing, so it sees only
+    what the client sees. ``measure`` drives the load at ``url`` and judges it: statuses, transport and verify
+    errors and latency; ``attribution`` counts client-side classes (``attribution_scope: client``), not causes."""
+
+    def __init__(self, url: str, cell: Cell, ctx: CellContext, allow_remote: bool,
+                 addresses: tuple[str, ...] = ()) -> None:
+        self.url, self.cell, self.ctx, self.allow_remote, self.addresses = url, cell, ctx, allow_remote, addresses
+        self.dir = ctx.run_dir
+
+    def measure(self, spec: Any, slos: list[Any], verify: Any = None, progress: Any = None) -> dict[str, Any]:
+        import dataclasses
+        import time
+
+        from pytest_wsgi502.cellrun import judge, spec_dict
+        from pytest_wsgi502.load.engine import run as run_load
+        from pytest_wsgi502.report.table import REMOTE_NOTE, client_classes
+        from pytest_wsgi502.slo import verdict
+
+        server_side = [s.text for s in slos if s.metric in _server_metrics()]
+        if server_side:
+            from pytest_wsgi502.config.values import ConfigError
+
+            raise ConfigError(f"SLO {', '.join(server_side)} is measured from the server's own logs, which a remote "
+                              "target does not expose (--wsgi-target judges what the client sees)")
+        spec = self._checked(dataclasses.replace(spec, base_url=self.url, allow_remote=self.allow_remote), verify)
+        since = time.time()
+        load = run_load(spec, verify=verify, progress=progress)
+        cell = self.cell
+        result: dict[str, Any] = {"name": cell.name, "server": "remote", "description": cell.description,
+                                  "config": {"target": self.url}, "dir": str(self.dir)}
+        result.update(load["stats"].to_dict())
+        result["load"] = {"mode": load["engine"]["mode"], "intended_rps": load["engine"]["intended_rps"],
+                          "spec": spec_dict(spec)}
+        result["verify"] = [{**ep.checks(), "callable": getattr(verify, "__qualname__", None) if verify else None}
+                            for ep in spec.endpoints()]
+        result["engine"] = load["engine"]
+        result["generator_bound"] = load["generator_bound"]
+        result["generator_bound_reason"] = load["generator_bound_reason"]
+        result["aborted"] = load["aborted"]
+        result["target"] = {"url": self.url, "addresses": list(self.addresses), "allow_remote": self.allow_remote,
+                            "since": since, "note": REMOTE_NOTE}
+        result["attribution"], result["attribution_scope"] = client_classes(result), "client"
+        result["histogram"] = load["stats"].histogram.encode().decode("ascii")  # HdrHistogram V2, base64
+        result["slo"] = verdict(slos, result)
+        judge(result, load.get("engine_error"))
+        return result
+
+    def _checked(self, spec: Any, verify: Any) -> Any:
+        """As for a local target (cellrun.Target.checked): a GET endpoint without a body check gets the
+        Content-Type check (``auto``), and the terminal says once that those bodies are not verified."""
+        import dataclasses
+
+        if verify is not None:
+            return spec
+        endpoints = []
+        for ep in spec.endpoints():
+            if not ep.verify_contains and not ep.verify_content_type and ep.method == "GET":
+                ep = dataclasses.replace(ep, verify_content_type="auto")
+                self.ctx.note(f"GET {ep.path}: no body check, only status {ep.verify_status} and the Content-Type "
+                              "of its first 2xx verified (set wsgi_verify_contains or verify= to check bodies)")
+            endpoints.append(ep)
+        if spec.mix:
+            return dataclasses.replace(spec, mix=tuple(endpoints))
+        return dataclasses.replace(spec, verify_content_type=endpoints[0].verify_content_type)
+
+
+def _server_metrics() -> tuple[str, ...]:
+    from pytest_wsgi502.state import SERVER_METRICS
+
+    return SERVER_METRICS
+
+
+def _remote_context(request: pytest.FixtureRequest, run_dir: Path) -> CellContext:
+    """The session's load settings for a remote target: no binaries, database, isolation or containers."""
+    from pytest_wsgi502.cellrun import CellContext
+    from pytest_wsgi502.services.process import ledger_path
+
+    state = _state(request.config)
+    s = state.settings
+    return CellContext(
+        run_dir=run_dir, ledger=ledger_path(run_dir), app=s.app, chdir=state.path("chdir"), server_binaries={},
+        nginx="", db_env={}, duration=s.duration, max_requests=s.requests, concurrency=s.concurrency,
+        timeout=s.timeout, idle_timeout=s.idle_timeout, session_slos=s.slo or (), mode=s.mode, rate=s.rate,
+        start_rate=s.start_rate, think_time=s.think_time, processes=s.processes, path=s.path,
+        verify_contains=s.verify_contains or "", verify_status=s.verify_status or "2xx",
+        say=_progress(request, "").say, sources={name: s.source(name) for name in s.values},
+    )
+
+
+def _remote(request: pytest.FixtureRequest, cell: Cell, run_dir: Path) -> RemoteTarget:
+    state = _state(request.config)
+    assert state.target is not None
+    return RemoteTarget(state.target, cell, _remote_context(request, run_dir), bool(state.settings.allow_remote),
+                        state.target_addresses)
+
+
+def _remote_cell_run(request: pytest.FixtureRequest, cell: Cell, run_dir: Path) -> CellRun:
+    """``wsgi_cell_run`` with --wsgi-target: the session's load profile at the running service, judged with the
+    session's, the marker's SLOs (one per metric, the most specific layer wins)."""
+    from pytest_wsgi502.cellrun import effective_slos, load_sources, load_spec
+
+    target = _remote(request, cell, run_dir)
+    live = _progress(request, cell.name)
+    try:
+        slos, slo_sources = effective_slos(cell, target.ctx, marker=_marker_slos(request))
+        measured = target.measure(load_spec(cell, target.ctx, target.url), slos, progress=live.callback)
+    except ValueError as exc:  # ConfigError (a server-side SLO, a bad profile) or the guard: one line
+        _fail(exc)
+    finally:
+        live.finish()
+    measured["load"]["sources"] = load_sources(cell, target.ctx)
+    measured["slo"]["sources"] = slo_sources
+    result = Result(measured)
+    record(request, result)
+    return CellRun(cell, result)
+
+
+@pytest.fixture
+def wsgi_target(request: pytest.FixtureRequest, pytestconfig: pytest.Config, wsgi_run_dir: Path) -> RemoteTarget:
+    """--wsgi-target: the running service, for ``wsgi_load(wsgi_target, rate=..., slo=[...])``. Nothing is started
+    or stopped; without --wsgi-target a test that uses it is skipped."""
+    state = _state(pytestconfig)
+    if state.target is None:
+        pytest.skip("uses wsgi_target: runs only with --wsgi-target=URL (a running service)")
+    return _remote(request, state.cells[0], wsgi_run_dir)
 
 
 def _baseline(cell: Cell, ctx: CellContext, state: State) -> str | None:
@@ -564,14 +696,15 @@ def _profile(profile: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> WsgiLoadFactory:
     """Factory: ``wsgi_load(target, rate=300, mode="open", duration=10, slo=["p99<200ms"])`` drives load through
-    the target's proxy and returns a ``Result`` (the JSON contract) whose SLO verdict includes the test's
-    ``wsgi_slo`` marker, the session's --wsgi-slo and ``slo``. Profile keys: those of ``LoadSpec``
-    (mode, rate, start_rate, concurrency, duration, path, mix, verify_contains, think_time, processes, ...)."""
+    the target's proxy (or at ``wsgi_target``, the running service of --wsgi-target) and returns a ``Result`` (the
+    JSON contract) whose SLO verdict includes the test's ``wsgi_slo`` marker, the session's --wsgi-slo and ``slo``.
+    Profile keys: those of ``LoadSpec`` (mode, rate, start_rate, concurrency, duration, path, mix, verify_contains,
+    think_time, processes, ...)."""
     import dataclasses
 
     from pytest_wsgi502.cellrun import effective_slos, load_sources, load_spec
 
-    def load(target: Target, *, slo: str | Iterable[str] = (),
+    def load(target: Target | RemoteTarget, *, slo: str | Iterable[str] = (),
              verify: Callable[[httpx.Response], bool] | None = None, **profile: Any) -> Result:
         try:
             overrides = _profile(profile)
@@ -584,6 +717,8 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Ws
         live = _progress(request, target.cell.name)
         try:
             measured = target.measure(spec, slos, verify, progress=live.callback)
+        except ValueError as exc:  # ConfigError: e.g. a server-side SLO on a remote target, one line
+            _fail(ValueError(f"wsgi_load: {exc}"))
         finally:
             live.finish()
         sources = load_sources(target.cell, target.ctx)

@@ -22,13 +22,16 @@ from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.results import MatrixReporter
 from pytest_wsgi502.state import (
     BACKEND,
+    LOCAL_FIXTURES,
     REPORT_ATTR,
     RESULTS,
+    SERVER_METRICS,
     SERVICE_FIXTURES,
     SKIP_CELL,
     STATE,
     State,
     skip_reason,
+    target_skip_reason,
 )
 
 pytest_plugins = ["pytest_wsgi502.fixtures"]
@@ -80,9 +83,12 @@ def pytest_configure(config: pytest.Config) -> None:
     options = {s.dest: config.getoption(s.dest) for s in SETTINGS}
     with _usage():
         settings = resolve(options, env_snapshot(), ini)
-    state = State(settings, bool(config.getoption("wsgi502_matrix")), rootdir)
+    # --wsgi-target runs the load too (at the running service): it needs no --wsgi-matrix, and starts nothing here
+    state = State(settings, bool(config.getoption("wsgi502_matrix")) or settings.target is not None, rootdir)
     config.stash[STATE] = state
-    if state.enabled:
+    if state.target is not None:
+        _check_target(state)
+    elif state.enabled:
         from pytest_wsgi502.preflight import check
         from pytest_wsgi502.services.backend import choose
 
@@ -91,6 +97,48 @@ def pytest_configure(config: pytest.Config) -> None:
             check(state.settings, state.cells, state.path("chdir"), backend=choice.name)
     _check_reports(state)
     config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
+
+
+def _check_target(state: State) -> None:
+    """--wsgi-target: the URL resolves now (the engine resolves again and connects only to what it checked); any
+    non-loopback address without --wsgi-allow-remote, and options that need local services, are usage errors."""
+    from pytest_wsgi502.load.engine import resolve_target
+
+    s = state.settings
+    with _usage():
+        found = resolve_target(s.target, allow_remote=True)  # resolves the name only: nothing is connected
+    remote = [a for a in found.addresses if not _loopback(a)]
+    if remote and not s.allow_remote:
+        raise pytest.UsageError(
+            f"{_given('target', s.values['target'].raw, s.source('target'))} resolves to non-loopback "
+            f"{', '.join(sorted(remote))}: load would leave this machine; pass --wsgi-allow-remote (ini "
+            "wsgi_allow_remote, env WSGI502_ALLOW_REMOTE) to allow it")
+    state.target_addresses = found.addresses
+    for name, why in (("shard", "there is one target, no matrix to split"),
+                      ("baseline_cell", "a target has no baseline cell to run side by side"),
+                      ("repeat", "repeats of a target are not supported yet")):
+        raw = s.values[name]
+        if raw.value is not None and raw.source != "default" and (name != "repeat" or raw.value > 1):
+            raise pytest.UsageError(f"{_given(name, raw.raw, raw.source)} does not go with --wsgi-target: {why}")
+    from pytest_wsgi502.slo import parse_slos
+
+    server_side = [slo.text for slo in parse_slos(list(s.slo or ())) if slo.metric in SERVER_METRICS]
+    if server_side:
+        raise pytest.UsageError(f"--wsgi-slo {', '.join(server_side)}: measured from the server's own logs, which a "
+                                "remote target does not expose (--wsgi-target judges what the client sees)")
+
+
+def _given(name: str, raw: str | None, source: str) -> str:
+    """How the user wrote a setting, to name it in an error: --wsgi-x=V, WSGI502_X=V or ini wsgi_x=V."""
+    where = {"option": f"--wsgi-{name.replace('_', '-')}", "env": f"WSGI502_{name.upper()}"}.get(source,
+                                                                                              f"ini wsgi_{name}")
+    return f"{where}={raw}"
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(address.split("%")[0]).is_loopback
 
 
 _PATH_OPTIONS = ("--wsgi-json", "--wsgi-matrix-file", "--wsgi-keep-dir", "--wsgi-mysqld", "--wsgi-nginx",
@@ -144,6 +192,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         # option without --wsgi-matrix, say why it does not start anything.
         asked = [setting.option for setting in SETTINGS if s.source(setting.name) == "option"]
         return [f"wsgi502: matrix off (pass --wsgi-matrix to run it; given: {', '.join(asked)})"] if asked else []
+    if state.target is not None:
+        return _target_header(state)
     shown = ("backend", "matrix_file", "duration", "requests", "concurrency", "mode", "rate", "processes",
              "timeout", "idle_timeout", "slo", "app", "chdir", "isolation")
     parts = []
@@ -159,6 +209,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     shard = [f"wsgi502: {plan.header()}"] if plan is not None else []
     return ["wsgi502: " + ", ".join(parts), *backend,
             f"wsgi502: cells: {', '.join(c.name for c in state.cells)}", *shard]
+
+
+def _target_header(state: State) -> list[str]:
+    """--wsgi-target: the load settings, where the load goes, and what the report can and cannot say."""
+    from pytest_wsgi502.report.table import REMOTE_NOTE
+
+    s = state.settings
+    parts = []
+    for name in ("duration", "requests", "concurrency", "mode", "rate", "processes", "timeout", "slo", "path"):
+        r = s.values[name]
+        parts.append(f"{name}={r.raw if r.raw is not None else '-'} ({r.source})")
+    where = "loopback" if all(_loopback(a) for a in state.target_addresses) else "REMOTE (--wsgi-allow-remote)"
+    return ["wsgi502: " + ", ".join(parts),
+            f"wsgi502: target {s.target} ({s.source('target')}): {', '.join(state.target_addresses)}, {where}",
+            f"wsgi502: {REMOTE_NOTE}"]
 
 
 def _seconds(text: str) -> float:
@@ -189,7 +254,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if state.error:
         raise pytest.UsageError(state.error)
-    mark_service_tests(items, state.enabled)
+    mark_service_tests(items, state.enabled, remote=state.target is not None)
     if state.settings.shard is not None:
         deselect_other_shards(config, items, state)
 
@@ -224,13 +289,19 @@ def pytest_wsgi502_cell_result(result: dict[str, Any], config: pytest.Config) ->
                        "owners": dict(plan.owner)}  # every cell's shard: the merge knows what a full run has
 
 
-def mark_service_tests(items: list[pytest.Item], enabled: bool) -> None:
+def mark_service_tests(items: list[pytest.Item], enabled: bool, remote: bool = False) -> None:
     """The one rule for when services and load run, as for matrix cells: a test that uses a fixture that starts
     them (directly or through another fixture: ``item.fixturenames`` is the closure) is marked ``wsgi_matrix``
-    and, without --wsgi-matrix, skipped with a reason that names the fixture. No marker or skipif in the test."""
+    and, without --wsgi-matrix, skipped with a reason that names the fixture. No marker or skipif in the test.
+    With --wsgi-target (``remote``) nothing starts locally: a test that uses a local-service fixture is skipped."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "wsgi_cell" in names:  # a matrix cell: parametrized, marked and skipped in pytest_generate_tests
+            continue
+        local = next((f for f in LOCAL_FIXTURES if f in names), None) if remote else None
+        if local is not None:
+            item.add_marker(pytest.mark.wsgi_matrix)
+            item.add_marker(pytest.mark.skip(reason=target_skip_reason(local)))
             continue
         used = next((f for f in SERVICE_FIXTURES if f in names), None)
         if used is None:

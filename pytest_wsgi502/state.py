@@ -33,6 +33,22 @@ def skip_reason(fixture: str) -> str:
     return f"uses {fixture}, which starts services and load: like matrix cells, it runs {MATRIX_ONLY}"
 
 
+# --wsgi-target: the one "cell" is the running service; its name is the test id (test_cell[target]) and table row
+TARGET_CELL = "target"
+# fixtures that would start something locally: with --wsgi-target a test that uses one is skipped (wsgi_load is
+# fine: it drives load at whatever target it is given, e.g. the wsgi_target fixture's)
+LOCAL_FIXTURES = tuple(f for f in SERVICE_FIXTURES if f != "wsgi_load")
+
+
+# SLO metrics only the server's own logs show: a remote target cannot be judged on them
+SERVER_METRICS = ("respawns", "kills")
+
+
+def target_skip_reason(fixture: str) -> str:
+    """Why a test that uses ``fixture`` is skipped with --wsgi-target (nothing is started locally then)."""
+    return f"uses {fixture}, which starts local services: --wsgi-target drives load at a running service instead"
+
+
 REPORT_ATTR = "wsgi502_results"  # TestReport attribute carrying cell results (xdist ships it to the controller)
 RESULTS = pytest.StashKey[list[dict[str, Any]]]()  # results a test's fixtures produced, on its item
 
@@ -52,6 +68,7 @@ class State:
 
     schedule: Schedule | None = None  # --wsgi-repeat / baseline_cell: the interleaved runs of this process
     _plan: Plan | None = None
+    target_addresses: tuple[str, ...] = ()  # --wsgi-target: the addresses its host resolved to at configure time
 
     @property
     def matrix(self) -> list[Cell]:
@@ -62,9 +79,19 @@ class State:
         return self._matrix
 
     @property
+    def target(self) -> str | None:
+        """--wsgi-target: the URL of the running service the load goes to (no local services); None otherwise."""
+        return self.settings.values["target"].value if "target" in self.settings.values else None
+
+    @property
     def cells(self) -> list[Cell]:
+        """The cells this run parametrizes: the selected matrix cells, or with --wsgi-target the one target cell
+        (its load and SLOs are the session's settings; the matrix describes servers, which a target has not)."""
         if self._cells is None:
-            self._cells = select(self.matrix, self.settings.cells)
+            if self.target is not None:
+                self._cells = [Cell(TARGET_CELL, "remote", description=f"the running service at {self.target}")]
+            else:
+                self._cells = select(self.matrix, self.settings.cells)
         return self._cells
 
     @property

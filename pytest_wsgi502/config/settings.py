@@ -129,6 +129,28 @@ def _checks(text: str) -> tuple[Any, ...]:
     return parse_checks(text)
 
 
+def _target_url(text: str) -> str:
+    """--wsgi-target: an already running service's origin, ``http://host[:port]`` (the request path is wsgi_path
+    or the mix). Checked here without resolving the name; whether it is loopback is decided where the load starts
+    (the engine resolves once and connects only to the addresses it checked)."""
+    from urllib.parse import urlsplit
+
+    raw = values.single_line(text, "the target URL").strip()
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"not a URL: {shown(text)} ({exc})") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"not an http://host[:port] URL: {shown(text)} (the load engine speaks plain HTTP)")
+    if parts.username is not None or parts.query or parts.fragment or parts.path not in ("", "/") or "?" in raw:
+        raise ConfigError(f"the target is an origin only, http://host[:port], got {shown(text)} (the request path "
+                          "goes in wsgi_path or a mix)")
+    if port == 0:
+        raise ConfigError(f"port 0 in {shown(text)}: give the port the service listens on")
+    return raw.rstrip("/")
+
+
 def _save_name(text: str) -> str:
     name = str(text).strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
@@ -183,6 +205,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shard", "run shard I of N (1 <= I <= N <= 1000): a deterministic subset of the cells, balanced by "
             "expected duration; the others are deselected. Merge the shards' --wsgi-json with python -m "
             "pytest_wsgi502.report merge", None, parse_shard, "I/N"),
+    Setting("target", "drive the load at an already running service, http://host[:port]: no local servers, MariaDB "
+            "or proxy; SLOs on what the client sees, causes limited to client-side classes. A non-loopback target "
+            "also needs --wsgi-allow-remote", None, _target_url, "URL"),
+    Setting("allow_remote", "let --wsgi-target be another machine (the one opt-out of the loopback guard: load "
+            "leaves this machine)", "false", _bool, "BOOL"),
     Setting("duration", "load duration per cell, e.g. 10s, 500ms, 2m (1ms to 24h), or auto[:MAX]: until every "
             "error-rate/percentile SLO is decided at 95 % (MAX default 10m)", "10s", _load_duration, "TIME"),
     Setting("requests", "maximum requests per cell (the other bound besides duration; 1 to 10^12)", "1000000",

@@ -197,6 +197,11 @@ def render_html(doc: dict[str, Any]) -> str:
         f"{(machine.get('memory_bytes') or 0) / 2**30:.1f} GiB, kernel {esc(str(machine.get('kernel')))}<br>"
         f"{esc(versions)}</p>",
     ]
+    target = doc.get("target")
+    if target:  # --wsgi-target: say what a run against a running service can and cannot show
+        parts.append(f"<section id='target'><h2>Remote target</h2><p>load went to <code>{esc(str(target['url']))}"
+                     f"</code> ({esc(', '.join(target.get('addresses') or []))})</p><p class='meta'>"
+                     f"{esc(target['note'])}</p></section>")
     merged = doc.get("merge")
     if merged:  # python -m pytest_wsgi502.report merge: where each cell ran
         lines = [f"{'shard ' + r['shard'] + ': ' if r['shard'] else ''}{r['file']}: {', '.join(r['cells']) or '-'}"

@@ -110,6 +110,14 @@ def build(results: list[dict[str, Any]], settings: Any, rootdir: Path) -> dict[s
             splits.append(r["isolation"])
     env["isolation"] = splits
     doc: dict[str, Any] = {"schema": SCHEMA, "created": time.time(), "environment": env, "cells": results}
+    target = getattr(settings, "target", None)
+    if target is not None:  # --wsgi-target: a running service, nothing started here; what the run can say
+        from pytest_wsgi502.report.table import CLIENT_CLASSES, REMOTE_NOTE
+
+        addresses = next((r["target"]["addresses"] for r in results if r.get("target")), None)
+        doc["target"] = {"url": target, "allow_remote": bool(getattr(settings, "allow_remote", False)),
+                         "addresses": addresses, "services_started": [], "attribution": "client",
+                         "client_classes": list(CLIENT_CLASSES), "note": REMOTE_NOTE}
     shard = getattr(settings, "shard", None)
     if shard is not None:  # --wsgi-shard: this run is shard I of N (each cell says whether it belongs here)
         doc["shard"] = {"index": shard.index, "count": shard.count}

@@ -17,6 +17,22 @@ def _ms(value: float | None) -> str:
 
 BASELINE_COLUMN = "vs baseline"
 
+# --wsgi-target: what a run against a running service can say, in the header, the table, the JSON and the HTML
+REMOTE_NOTE = ("remote target: no local servers, MariaDB or proxy started; SLOs judge what the client sees and "
+               "5xx causes are limited to client-side classes (HTTP status, connect/reset/timeout/protocol/verify "
+               "errors): the server's events and the proxy's logs are not visible")
+# the client-side classes a remote target's result counts under ``attribution`` (``attribution_scope: client``)
+CLIENT_CLASSES = ("http_502", "http_503", "http_504", "http_5xx_other", "connect", "reset", "timeout", "protocol",
+                  "verify")
+
+
+def client_classes(result: dict[str, Any]) -> dict[str, int]:
+    """What the client saw, by class: 502/503/504 and other 5xx statuses, and the transport/verify errors."""
+    sc, err = result.get("status_counts") or {}, result.get("errors") or {}
+    named = {f"http_{code}": int(sc.get(code, 0)) for code in ("502", "503", "504")}
+    other = int(result.get("http_5xx") or 0) - sum(named.values())
+    return {**named, "http_5xx_other": other, **{k: int(err.get(k, 0)) for k in CLIENT_CLASSES[4:]}}
+
 
 def columns(results: Sequence[dict[str, Any]]) -> tuple[str, ...]:
     """The table's columns: "vs baseline" before the SLO column when a cell was compared with a baseline."""
@@ -42,7 +58,7 @@ def row(r: dict[str, Any], baseline_column: bool = False) -> list[str]:
         f"{r['error_rate']:.2e}" if r["error_rate"] else "0", _bound(r), _ms(lat.get("p50")), _ms(lat.get("p95")),
         _pm(r, "p99", _ms) or _ms(lat.get("p99")), _ms(lat.get("max")),
         _pm(r, "rps", lambda v: f"{v:.0f}") or f"{r['rps']:.0f}", str(r.get("respawns", "-")),
-        str(r.get("kills", "-")), causes(r.get("attribution") or {}), outcome(r),
+        str(r.get("kills", "-")), _causes(r), outcome(r),
     ]
     if baseline_column:
         cells.insert(len(cells) - 1, _versus(r))
@@ -85,6 +101,19 @@ def causes(counts: dict[str, int]) -> str:
     return " ".join(shown) or "-"
 
 
+CLIENT_SHORT = {"http_502": "502", "http_503": "503", "http_504": "504", "http_5xx_other": "5xx", "connect": "conn",
+                "reset": "reset", "timeout": "tmout", "protocol": "proto", "verify": "verify"}
+
+
+def _causes(r: dict[str, Any]) -> str:
+    """The causes column; a remote target's counts are client-side classes, not causes, and say so."""
+    counts = r.get("attribution") or {}
+    if r.get("attribution_scope") != "client":
+        return causes(counts)
+    shown = [f"{CLIENT_SHORT.get(k, k)}:{v}" for k, v in counts.items() if v]
+    return "client-side only" + (": " + " ".join(shown) if shown else "")
+
+
 def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
     header = columns(results)
     rows = [list(header)] + [row(r, len(header) > len(COLUMNS)) for r in results]
@@ -104,6 +133,8 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
     if len(header) > len(COLUMNS):
         lines.append("vs baseline: better / worse / same = a difference shown at 95 % or not (error rate: exact "
                      "conditional binomial; req/s and p99: Welch t over the repeats, needs --wsgi-repeat >= 2)")
+    if any(r.get("attribution_scope") == "client" for r in results):
+        lines.append(REMOTE_NOTE)
     if any((r.get("comparison") or {}).get("side_by_side") is False for r in results):
         lines.append("not side by side: the cell and its baseline's row ran in different shards (merged runs); "
                      "its comparison is with the baseline's run in its own shard")
