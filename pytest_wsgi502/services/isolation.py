@@ -158,6 +158,7 @@ class Side:
     cgroup: Path | None = None
     active: bool = True  # False: placement is a no-op (isolation off)
     nice: int = 0  # > 0: the side's processes run at this niceness (mode "nice": a weight, not CPUs of its own)
+    extra: tuple[Path, ...] = ()  # cgroup v1: groups of other hierarchies a process joins too (a cell's cpu quota)
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:
@@ -183,14 +184,16 @@ class Side:
                     os.setpriority(os.PRIO_PROCESS, tid, self.nice)
             return
         if self.cgroup is not None:
-            with contextlib.suppress(ProcessLookupError):
+            for group in (self.cgroup, *self.extra):
                 try:
-                    (self.cgroup / "cgroup.procs").write_text(f"{pid}\n")
+                    (group / "cgroup.procs").write_text(f"{pid}\n")
+                except ProcessLookupError:
                     return
                 except OSError as exc:
                     if exc.errno != 3:  # ESRCH: gone already
-                        raise ServiceError(f"cannot move pid {pid} into {self.cgroup}: {exc.strerror}") from None
+                        raise ServiceError(f"cannot move pid {pid} into {group}: {exc.strerror}") from None
                     return
+            return
         for tid in _tasks(pid) or [pid]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.sched_setaffinity(tid, set(self.cpus))
@@ -225,6 +228,10 @@ class Isolation:
         self._saved_nice: dict[int, int] = {}
         self._lock = threading.Lock()
         self.released = False
+        self.tag = ""  # cgroup mechanisms: the name part of this session's groups (start() sets it)
+        self.base: Path | None = None  # cgroup mechanisms: our own cgroup, the parent of the groups
+        self.ledger: Path | None = None
+        self._quotas = 0
         if self.groups:
             _LIVE.append(self)
 
@@ -246,6 +253,61 @@ class Isolation:
                         continue
                     self._saved.setdefault(tid, os.sched_getaffinity(tid))
                     os.sched_setaffinity(tid, set(self.outside.cpus))
+
+    def quota(self, cpus: float, name: str = "cell") -> tuple[Side | None, str]:
+        """A side for one server limited to ``cpus`` CPUs of CPU time (the matrix key ``cpus``, as Docker's
+        ``--cpus``: a CFS bandwidth quota of ``cpus`` x 100 ms every 100 ms) on the inside CPUs, and a line saying
+        what enforces it. With no cgroup mechanism the limit cannot be enforced: ``(None, why)``.
+
+        cgroup v1: a group in the ``cpu`` hierarchy (``cpu.cfs_quota_us``) that the server joins besides the inside
+        cpuset group. cgroup v2: a sibling of the inside group with its CPUs and ``cpu.max``. Recorded for the
+        reaper before anything joins; ``release_quota`` removes it after the server stopped (``release`` too)."""
+        quota_us, period_us = quota_settings(cpus)
+        if not self.mechanism.startswith("cgroup") or self.base is None or self.inside.cgroup is None:
+            return None, (f"cpus = {cpus:g} not enforced: isolation is {self.mechanism}, a CPU quota needs a cgroup "
+                          "(run as root with --wsgi-isolation=auto or cgroup)")
+        self._quotas += 1
+        group_name = f"{CGROUP_PREFIX}{self.tag}-{_slug(name)}-{self._quotas}"
+        try:
+            if self.mechanism == "cgroup-v1":
+                cpu_base = own_cgroup_dir(1, Path("/proc/self/cgroup").read_text(),
+                                          Path("/proc/self/mountinfo").read_text(), controller="cpu")
+                if cpu_base is None or not cpu_base.is_dir():
+                    return None, f"cpus = {cpus:g} not enforced: no cgroup v1 cpu controller mounted"
+                group = self._new_group(cpu_base / group_name)
+                _write(group / "cpu.cfs_period_us", str(period_us))
+                _write(group / "cpu.cfs_quota_us", str(quota_us))
+                side = Side("inside", self.inside.cpus, self.inside.cgroup, extra=(group,))
+                how = f"cgroup-v1 cpu.cfs_quota_us={quota_us} cpu.cfs_period_us={period_us}"
+            else:
+                if "cpu" not in (self.base / "cgroup.subtree_control").read_text().split():
+                    _write(self.base / "cgroup.subtree_control", "+cpu")
+                group = self._new_group(self.base / group_name)
+                _write(group / "cpuset.cpus", _cpulist(self.inside.cpus))
+                _write(group / "cpu.max", f"{quota_us} {period_us}")
+                side = Side("inside", self.inside.cpus, group)
+                how = f"cgroup-v2 cpu.max={quota_us} {period_us}"
+        except OSError as exc:
+            return None, f"cpus = {cpus:g} not enforced: {exc.strerror or exc}"
+        return side, f"{cpus:g} CPUs of time on CPU {_cpus(self.inside.cpus)} ({how})"
+
+    def _new_group(self, group: Path) -> Path:
+        group.mkdir()
+        if self.ledger is not None:
+            record_cgroup(self.ledger, group)
+        self.groups.append(group)
+        return group
+
+    def release_quota(self, side: Side | None) -> bool:
+        """Remove a quota side's own group once its server has stopped; True when gone (else ``release`` or the
+        reaper retries it)."""
+        if side is None:
+            return True
+        own = [g for g in (*side.extra, side.cgroup) if g is not None and g not in (self.inside.cgroup,)]
+        gone = all([remove_cgroup(g) for g in own])
+        if gone:
+            self.groups = [g for g in self.groups if g not in own]
+        return gone
 
     def release(self) -> list[str]:
         """Restore this process's CPUs and remove the groups (the processes in them must have been stopped).
@@ -345,14 +407,14 @@ def _mounts(text: str) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def own_cgroup_dir(version: int, cgroup_text: str, mountinfo_text: str) -> Path | None:
-    """The directory of this process's own cpuset cgroup (v1) or unified cgroup (v2), or None."""
+def own_cgroup_dir(version: int, cgroup_text: str, mountinfo_text: str, controller: str = "cpuset") -> Path | None:
+    """The directory of this process's own cgroup of ``controller`` (v1) or its unified cgroup (v2), or None."""
     own = _own_cgroups(cgroup_text)
-    path = own.get("cpuset" if version == 1 else "")
+    path = own.get(controller if version == 1 else "")
     if path is None:
         return None
     for root, point, fstype, opts in _mounts(mountinfo_text):
-        if version == 1 and (fstype != "cgroup" or "cpuset" not in opts.split(",")):
+        if version == 1 and (fstype != "cgroup" or controller not in opts.split(",")):
             continue
         if version == 2 and fstype != "cgroup2":
             continue
@@ -365,6 +427,22 @@ def own_cgroup_dir(version: int, cgroup_text: str, mountinfo_text: str) -> Path 
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text)
+
+
+QUOTA_PERIOD_US = 100_000  # Docker's --cpus uses the same 100 ms CFS period
+
+
+def quota_settings(cpus: float, period_us: int = QUOTA_PERIOD_US) -> tuple[int, int]:
+    """(quota, period) in microseconds for ``cpus`` CPUs of CPU time: ``cpus`` x period, at least the kernel's
+    1 ms minimum. ``cpus`` must be finite and > 0 (the matrix checks it)."""
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not math.isfinite(cpus) or cpus <= 0:
+        raise ValueError(f"cpus must be a number > 0, got {cpus!r}")
+    return max(1000, round(cpus * period_us)), period_us
+
+
+def _slug(name: str) -> str:
+    """A cell name as part of a cgroup directory name (the matrix allows [a-z0-9_.-]; anything else becomes _)."""
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)[:60] or "cell"
 
 
 def _make_groups(version: int, base: Path, lay: Layout, tag: str, ledger: Path | None) -> tuple[Path, Path]:
@@ -448,6 +526,7 @@ def start(mode: str = "auto", *, outside: int | None = None, ledger: Path | None
                     continue
                 iso = Isolation(mode, f"cgroup-v{version}", lay, note, Side("inside", lay.inside, inside),
                                 Side("outside", lay.outside, outside_dir), [inside, outside_dir])
+                iso.tag, iso.base, iso.ledger = tag, base, ledger
                 iso.enter_outside()
                 return iso
         else:

@@ -252,3 +252,34 @@ def test_drift_slope_and_interval_match_scipy_linregress():
     flat = [{"index": i, "side": "auto", "cells": {"a": {"rps": 500.0 + (i % 2)}}} for i in range(5)]
     assert _drift(flat, "a", ("auto",))["significant"] is False
     assert _drift(runs[:2], "a", ("auto",)) is None  # two points fit the line exactly: no interval
+
+
+@pytest.mark.parametrize(("cpus", "quota"), [(0.5, 50_000), (1, 100_000), (2.25, 225_000), (0.001, 1000),
+                                             (0.0001, 1000)])
+def test_cpu_quota_is_cpus_times_a_100ms_period_as_docker_does(cpus: float, quota: int) -> None:
+    assert isolation.quota_settings(cpus) == (quota, 100_000)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), True, "1"])
+def test_cpu_quota_refuses_what_is_not_a_positive_number(bad: object) -> None:
+    with pytest.raises(ValueError, match="cpus"):
+        isolation.quota_settings(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["off", "nice"])
+def test_a_quota_without_a_cgroup_is_not_enforced_and_says_why(mode: str) -> None:
+    iso = isolation.start(mode, cpus=[0, 1])
+    try:
+        side, why = iso.quota(0.5, "uwsgi-2w")
+        assert side is None and "cpus = 0.5 not enforced" in why and mode in why
+    finally:
+        iso.release()
+
+
+def test_own_cgroup_dir_finds_the_cpu_hierarchy_mounted_with_cpuacct() -> None:
+    cg = "3:cpuset:/job\n2:cpu,cpuacct:/job/x\n"
+    mounts = ("34 31 0:31 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n"
+              "36 31 0:33 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n")
+    assert own_cgroup_dir(1, cg, mounts, controller="cpu") == Path("/sys/fs/cgroup/cpu,cpuacct/job/x")
+    assert own_cgroup_dir(1, cg, mounts) == Path("/sys/fs/cgroup/cpuset/job")
+    assert own_cgroup_dir(1, "3:cpuset:/job\n", mounts, controller="cpu") is None
