@@ -16,7 +16,8 @@ import subprocess
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -98,7 +99,8 @@ def service() -> Iterator[Service]:
     s.proc.wait(10)
 
 
-def test_a_running_loopback_service_is_judged_on_what_the_client_sees(pytester: pytest.Pytester, service: Service):
+def test_a_running_loopback_service_is_judged_on_what_the_client_sees(pytester: pytest.Pytester,
+                                                                      service: Service) -> None:
     pytester.makepyfile(test_target=TESTS)
     r = pytester.runpytest(f"--wsgi-target={service.url}", "--wsgi-duration=1s", "--wsgi-mode=open",
                            "--wsgi-rate=200", "--wsgi-concurrency=4",
@@ -131,7 +133,7 @@ def test_a_running_loopback_service_is_judged_on_what_the_client_sees(pytester: 
     assert "<section id='target'>" in page and service.url in page
 
 
-def test_a_breached_slo_fails_the_cell_with_the_client_side_count(pytester: pytest.Pytester, service: Service):
+def test_a_breached_slo_fails_the_cell_with_the_client_side_count(pytester: pytest.Pytester, service: Service) -> None:
     pytester.makepyfile(test_target=TESTS)
     r = pytester.runpytest(f"--wsgi-target={service.url}", "--wsgi-duration=0.5s", "--wsgi-mode=open",
                            "--wsgi-rate=100", "--wsgi-concurrency=2",
@@ -142,7 +144,7 @@ def test_a_breached_slo_fails_the_cell_with_the_client_side_count(pytester: pyte
 
 
 @pytest.mark.parametrize("slo", ["kills==0", "respawns<=3"])
-def test_server_side_slos_are_a_usage_error(pytester: pytest.Pytester, service: Service, slo: str):
+def test_server_side_slos_are_a_usage_error(pytester: pytest.Pytester, service: Service, slo: str) -> None:
     pytester.makepyfile(test_target=TESTS)
     r = pytester.runpytest(f"--wsgi-target={service.url}", f"--wsgi-slo=error_rate<0.5, {slo}")
     assert r.ret == pytest.ExitCode.USAGE_ERROR
@@ -152,33 +154,73 @@ def test_server_side_slos_are_a_usage_error(pytester: pytest.Pytester, service: 
 
 
 class Net:
-    """Every connect the engine asks for; each answered by a fake loopback wire (nothing leaves the machine)."""
+    """Every connect the engine asks for, and the request heads it sent; a fake wire answers each (nothing leaves
+    the machine: a real socket connect is refused too)."""
 
     def __init__(self) -> None:
         self.connects: list[tuple[object, object]] = []
         self.sockets: list[object] = []
+        self.requests: list[bytes] = []
+
+
+class FakeWire(asyncio.Transport):
+    """A connection that answers every complete request with 200 and keeps the request heads."""
+
+    def __init__(self, net: Net, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.net, self.protocol, self.closed, self.buffer = net, protocol, False, b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.buffer += bytes(data)
+        while b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.net.requests.append(head)
+            asyncio.get_running_loop().call_soon(
+                self.protocol.data_received, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def abort(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+
+def _resolver(names: dict[str, str]) -> Callable[..., list[tuple[Any, ...]]]:
+    """getaddrinfo from a table (IP literals answer themselves): no DNS query leaves the machine."""
+
+    def getaddrinfo(host: str | bytes, port: Any, *args: Any, **kw: Any) -> list[tuple[Any, ...]]:
+        name = host.decode() if isinstance(host, bytes) else host
+        address = names.get(name, name)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sockaddr = (address, int(port or 0)) if family == socket.AF_INET else (address, int(port or 0), 0, 0)
+        return [(family, socket.SOCK_STREAM, 6, "", sockaddr)]
+
+    return getaddrinfo
 
 
 @pytest.fixture
 def net(monkeypatch: pytest.MonkeyPatch) -> Net:
-    from tests.unit.test_load_guard import FakeWire, stub_resolver
-
     state = Net()
 
-    async def create_connection(self, protocol_factory, host=None, port=None, **kw):  # type: ignore[no-untyped-def]
+    async def create_connection(self: Any, protocol_factory: Callable[[], asyncio.Protocol], host: Any = None,
+                                port: Any = None, **kw: Any) -> tuple[FakeWire, asyncio.Protocol]:
         state.connects.append((host, port))
         protocol = protocol_factory()
-        wire = FakeWire(state, protocol)  # type: ignore[arg-type]
+        wire = FakeWire(state, protocol)
         protocol.connection_made(wire)
         return wire, protocol
 
-    def no_socket_connect(self, address):  # type: ignore[no-untyped-def]
+    def no_socket_connect(self: socket.socket, address: Any) -> None:
         state.sockets.append(address)
         raise OSError(113, "stub: the suite never connects off the machine")
 
-    state.requests = []  # type: ignore[attr-defined]  # FakeWire appends what it was sent
     monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "create_connection", create_connection)
-    monkeypatch.setattr(socket, "getaddrinfo", stub_resolver({"staging.test": [OFF_MACHINE]}))
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({"staging.test": OFF_MACHINE}))
     monkeypatch.setattr(socket.socket, "connect", no_socket_connect)
     monkeypatch.setattr(engine, "_loop_factory", lambda: None)  # plain asyncio: its methods can be stubbed
     return state
@@ -187,7 +229,7 @@ def net(monkeypatch: pytest.MonkeyPatch) -> Net:
 @pytest.mark.parametrize(("where", "url"), [("option", f"http://{OFF_MACHINE}:8080"), ("env", "http://staging.test"),
                                             ("ini", f"http://{OFF_MACHINE}")])
 def test_a_non_loopback_target_without_the_opt_out_is_a_one_line_usage_error(
-        pytester: pytest.Pytester, net: Net, monkeypatch: pytest.MonkeyPatch, where: str, url: str):
+        pytester: pytest.Pytester, net: Net, monkeypatch: pytest.MonkeyPatch, where: str, url: str) -> None:
     pytester.makepyfile(test_target=TESTS)
     args: list[str] = []
     if where == "option":
@@ -205,7 +247,7 @@ def test_a_non_loopback_target_without_the_opt_out_is_a_one_line_usage_error(
     assert net.connects == [] and net.sockets == []
 
 
-def test_the_opt_out_sends_to_the_checked_address_and_says_remote(pytester: pytest.Pytester, net: Net):
+def test_the_opt_out_sends_to_the_checked_address_and_says_remote(pytester: pytest.Pytester, net: Net) -> None:
     """--wsgi-allow-remote: the load goes to the address the name resolved to (a stubbed connect answers it)."""
     pytester.makepyfile(test_target=TESTS)
     r = pytester.runpytest("--wsgi-target=http://staging.test:8080", "--wsgi-allow-remote=true", "--wsgi-duration=1s",
@@ -215,7 +257,7 @@ def test_the_opt_out_sends_to_the_checked_address_and_says_remote(pytester: pyte
     r.stdout.fnmatch_lines([f"wsgi502: target http://staging.test:8080 (option): {OFF_MACHINE}, REMOTE "
                             "(--wsgi-allow-remote)"])
     assert net.connects and set(net.connects) == {(OFF_MACHINE, 8080)} and net.sockets == []
-    assert len(net.requests) == 5 and all(b"Host: staging.test:8080" in req for req in net.requests)  # type: ignore
+    assert len(net.requests) == 5 and all(b"Host: staging.test:8080" in req for req in net.requests)
     doc = json.loads((pytester.path / "out.json").read_text())
     assert doc["target"]["allow_remote"] is True and doc["target"]["addresses"] == [OFF_MACHINE]
     assert doc["cells"][0]["target"]["allow_remote"] is True
@@ -234,7 +276,7 @@ def test_the_opt_out_sends_to_the_checked_address_and_says_remote(pytester: pyte
      "ERROR: --wsgi-repeat=3 does not go with --wsgi-target: repeats of a target are not supported yet"),
 ])
 def test_bad_target_options_are_one_line_usage_errors(pytester: pytest.Pytester, net: Net, args: list[str],
-                                                      message: str):
+                                                      message: str) -> None:
     pytester.makepyfile(test_target=TESTS)
     r = pytester.runpytest(*args)
     assert r.ret == pytest.ExitCode.USAGE_ERROR
@@ -242,7 +284,7 @@ def test_bad_target_options_are_one_line_usage_errors(pytester: pytest.Pytester,
     assert net.connects == [] and net.sockets == []
 
 
-def test_without_a_target_the_wsgi_target_fixture_skips(pytester: pytest.Pytester):
+def test_without_a_target_the_wsgi_target_fixture_skips(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_target=TESTS)
     r = pytester.runpytest("--wsgi-matrix", "-rs", "-k", "test_load_at_target", "-p", "no:cacheprovider")
     r.assert_outcomes(skipped=1, deselected=10)  # the seed matrix's 9 cells and test_local_server
