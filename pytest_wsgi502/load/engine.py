@@ -517,6 +517,7 @@ async def drive(
     progress_every: float = 1.0,
     target: ConnectTarget | None = None,
     stop: StopRule | None = None,
+    stop_every: float = 1.0,
 ) -> tuple[Stats, dict[str, Any]]:
     """Run ``spec`` (one process's share) on the running loop. Returns stats and the engine's self-report.
 
@@ -541,7 +542,7 @@ async def drive(
     lag = new_histogram(2)
     probe = asyncio.ensure_future(_lag_probe(run, lag))
     ticker = asyncio.ensure_future(_progress(run, progress, progress_every)) if progress else None
-    stopper = asyncio.ensure_future(_stopper(run, stop, 1.0)) if stop is not None else None
+    stopper = asyncio.ensure_future(_stopper(run, stop, stop_every)) if stop is not None else None
     cpu0, thread0, sched0 = time.process_time(), time.thread_time(), schedstat()
     tasks = []
     try:
@@ -610,31 +611,58 @@ START_S = 60.0  # a spawned engine process imports and reports ready within this
 LOST_S = 3.0  # a process that exited without a result this long ago will not send one
 
 
-def _child(spec: LoadSpec, process: int, go: Any, out: Any, target: ConnectTarget) -> None:
-    """Engine process body (spawned): wait for the common start, drive, send stats back over the queue."""
+LIVE_EVERY_S = 1.0  # a process with a stop rule sends its live stats this often
+HALT_POLL_S = 0.2  # and looks this often whether the parent's rule said stop
+
+
+def _child(spec: LoadSpec, process: int, go: Any, out: Any, target: ConnectTarget, halt: Any = None) -> None:
+    """Engine process body (spawned): wait for the common start, drive, send stats back over the queue.
+    ``halt`` (duration=auto): send live stats every second; end the load when the parent sets it."""
     try:
         out.put(("ready", process, None, None, None))
         if not go.wait(START_S):  # the parent gave up on the start (it kills us too): send nothing
             return
+        rule: StopRule | None = None
+        if halt is not None:
+            sent = [time.monotonic()]
+
+            def rule(stats: Stats) -> str | None:
+                if time.monotonic() - sent[0] >= LIVE_EVERY_S:
+                    sent[0] = time.monotonic()
+                    out.put(("live", process, stats.to_wire(live=True), None, None))
+                return HALTED if halt.is_set() else None
+
         with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            stats, engine = runner.run(drive(spec, process=process, target=target))
+            stats, engine = runner.run(drive(spec, process=process, target=target, stop=rule, stop_every=HALT_POLL_S))
         out.put(("result", process, stats.to_wire(), engine, None))
     except BaseException as exc:  # reported to the parent, which decides
         out.put(("result", process, None, None, one_line(exc)))
 
 
-def _run_processes(spec: LoadSpec, target: ConnectTarget) -> tuple[Stats, list[dict[str, Any]], str | None]:
+HALTED = "halted by the parent's stop rule"
+
+
+def _run_processes(spec: LoadSpec, target: ConnectTarget, stop: StopRule | None = None,
+                   ) -> tuple[Stats, list[dict[str, Any]], str | None, str | None]:
     """Run the shares in spawned processes and merge. Returns (stats, per-process engine reports, the first engine
-    error or None): a process that raised, died or never answered is an engine error, never an exception here,
-    and every process is joined or killed whatever happened."""
+    error or None, the stop rule's reason or None): a process that raised, died or never answered is an engine
+    error, never an exception here, and every process is joined or killed whatever happened.
+
+    ``stop``: each process sends its live stats every second; the rule sees their merge (exact: counts and
+    histograms add) once every process has sent one, and its reason halts them all (within ~0.2 s + a second's
+    snapshot). The merged counts at any look are those of some prefix of each process's requests, so an
+    always-valid test stays valid."""
     import multiprocessing as mp
     import queue
 
     ctx = mp.get_context("spawn")  # the parent has threads (samplers): fork would copy their locks
     go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_child, args=(spec.share(p), p, go, out, target), daemon=True,
+    halt = ctx.Event() if stop is not None else None
+    procs = [ctx.Process(target=_child, args=(spec.share(p), p, go, out, target, halt), daemon=True,
                          name=f"wsgi502-engine-{p}") for p in range(spec.processes)]
     stats, errors = Stats(), list[str]()
+    live: dict[int, dict[str, Any]] = {}
+    reason: str | None = None
     engines: list[dict[str, Any]] = [{} for _ in procs]
     ready: set[int] = set()
     reported: set[int] = set()
@@ -657,6 +685,20 @@ def _run_processes(spec: LoadSpec, target: ConnectTarget) -> tuple[Stats, list[d
                     if i not in reported and proc.exitcode is not None and now - exited_at.setdefault(i, now) > LOST_S:
                         errors.append(f"engine process {i} exited with code {proc.exitcode} and no result")
                         reported.add(i)
+                continue
+            if kind == "live":
+                live[p_idx] = wire
+                if halt is not None and stop is not None and reason is None and len(live) == len(procs):
+                    merged = Stats()
+                    for w in live.values():
+                        merged.merge(Stats.from_wire(w))
+                    try:
+                        reason = stop(merged)
+                    except Exception as exc:  # the caller's rule: its failure is the engine's error, never silent
+                        errors.append(f"the stop rule failed: {one_line(exc)}")
+                        reason = "the stop rule failed"
+                    if reason:
+                        halt.set()
                 continue
             if kind == "ready":
                 ready.add(p_idx)
@@ -687,7 +729,10 @@ def _run_processes(spec: LoadSpec, target: ConnectTarget) -> tuple[Stats, list[d
     error = None
     if errors:
         error = errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
-    return stats, engines, error
+    for e in engines:
+        if e.get("stopped") == HALTED:
+            e["stopped"] = reason
+    return stats, engines, error, reason
 
 
 @contextlib.contextmanager
@@ -791,8 +836,9 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
         progress_every: float = 1.0, stop: StopRule | None = None) -> dict[str, Any]:
     """Run a load on fresh event loops (uvloop), in ``spec.processes`` processes; merge; judge the engine.
 
-    ``stop`` (one process only): called about once a second with the live ``Stats``; a reason it returns ends
-    the load early (``stopped`` in the result), e.g. ``metrics.sequential.AutoStop.update`` for duration=auto.
+    ``stop``: called about once a second with the live ``Stats`` (with several processes: the merge of their
+    latest snapshots, in this process); a reason it returns ends the load early (``stopped`` in the result), e.g.
+    ``metrics.sequential.AutoStop.update`` for duration=auto.
 
     ``progress`` (one process only) is called every ``progress_every`` seconds with elapsed, duration, requests,
     children until the end).
@@ -803,12 +849,10 @@ def run(spec: LoadSpec, transport_factory: Callable[[], httpx.AsyncBaseTransport
     spec.validate()
     if spec.processes > 1 and (transport_factory is not None or verify is not None):
         raise ConfigError("a custom transport or verify callable runs in one process only (processes=1)")
-    if spec.processes > 1 and stop is not None:
-        raise ConfigError("a stop rule (duration=auto) needs the live stats of one engine process: use processes=1")
     target = resolve_target(spec.base_url, spec.allow_remote)  # once: every process connects to these addresses
     if spec.processes > 1:
         with _elapsed_ticker(spec, progress, progress_every):
-            stats, engines, engine_error = _run_processes(spec, target)
+            stats, engines, engine_error, _ = _run_processes(spec, target, stop)
     else:
         with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
             stats, engine = runner.run(drive(spec, transport_factory, verify, progress=progress,

@@ -90,12 +90,17 @@ class Stats:
         return self
 
     # crossing a process boundary: HdrHistograms travel in their standard compressed encoding
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, live: bool = False) -> dict[str, Any]:
+        """``live``: a snapshot for a stop rule (duration=auto across engine processes): only the first and the
+        last second of the series, so it stays small however long the run (the totals are complete)."""
+        windows = self.windows
+        if live and len(windows) > 2:
+            windows = {k: windows[k] for k in (min(windows), max(windows))}
         return {
             "status_counts": dict(self.status_counts), "errors": dict(self.errors),
             "histogram": self.histogram.encode(), "started": self.started, "ended": self.ended,
             "clamped": self.clamped, "warmup_until": self.warmup_until, "warmup_requests": self.warmup_requests,
-            "windows": {s: (w.requests, dict(w.errors), w.histogram.encode()) for s, w in self.windows.items()},
+            "windows": {s: (w.requests, dict(w.errors), w.histogram.encode()) for s, w in windows.items()},
         }
 
     @classmethod

@@ -232,3 +232,44 @@ def test_free_ports_are_distinct():
     for _ in range(50):
         ports = free_ports(3)
         assert len(set(ports)) == 3
+
+
+def test_a_stop_rule_sees_the_merged_live_stats_of_every_engine_process():
+    """duration=auto with --wsgi-processes > 1 (a one-line ConfigError before): the processes send live stats, the
+    rule sees their merge, and its reason halts all of them."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    seen: list[int] = []
+
+    def rule(stats: Stats) -> str | None:
+        seen.append(stats.requests)
+        return "enough" if stats.requests >= 300 else None
+
+    try:
+        s = spec(base_url=f"http://127.0.0.1:{server.server_address[1]}", processes=2, duration=60.0,
+                 max_requests=10**9, mode="open", rate=200.0)
+        out = run(s, stop=rule)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out["stopped"] == "enough" and out["engine_error"] is None, out
+    assert seen and seen[-1] >= 300 and seen == sorted(seen)  # cumulative merged counts
+    assert 300 <= out["stats"].requests < 300 + 3 * 200  # halted within about a second of the reason
+    assert all(e["requests"] > 0 and e["stopped"] == "enough" for e in out["engine"]["per_process"])
+    assert out["stats"].duration < 10
