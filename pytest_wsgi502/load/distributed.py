@@ -38,6 +38,7 @@ from pytest_wsgi502.load import distributed_wire as wire
 from pytest_wsgi502.load.engine import (
     ADVICE_LIMIT,
     LoadSpec,
+    Progress,
     generator_classified,
     intended_rate,
     resolve_target,
@@ -179,26 +180,36 @@ def _exit_text(proc: LocalProcess) -> str:
 
 def run_distributed(spec: LoadSpec, generators: int = 2, *, master: str | None = None,
                     expect_generators: int | None = None, workdir: Path | None = None,
-                    dump_dir: Path | None = None, start_timeout: float = START_S) -> dict[str, Any]:
+                    dump_dir: Path | None = None, start_timeout: float = START_S,
+                    transport_factory: Any = None, verify: Any = None, stop: Any = None,
+                    progress: Progress | None = None, progress_every: float = 1.0) -> dict[str, Any]:
     """Run ``spec`` on ``generators`` local Locust worker processes (or, with ``master="HOST:PORT"``, on
     ``expect_generators`` workers started elsewhere with ``wsgi502-generator``) and merge exactly.
 
     Raises ``ConfigError`` before anything starts (bad spec, non-loopback target without ``allow_remote``, Locust
     not installed). Once processes run, nothing raises: ``engine_error`` says why the run failed. ``workdir``
     keeps the master's and generators' logs; ``dump_dir`` makes each generator write its own histogram
-    (``generator-G.hdr``, HdrHistogram V2 base64) for checking the merge."""
+    (``generator-G.hdr``, HdrHistogram V2 base64) for checking the merge. ``progress`` gets elapsed/duration every
+    ``progress_every`` seconds of the load (the live counts stay in the generators). The same keywords as
+    ``engine.run``, so a caller can switch: a custom transport, verify callable or stop rule needs one process
+    and is refused here."""
     n = expect_generators if master is not None and expect_generators is not None else generators
+    if transport_factory is not None or verify is not None:
+        raise ConfigError("a custom transport or verify callable runs in one process only: not with generators "
+                          "(check responses with verify_contains/verify_status/verify_content_type)")
+    if stop is not None:
+        raise ConfigError("duration=auto needs the live stats of one engine process: give generators a fixed duration")
     check(spec, n)
     resolve_target(spec.base_url, spec.allow_remote)  # the loopback guard, before any process starts
     bind, port = parse_master(master) if master is not None else ("127.0.0.1", 0)
     if master is not None and not spec.allow_remote and bind not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"a Locust master on {bind} listens beyond this machine: that needs allow_remote")
     with _run_dir(workdir) as run_dir:
-        return _run(spec, n, bind, port, master is None, run_dir, dump_dir, start_timeout)
+        return _run(spec, n, bind, port, master is None, run_dir, dump_dir, start_timeout, progress, progress_every)
 
 
 def _run(spec: LoadSpec, n: int, bind: str, port: int, local: bool, run_dir: Path, dump_dir: Path | None,
-         start_timeout: float) -> dict[str, Any]:
+         start_timeout: float, progress: Progress | None, progress_every: float) -> dict[str, Any]:
     spec_file, events_file = run_dir / "spec.json", run_dir / "events.jsonl"
     spec_file.write_text(json.dumps(wire.spec_to_json(spec)))
     events_file.write_text("")
@@ -218,6 +229,7 @@ def _run(spec: LoadSpec, n: int, bind: str, port: int, local: bool, run_dir: Pat
         procs.append(master_proc)
         info["master_pid"] = master_proc.pid
         by_pid: dict[int, int] = {}
+        next_tick = 0.0
         start_at: float | None = None
         # the master's own timeouts (connect, then ready: start_timeout each) come first and say more
         patience = 2 * start_timeout + MASTER_SLACK_S
@@ -247,6 +259,10 @@ def _run(spec: LoadSpec, n: int, bind: str, port: int, local: bool, run_dir: Pat
                     error = event["error"]
             if result is not None or error is not None:
                 break
+            if progress is not None and start_at is not None and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + progress_every
+                with contextlib.suppress(Exception):  # the caller's code never breaks the run
+                    progress({"elapsed": max(0.0, time.time() - start_at), "duration": spec.duration})
             for proc in gens:  # a local generator that exited: lost now, not after Locust's heartbeat timeout
                 if proc.proc is not None and proc.proc.poll() is not None:
                     lost = by_pid.get(proc.pid or -1)

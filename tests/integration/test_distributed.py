@@ -116,7 +116,9 @@ def test_two_generators_match_one_engine_process_and_merge_exactly(target: str, 
     dumps = tmp_path / "dumps"
     dumps.mkdir()
     before = served(target)
-    dist = distributed.run_distributed(_spec(target), generators=2, workdir=tmp_path / "run", dump_dir=dumps)
+    ticks: list[dict[str, Any]] = []
+    dist = distributed.run_distributed(_spec(target), generators=2, workdir=tmp_path / "run", dump_dir=dumps,
+                                       progress=ticks.append, progress_every=0.5)
     dist_served = served(target) - before
     assert local["engine_error"] is None and dist["engine_error"] is None, (local["engine_error"], dist["engine_error"])
     one, two = local["stats"], dist["stats"]
@@ -138,6 +140,7 @@ def test_two_generators_match_one_engine_process_and_merge_exactly(target: str, 
         a, b = one.histogram.get_value_at_percentile(p), two.histogram.get_value_at_percentile(p)
         assert abs(b - a) <= 0.05 * a, (p, a / 1000, b / 1000)
     assert dist["engine"]["distributed"]["runtime"] == "locust"
+    assert len(ticks) >= DURATION and all(t["duration"] == DURATION for t in ticks), ticks
     assert not _locust_processes()
 
 

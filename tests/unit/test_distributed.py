@@ -96,6 +96,16 @@ def test_bad_setups_are_one_line_before_anything_starts(kwargs: dict[str, Any], 
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"verify": lambda r: True}, "a custom transport or verify callable runs in one process only"),
+    ({"transport_factory": object}, "a custom transport or verify callable runs in one process only"),
+    ({"stop": lambda s: None}, "duration=auto needs the live stats of one engine process"),
+])
+def test_what_needs_one_process_is_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        distributed.run_distributed(LoadSpec(URL, concurrency=4), generators=2, **kwargs)
+
+
 def test_without_locust_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
