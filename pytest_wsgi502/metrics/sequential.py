@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_wsgi502.config.values import ConfigError
-from pytest_wsgi502.metrics.inference import SequentialRate, exceedance_limit, needed_n
+from pytest_wsgi502.metrics.inference import (
+    SequentialRate,
+    _counts,
+    _lower_bound,
+    _upper_bound,
+    exceedance_limit,
+    needed_n,
+)
 from pytest_wsgi502.metrics.stats import Stats
 
 METHOD = "mixture sequential probability ratio test (always valid, Ville's inequality), alpha 0.05 a side"
@@ -110,15 +117,70 @@ def horizon(server: str, workers: int, max_requests: int = 0, jitter: int = 0, o
     return Horizon(requests, seconds, ", ".join(why))
 
 
+COMPARE_METHOD = ("the candidate's always-valid sequential test (mixture SPRT, Ville) against the baseline's "
+                  "exact Clopper-Pearson bound, alpha/4 each, so better or worse errs with probability <= alpha")
+
+
+class BaselineStop:
+    """The error-rate comparison with a finished baseline cell (``x_b`` errors in ``n_b`` requests), decided while
+    the candidate runs: ``better`` once its rate is proven below the baseline's exact lower bound, ``worse`` once
+    proven above its upper bound; ``same`` only at the cap (``verdict``).
+
+    Why it is valid under optional stopping: a false ``better`` (p_c >= p_b) needs the baseline's bound to miss
+    (lower bound above p_b: probability <= alpha/4, fixed n) or the candidate's test to prove p_c < L for an
+    L <= p_c (<= alpha/4 however often it looks: Ville's inequality, L being independent of the candidate's
+    requests); likewise ``worse``, so the two together err with probability <= alpha. Like the SLO tests it
+    assumes errors independent from request to request; bursts (a joint recycle) are what ``horizon`` waits for."""
+
+    def __init__(self, baseline_errors: int, baseline_requests: int, alpha: float = 0.05) -> None:
+        x_b, n_b = _counts(baseline_errors, baseline_requests)
+        if n_b == 0:
+            raise ConfigError("the baseline cell has no requests: nothing to compare with")
+        a = alpha / 4
+        self.baseline = (x_b, n_b)
+        self.lo, self.hi = _lower_bound(x_b, n_b, a), _upper_bound(x_b, n_b, a)
+        self._below = SequentialRate(self.lo, a) if self.lo > 0 else None  # nothing is below a 0 rate
+        self._above = SequentialRate(self.hi, a) if self.hi < 1 else None
+        self.decision: str | None = None
+        self.at: int | None = None
+        self.last = (0, 0)
+
+    def update(self, errors: int, n: int) -> str | None:
+        """Feed the candidate's cumulative counts; ``better``/``worse`` once decided (it stands), else None."""
+        self.last = (errors, n)
+        if self.decision is None and n:
+            if self._below is not None and self._below.decide(errors, n) == "pass":
+                self.decision = "better"
+            elif self._above is not None and self._above.decide(errors, n) == "fail":
+                self.decision = "worse"
+            if self.decision:
+                self.at = n
+        return self.decision
+
+    def verdict(self) -> str:
+        """The word at the end: decided, or ``same`` (no difference detected by the cap)."""
+        return self.decision or "same"
+
+    def report(self) -> dict[str, Any]:
+        return {"method": COMPARE_METHOD, "verdict": self.verdict(), "decided": self.decision is not None,
+                "at_requests": self.at, "candidate": {"errors": self.last[0], "requests": self.last[1]},
+                "baseline": {"errors": self.baseline[0], "requests": self.baseline[1],
+                             "rate_lo": self.lo, "rate_hi": self.hi}}
+
+
 @dataclass
 class AutoStop:
     """Fed the live stats every second (``update``); says when to stop and why; ``report()`` for the JSON.
 
-    ``hold``: a pass stops the load only after this much of it (``horizon``); a breach stops it at once."""
+    ``hold``: a pass stops the load only after this much of it (``horizon``); a breach stops it at once.
+    ``baseline``: the baseline cell's finished (errors, requests): the load also waits until the error-rate
+    comparison with it is decided (``BaselineStop``); undecided at the cap, it is ``same``."""
 
     slos: Iterable[Any]
     alpha: float = 0.05
     hold: Horizon = Horizon()
+    baseline: tuple[int, int] | None = None
+    compare: BaselineStop | None = field(default=None, init=False)
     tests: list[_Test] = field(default_factory=list, init=False)
     stopped: str | None = field(default=None, init=False)
     held: bool = field(default=False, init=False)  # a pass was proven and waited for the horizon
@@ -133,7 +195,9 @@ class AutoStop:
             elif s.metric in _PERCENTILES:
                 limit = exceedance_limit(_PERCENTILES[s.metric])
                 self.tests.append(_Test(s, SequentialRate(limit, self.alpha, "<"), s.limit))
-        if not self.tests:
+        if self.baseline is not None:
+            self.compare = BaselineStop(*self.baseline, alpha=self.alpha)
+        if not self.tests and self.compare is None:
             raise ConfigError("duration=auto decides error_rate<X and percentile SLOs (p99<X ...); this cell has "
                               "none: add one (e.g. --wsgi-slo='error_rate<1e-3') or give a duration")
 
@@ -150,15 +214,20 @@ class AutoStop:
             t.rate.update(t.x, t.n)
             if t.decision() == "fail" and t.failed_at is None:
                 t.failed_at = t.n
+        compared = self.compare.update(stats.error_count, stats.requests) if self.compare else None
         failed = [t for t in self.tests if t.decision() == "fail"]
         if failed:
             self.stopped = f"{failed[0].slo.text} breached (proven after {failed[0].failed_at:,} requests)"
-        elif all(t.decision() == "pass" for t in self.tests):
-            n, elapsed = max(t.n for t in self.tests), _elapsed(stats)
+        elif all(t.decision() == "pass" for t in self.tests) and (self.compare is None or compared):
+            n, elapsed = stats.requests, _elapsed(stats)
             if n < self.hold.requests or elapsed < self.hold.seconds:
                 self.held = True
                 return None
-            self.stopped = f"every decidable SLO met (proven after {max(t.decided_at for t in self.tests):,} requests)"
+            at = max([t.decided_at for t in self.tests] + ([self.compare.at or n] if self.compare else []))
+            what = "every decidable SLO met" if self.tests else "decided"
+            self.stopped = f"{what} (proven after {at:,} requests)"
+            if self.compare:
+                self.stopped += f"; error rate {compared} than the baseline's"
             if self.held:
                 self.stopped += f"; held to {n:,} requests, {elapsed:.0f} s for the lifecycle ({self.hold.why})"
         return self.stopped
@@ -167,6 +236,7 @@ class AutoStop:
         return {
             "method": METHOD, "stopped": self.stopped,
             "hold": {"requests": self.hold.requests, "seconds": self.hold.seconds, "why": self.hold.why},
+            **({"comparison": self.compare.report()} if self.compare else {}),
             "decisions": {t.slo.text: {"decision": t.decision(), "at_requests": t.decided_at if t.decision() else None,
                                        "events": t.x, "of": t.n,
                                        "needed_clean": needed_n(t.rate.limit, self.alpha)} for t in self.tests},

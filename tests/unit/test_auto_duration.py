@@ -9,7 +9,7 @@ from pytest_wsgi502.config.duration import DEFAULT_CAP, Auto, parse
 from pytest_wsgi502.config.matrix import expand
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.metrics.inference import needed_n
-from pytest_wsgi502.metrics.sequential import AutoStop, Horizon, apply, horizon
+from pytest_wsgi502.metrics.sequential import AutoStop, BaselineStop, Horizon, apply, horizon
 from pytest_wsgi502.metrics.stats import Stats
 from pytest_wsgi502.slo import parse_slos, verdict
 
@@ -157,3 +157,61 @@ def test_a_held_pass_stops_at_the_horizon_and_says_so():
     why, sec = recycle_like(auto, seconds=30, burst_at=10**6)  # never a burst: clean throughout
     assert why and "met" in why and "held to" in why and sec == 19  # 20 whole seconds of load
     assert auto.report()["decisions"]["error_rate<0.05"]["decision"] == "pass"
+
+
+def test_baseline_bounds_are_exact_clopper_pearson_at_alpha_over_4():
+    # scipy.stats.beta.ppf(0.0125, 711, 27000 - 711 + 1) and beta.ppf(0.9875, 712, 27000 - 711)
+    b = BaselineStop(711, 27_000)
+    assert b.lo == pytest.approx(0.02419550966200235, rel=1e-9)
+    assert b.hi == pytest.approx(0.028601839687034447, rel=1e-9)
+    zero = BaselineStop(0, 10_000)  # 0 errors: nothing is below it; the upper bound 1 - 0.0125^(1/n)
+    assert zero.lo == 0.0 and zero.hi == pytest.approx(4.3810666670274223e-4, rel=1e-9)
+
+
+def test_baseline_comparison_decides_better_after_the_clean_requests_its_bound_needs():
+    b = BaselineStop(300, 10_000)  # 3 % on the baseline
+    need = needed_n(b.lo, 0.05 / 4)  # clean requests proving a rate below the baseline's lower bound
+    assert b.update(0, need - 1) is None and b.update(0, need) == "better" and b.at == need
+    assert b.update(50, need + 100) == "better"  # a decision stands
+    assert 100 < need < 300  # ln(4/alpha) / lo ~ 6 / 0.026
+
+
+def test_baseline_comparison_decides_worse_and_same_only_at_the_cap():
+    worse = BaselineStop(0, 10_000)
+    for n in range(100, 2_001, 100):
+        if worse.update(n // 20, n):  # 5 % errors against a clean baseline
+            break
+    assert worse.verdict() == "worse" and worse.at <= 300
+    same = BaselineStop(300, 10_000)
+    for n in range(100, 50_001, 100):
+        assert same.update(n * 3 // 100, n) is None  # 3 % against 3 %: never decided
+    assert same.verdict() == "same" and same.report()["decided"] is False
+
+
+def test_baseline_comparison_errs_at_most_alpha_under_optional_stopping():
+    import random
+
+    rng = random.Random(14)
+    wrong = 0
+    for _ in range(300):  # equal rates; the baseline a finished 5,000-request run; looks every 100 requests
+        p = 0.01
+        b = BaselineStop(sum(rng.random() < p for _ in range(5_000)), 5_000)
+        x = 0
+        for n in range(1, 20_001):
+            x += rng.random() < p
+            if n % 100 == 0 and b.update(x, n):
+                wrong += 1
+                break
+    assert wrong / 300 <= 0.05, wrong
+
+
+def test_autostop_with_a_baseline_waits_for_the_comparison():
+    auto = AutoStop(parse_slos(["error_rate<0.05"]), baseline=(300, 10_000))
+    why, n = feed(auto, 5_000, step=50)  # clean: the SLO is proven at 63 requests, the comparison later
+    need = needed_n(BaselineStop(300, 10_000).lo, 0.05 / 4)
+    assert why and "better than the baseline's" in why and need <= n < need + 50
+    report = auto.report()["comparison"]
+    assert report["verdict"] == "better" and report["baseline"]["errors"] == 300
+    only = AutoStop(parse_slos(["kills==0"]), baseline=(0, 10_000))  # no SLO to decide: the comparison is enough
+    why, n = feed(only, 5_000, errors_every=20, step=50)
+    assert why and "worse than the baseline's" in why
