@@ -158,6 +158,7 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
         add("gevent-mysqlclient",
             "gevent workers with mysqlclient (a C extension gevent cannot patch): one slow query blocks the worker")
     slowest = _slowest_ms(cell, default_path)
+    _lifecycle(cell, settings, slowest, uwsgi_version, add)
     limit_s = _num(settings.get("harakiri")) if cell.server == "uwsgi" else (
         _num(settings.get("timeout"), 30) if cell.effective_worker_class == "sync" else None)
     if slowest and limit_s and limit_s * 1000 < slowest:
@@ -165,3 +166,72 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
         add(f"{what}-below-slowest",
             f"{what} {limit_s:g}s is below the slowest request ({slowest} ms): workers die mid-request (502)")
     return out
+
+
+# what the load engine and nginx add to a request's header block besides the cell's own headers (request line
+# overhead, Host, User-Agent, Accept, Connection, X-Forwarded-*): generous, so a finding is never a near miss
+_HEADER_OVERHEAD = 256
+_FALSE = (False, "false", "False", 0, "0", "no", "off")
+
+
+def header_block_size(cell: Cell, default_path: str = "/") -> int:
+    """The size in bytes of the largest request header block the cell's load sends (request line, the cell's
+    ``headers`` as ``Name: value\\r\\n``, plus ``_HEADER_OVERHEAD``), as the server reads it."""
+    paths = [m["path"] for m in cell.mix] or [cell.path or default_path]
+    line = max(len(f"GET {p} HTTP/1.1\r\n".encode()) for p in paths)
+    return line + sum(len(f"{k}: {v}\r\n".encode()) for k, v in cell.headers.items()) + _HEADER_OVERHEAD
+
+
+def _lifecycle(cell: Cell, settings: dict[str, Any], slowest_ms: int, uwsgi_version: str,
+               add: Any) -> None:
+    """The traps behind the lifecycle pairs (issue 16): SIGTERM semantics, header size, grace periods, drains."""
+    does = [str(a["do"]) for a in cell.actions]
+    if cell.server == "uwsgi":
+        if settings.get("die-on-term") in _FALSE and _release(uwsgi_version) < (2, 1):
+            add("uwsgi-term-reloads",
+                f"uWSGI {uwsgi_version} without die-on-term treats SIGTERM as a brutal reload: a deploy or container "
+                "stop (docker stop, Kubernetes) that sends SIGTERM cuts every request in flight (502: upstream "
+                "prematurely closed) and the server comes back; set die-on-term = true (2.1's default), and send "
+                "SIGHUP for a graceful reload")
+        buffer = _num(settings.get("buffer-size"), 4096)
+        size = header_block_size(cell)
+        if cell.headers and buffer is not None and size > buffer:
+            add("buffer-size-below-headers",
+                f"buffer-size {buffer:g} is below the request headers this cell sends (about {size} bytes): uWSGI "
+                "logs 'invalid request block size' / 'invalid HTTP request size' and closes the connection, the "
+                "proxy answers 502; set buffer-size above it (32768 or 65535)")
+        mercy = _num(settings.get("worker-reload-mercy"), 60)
+        if slowest_ms and mercy is not None and mercy * 1000 < slowest_ms and set(does) & {"reload", "hup",
+                                                                                        "chain-reload"}:
+            add("reload-mercy-below-slowest",
+                f"worker-reload-mercy {mercy:g}s is below the slowest request ({slowest_ms} ms): a graceful reload "
+                "kills workers still serving it (502)")
+        if "chain-reload" in does and settings.get("lazy-apps") in (None, *_FALSE) and \
+                settings.get("lazy") in (None, *_FALSE):
+            add("chain-reload-without-lazy-apps",
+                "chain-reload without lazy-apps: each new worker is forked from the master, which loaded the app "
+                "at start, so no new code is loaded; set lazy-apps = true")
+    if cell.server == "gunicorn":
+        field = _num(settings.get("limit_request_field_size"), 8190)
+        longest = max((len(f"{k}: {v}".encode()) for k, v in cell.headers.items()), default=0)
+        if field and longest > field:
+            add("header-field-above-limit",
+                f"a request header of {longest} bytes is above gunicorn's limit_request_field_size {field:g}: "
+                "gunicorn answers 400; raise limit_request_field_size")
+        grace = _num(settings.get("graceful_timeout"), 30)
+        if slowest_ms and grace is not None and grace * 1000 < slowest_ms:
+            add("graceful-timeout-below-slowest",
+                f"graceful_timeout {grace:g}s is below the slowest request ({slowest_ms} ms): a reload (HUP) or stop "
+                "(TERM) kills workers still serving it (502); set graceful_timeout above the slowest request")
+        if "upgrade" in does and not settings.get("daemon"):
+            add("upgrade-quits-old-workers",
+                "binary upgrade without daemon: gunicorn ignores WINCH ('SIGWINCH ignored. Not daemonized'), so the "
+                "QUIT that follows is a quick shutdown: requests in flight on the old workers end as 500 "
+                "(measured on 27.0.1); after USR2, send TERM to the old master instead")
+    for when, do in ((a["at"], str(a["do"])) for a in cell.actions):
+        if do == "term":
+            add("stop-without-drain",
+                f"the term action at {when:g}s stops (or, uWSGI 2.0 without die-on-term, reloads) the only server "
+                "while the proxy still routes to it: queued connections are reset and new ones refused or cut "
+                "(502); take it out of the load balancer first and wait for the propagation lag (a drain), or "
+                "reload with hup")

@@ -136,3 +136,75 @@ def test_lint_reads_numeric_strings_as_numbers():
 def test_a_huge_ms_in_a_path_is_not_a_crash():
     digits = "9" * 5000  # int() of more than 4300 digits raises in Python >= 3.11
     assert "timeout-below-slowest" not in findings({"server": "gunicorn", "path": f"/api/slow?ms={digits}"})
+
+
+# --- lifecycle traps (issue 16 item 5) ---------------------------------------------------------------------------
+
+COOKIE = {"Cookie": "s=" + "a" * 5000}
+SLOW = [{"path": "/api/slow?ms=40000"}]
+
+
+@pytest.mark.parametrize(("table", "version", "code"), [
+    ({"server": "uwsgi", "options": {"die-on-term": False}}, "2.0.31", "uwsgi-term-reloads"),
+    ({"server": "uwsgi", "options": {"die-on-term": "false"}}, "2.0.18", "uwsgi-term-reloads"),
+    ({"server": "uwsgi", "headers": COOKIE}, "", "buffer-size-below-headers"),
+    ({"server": "uwsgi", "headers": COOKIE, "options": {"buffer-size": 4096}}, "", "buffer-size-below-headers"),
+    ({"server": "gunicorn", "headers": {"Cookie": "s=" + "a" * 9000}}, "", "header-field-above-limit"),
+    ({"server": "gunicorn", "mix": SLOW, "options": {"timeout": 60}}, "", "graceful-timeout-below-slowest"),
+    ({"server": "gunicorn", "mix": [{"path": "/api/slow?ms=3000"}], "options": {"graceful_timeout": 2}}, "",
+     "graceful-timeout-below-slowest"),
+    ({"server": "uwsgi", "mix": [{"path": "/api/slow?ms=3000"}], "options": {"worker-reload-mercy": 2},
+      "actions": [{"at": "1s", "do": "hup"}]}, "", "reload-mercy-below-slowest"),
+    ({"server": "uwsgi", "actions": [{"at": "1s", "do": "chain-reload"}]}, "", "chain-reload-without-lazy-apps"),
+    ({"server": "gunicorn", "actions": [{"at": "1s", "do": "upgrade"}]}, "", "upgrade-quits-old-workers"),
+    ({"server": "gunicorn", "actions": [{"at": "1s", "do": "term"}]}, "", "stop-without-drain"),
+    ({"server": "uwsgi", "actions": [{"at": "1s", "do": "term"}]}, "2.0.31", "stop-without-drain"),
+])
+def test_each_lifecycle_trap_is_flagged(table, version, code):
+    assert code in findings(table, version=version)
+
+
+@pytest.mark.parametrize(("table", "version", "code"), [
+    ({"server": "uwsgi"}, "2.0.31", "uwsgi-term-reloads"),  # the harness sets die-on-term
+    ({"server": "uwsgi", "options": {"die-on-term": False}}, "", "uwsgi-term-reloads"),  # version unknown: no claim
+    ({"server": "uwsgi", "options": {"die-on-term": False}}, "2.1.0", "uwsgi-term-reloads"),  # 2.1 dies on TERM
+    ({"server": "uwsgi", "headers": COOKIE, "options": {"buffer-size": 32768}}, "", "buffer-size-below-headers"),
+    ({"server": "uwsgi", "headers": {"Cookie": "s=" + "a" * 3000}}, "", "buffer-size-below-headers"),
+    ({"server": "gunicorn", "headers": {"Cookie": "s=" + "a" * 9000}, "options": {"limit_request_field_size": 0}},
+     "", "header-field-above-limit"),  # 0: no limit
+    ({"server": "gunicorn", "mix": SLOW, "options": {"timeout": 60, "graceful_timeout": 45}}, "",
+     "graceful-timeout-below-slowest"),
+    ({"server": "uwsgi", "mix": [{"path": "/api/slow?ms=3000"}], "options": {"worker-reload-mercy": 2}}, "",
+     "reload-mercy-below-slowest"),  # no reload in the run
+    ({"server": "uwsgi", "actions": [{"at": "1s", "do": "chain-reload"}], "options": {"lazy-apps": True}}, "",
+     "chain-reload-without-lazy-apps"),
+    ({"server": "gunicorn", "actions": [{"at": "1s", "do": "hup"}]}, "", "stop-without-drain"),
+])
+def test_lifecycle_fixes_silence_their_findings(table, version, code):
+    assert code not in findings(table, version=version)
+
+
+def test_the_header_block_counts_the_cells_headers_and_longest_path():
+    from pytest_wsgi502.lint import header_block_size
+
+    cell = expand({"cells": {"c": {"server": "uwsgi", "headers": {"Cookie": "x" * 100},
+                                   "mix": [{"path": "/a"}, {"path": "/" + "b" * 50}]}}})[0]
+    assert header_block_size(cell) == len("GET /" + "b" * 50 + " HTTP/1.1\r\n") + len("Cookie: " + "x" * 100 + "\r\n") \
+        + 256
+
+
+def test_the_lifecycle_scenarios_lint_to_their_traps():
+    from pytest_wsgi502.config.matrix import BUILTIN, load_matrix
+
+    cells = {c.name: c for c in load_matrix(BUILTIN["scenarios"])}
+
+    def codes(name):
+        cell = cells[name]
+        server = make_server(ServerSpec(cell, workdir=CELL_DIR, app="a:b", chdir=CELL_DIR), binary="x")
+        return {f["code"] for f in lint(cell, server.settings(), idle_timeout=60.0, known_uwsgi=set(server.settings()),
+                                        default_path="/api/counter/{n}", uwsgi_version="2.0.31")}
+
+    assert {"uwsgi-term-reloads", "stop-without-drain"} <= codes("reload-term")
+    assert "stop-without-drain" not in codes("reload-term-fixed")
+    assert "buffer-size-below-headers" in codes("header-size")
+    assert "buffer-size-below-headers" not in codes("header-size-fixed")
