@@ -42,6 +42,7 @@ from pytest_wsgi502.load.engine import (
     generator_classified,
     intended_rate,
     resolve_target,
+    slot_time,
 )
 from pytest_wsgi502.metrics.stats import Stats
 from pytest_wsgi502.services.process import LocalProcess, ServiceError
@@ -84,6 +85,40 @@ def check(spec: LoadSpec, generators: int) -> None:
         raise ConfigError(hint)
 
 
+def scheduled(spec: LoadSpec, generators: int, g: int) -> int:
+    """Open/ramp: how many requests generator ``g`` of ``generators`` is scheduled to send within the duration
+    (slot i is generator i mod N's; slots due at or after the duration are never sent), within its budget share."""
+    lo, hi = 0, 1
+    while slot_time(hi, spec) < spec.duration:  # the first slot due at or after the end: exponential, then bisect
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if slot_time(mid, spec) < spec.duration:
+            lo = mid + 1
+        else:
+            hi = mid
+    slots = max(0, (lo - g + generators - 1) // generators)
+    budget = spec.max_requests // generators + (1 if g < spec.max_requests % generators else 0)
+    return min(slots, max(1, budget))
+
+
+def behind(spec: LoadSpec, generators: int, engines: list[dict[str, Any]]) -> str | None:
+    """The first generator that sent clearly fewer requests than its share of the schedule (it fell behind the
+    rate: late sends past the end are never made), else None. Tolerance: one request per connection or 2 %."""
+    if spec.mode == "closed":
+        return None
+    for g, e in enumerate(engines):
+        if not e or e.get("aborted") or e.get("engine_error") or e.get("stopped"):
+            continue
+        want = scheduled(spec, generators, g)
+        conns = spec.concurrency // generators + (1 if g < spec.concurrency % generators else 0)
+        sent = int(e.get("requests", 0))
+        if want - sent > max(conns, 0.02 * want):
+            return (f"generator {g} fell behind its share of the rate: sent {sent} of its {want} scheduled requests; "
+                    f"{ADVICE_GENERATORS}")
+    return None
+
+
 def judged(spec: LoadSpec, generators: int, stats: Stats, engines: list[dict[str, Any]], error: str | None,
            info: dict[str, Any]) -> dict[str, Any]:
     """The merged run in ``engine.run``'s result shape; per-process entries are per generator."""
@@ -91,6 +126,8 @@ def judged(spec: LoadSpec, generators: int, stats: Stats, engines: list[dict[str
     kind, reason = generator_classified(per, [e for e in engines if e])
     if reason:
         reason = reason.replace("engine process ", "generator ", 1).replace(ADVICE_LIMIT, ADVICE_GENERATORS)
+    if kind is None and (late := behind(spec, generators, engines)):
+        kind, reason = "limit", late
     aborted = next((e["aborted"] for e in engines if e.get("aborted")), None)
     if error is None:
         error = next((f"generator {g}: {e['engine_error']}" for g, e in enumerate(engines) if e.get("engine_error")),

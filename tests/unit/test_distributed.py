@@ -157,6 +157,23 @@ def test_the_result_has_the_engines_shape_and_judges_every_generator() -> None:
     assert "add generators (--wsgi-generators)" in busy["generator_bound_reason"]
 
 
+def test_a_generator_that_fell_behind_its_share_of_the_rate_is_named() -> None:
+    spec = LoadSpec(URL, mode="open", rate=200, concurrency=8, duration=4)
+    assert [distributed.scheduled(spec, 2, g) for g in (0, 1)] == [400, 400]
+    assert [distributed.scheduled(spec, 3, g) for g in (0, 1, 2)] == [267, 267, 266]
+    ramp = LoadSpec(URL, mode="ramp", start_rate=100, rate=300, concurrency=8, duration=4)
+    assert sum(distributed.scheduled(ramp, 2, g) for g in (0, 1)) == 800  # the mean rate over the duration
+    capped = LoadSpec(URL, mode="open", rate=200, concurrency=8, duration=4, max_requests=101)
+    assert [distributed.scheduled(capped, 2, g) for g in (0, 1)] == [51, 50]
+    stats = _recorded(_samples(6, 700))
+    fine = distributed.judged(spec, 2, stats, [_engine(requests=397), _engine(requests=400)], None, {})
+    assert fine["generator_bound"] is False  # an edge loss of a few (one per connection) is not falling behind
+    late = distributed.judged(spec, 2, stats, [_engine(requests=400), _engine(requests=300)], None, {})
+    assert late["generator_bound"] is True
+    assert late["generator_bound_reason"].startswith("generator 1 fell behind its share of the rate: sent 300 of "
+                                                     "its 400 scheduled requests")
+
+
 def test_a_generators_own_failure_or_nothing_sent_is_the_runs_error() -> None:
     spec = LoadSpec(URL, concurrency=4)
     r = distributed.judged(spec, 2, _recorded(_samples(5, 100)), [_engine(), _engine(engine_error="boom")], None, {})
