@@ -16,11 +16,16 @@ reason and the server events around the request:
   reload/shutdown line) sent before the request failed: the server closed its listener (a stop: gunicorn's
   SIGTERM, uWSGI's with die-on-term) while the proxy still routed to it. nginx: ``connect() failed (111:
   Connection refused) while connecting to upstream``.
-- ``inflight_cut``: the upstream closed or reset the request (``upstream prematurely closed connection``,
-  ``reset by peer``) at or after a lifecycle action that came while it was in flight or at most
-  ``ACTION_SLACK`` before it started (the workers are being killed): uWSGI 2.0's SIGTERM without die-on-term
-  is a brutal reload that cuts every request in flight. Checked before the worker causes: the workers a
-  reload stops log exits that are the action's doing, not a recycle.
+- ``inflight_cut``: the upstream closed the request (``upstream prematurely closed connection``) at or after a
+  lifecycle action that came while it was in flight or at most ``ACTION_SLACK`` before it started (the workers
+  are being killed): uWSGI 2.0's SIGTERM without die-on-term is a brutal reload that cuts every request in
+  flight. Checked before the worker causes: the workers a reload stops log exits that are the action's doing,
+  not a recycle.
+- ``queue_reset``: the upstream reset the connection (``recv() failed (104: Connection reset by peer)``) in the
+  same window: a connection the kernel had accepted into the listen backlog, whose request no worker read, reset
+  when the last listener closed (benoitc/gunicorn#3397, #2409). Measured on gunicorn 27.0.1 (SIGTERM: the
+  requests in flight were answered, 6/7/7 resets in 3 runs, each after waiting 1-2 s in the backlog) and uWSGI
+  2.0.31 with die-on-term (6-8 resets next to 2 in-flight cuts, "upstream prematurely closed").
 - ``header_too_large``: the upstream closed the connection without a response and the server logged, for a
   request in that time span, that its headers exceeded its buffer (uWSGI ``invalid request block size: N (max
   4096)...skip``): each server line is used for one 502 at most.
@@ -56,7 +61,8 @@ from pytest_wsgi502.events import EXITS, HEADER_TOO_LARGE, KILLS, LIFECYCLE, REQ
 from pytest_wsgi502.nginxlog import Failure, Reason
 
 CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "listener_closed", "inflight_cut",
-          "header_too_large", "timeout", "db", "unknown")
+          "queue_reset", "header_too_large", "timeout", "db", "unknown")
+LIFECYCLE_CAUSES = ("listener_closed", "inflight_cut", "queue_reset")  # proven by an action or a server line
 # a request that started this long after a lifecycle action can still be cut by it: uWSGI buries the workers of a
 # brutal reload within about 2 s (measured on 2.0.31: "worker 2 buried after 2 seconds")
 ACTION_SLACK = 3.0
@@ -95,7 +101,8 @@ def _lifecycle_cause(reason: Reason, start: float, end: float, events: list[dict
         return {"cause": "listener_closed", "event": event} if event else None
     if reason.name in ("upstream_closed", "upstream_reset"):
         event = lifecycle_before(events, start - ACTION_SLACK, end + _STAMP_SLACK)
-        return {"cause": "inflight_cut", "event": event} if event else None
+        cause = "inflight_cut" if reason.name == "upstream_closed" else "queue_reset"
+        return {"cause": cause, "event": event} if event else None
     return None
 
 
@@ -136,7 +143,7 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
         queue = reasons.get(f.conn)
         reason = queue.popleft() if queue else _NO_REASON
         cause = classify(reason, f.status, f.t - f.request_time, f.t, events, keepalive_reuse)
-        if cause != "inflight_cut" and reason.name in ("upstream_closed", "upstream_reset"):
+        if cause not in LIFECYCLE_CAUSES and reason.name in ("upstream_closed", "upstream_reset"):
             # the server refused this request's headers: one of its lines in the request's span (stamp slack)
             lo, hi = f.t - f.request_time - _STAMP_SLACK, f.t + REAP_SLACK
             while too_large and too_large[0] < lo - QUEUE_SLACK:  # failures come in log order: older lines are spent
@@ -148,7 +155,7 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
         counts[cause] += 1
         if len(matches) < 50:
             match = {"t": f.t, "status": f.status, "uri": f.uri, "cause": cause, "reason": reason.text[:200]}
-            if cause in ("listener_closed", "inflight_cut"):  # the action or server line that proves it
+            if cause in LIFECYCLE_CAUSES:  # the action or server line that proves it
                 found = _lifecycle_cause(reason, f.t - f.request_time, f.t, events)
                 match["event"] = str(((found or {}).get("event") or {}).get("line", ""))[:200]
             matches.append(match)

@@ -130,8 +130,10 @@ def test_gunicorn_term_finishes_in_flight_requests_then_queued_ones_are_reset_an
     assert t["master_gone"] - sent(c)[0]["t"] < 5  # well within graceful_timeout
     reasons = c["proxy"]["error_reasons"]
     assert reasons.get("upstream_refused", 0) > 0 and set(reasons) <= {"upstream_refused", "upstream_reset"}
-    attributed = c["attribution"]["listener_closed"] + c["attribution"]["inflight_cut"]
-    assert attributed == c["status_counts"]["502"], c["attribution"]
+    attribution = c["attribution"]
+    assert attribution["listener_closed"] == reasons["upstream_refused"], attribution
+    assert attribution["queue_reset"] == reasons.get("upstream_reset", 0), attribution  # queued, never read
+    assert attribution["listener_closed"] + attribution["queue_reset"] == c["status_counts"]["502"], attribution
     log = (m.cell_dir("gunicorn-term") / "server.log").read_text()
     assert "Handling signal: term" in log and "Shutting down: Master" in log
     access = [json.loads(line) for line in (m.cell_dir("gunicorn-term") / "proxy-access.log").open()]
