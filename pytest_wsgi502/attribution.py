@@ -23,9 +23,11 @@ reason and the server events around the request:
   not a recycle.
 - ``queue_reset``: the upstream reset the connection (``recv() failed (104: Connection reset by peer)``) in the
   same window: a connection the kernel had accepted into the listen backlog, whose request no worker read, reset
-  when the last listener closed (benoitc/gunicorn#3397, #2409). Measured on gunicorn 27.0.1 (SIGTERM: the
-  requests in flight were answered, 6/7/7 resets in 3 runs, each after waiting 1-2 s in the backlog) and uWSGI
-  2.0.31 with die-on-term (6-8 resets next to 2 in-flight cuts, "upstream prematurely closed").
+  when the last listener closed (benoitc/gunicorn#3397, #2409); or one a gthread worker had accepted into its own
+  queue and closed unread as it exited (gunicorn 27.0.1 binary upgrade, QUIT to the old master: 1/1/1 in 3 runs).
+  Measured on gunicorn 27.0.1 (SIGTERM: the requests in flight were answered, 6/7/7 resets in 3 runs, each after
+  waiting 1-2 s in the backlog) and uWSGI 2.0.31 with die-on-term (6-8 resets next to 2 in-flight cuts,
+  "upstream prematurely closed").
 - ``header_too_large``: the upstream closed the connection without a response and the server logged, for a
   request in that time span, that its headers exceeded its buffer (uWSGI ``invalid request block size: N (max
   4096)...skip``): each server line is used for one 502 at most.
