@@ -79,6 +79,21 @@ def git_info(where: Path) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status), "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
 
 
+def plugin_digest() -> str:
+    """sha256 over the plugin's own source files (path and bytes, in path order): the code that made the run. The
+    package version stays 0.1.0 across commits and a run outside a git checkout has no commit, so without this two
+    shards made by different plugin code look alike to the merge (seen: shards 1-2 of the seed matrix before a
+    change to the settings, shard 3 after)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".toml") and path.is_file() and "__pycache__" not in path.parts:
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def environment(settings: Any, rootdir: Path) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA,  # kept from the first contract; same value as the top-level "schema"
@@ -89,6 +104,7 @@ def environment(settings: Any, rootdir: Path) -> dict[str, Any]:
         "machine": machine(),
         "git": git_info(rootdir),
         "versions": {d: _version(d) for d in PACKAGES},
+        "plugin_digest": plugin_digest(),  # the plugin's source: the merge refuses shards made by different code
         "settings": {name: {"value": r.raw, "source": r.source} for name, r in settings.values.items()},
     }
 

@@ -2,9 +2,10 @@
 the jobs one matrix was split over (``--wsgi-shard=I/N``, or one job per cell with ``--wsgi-cells``).
 
 - Context: the runs must share it, or their numbers are not one matrix. Compared: the schema, Python, the
-  backend as set, the git commit, the machine's core count and architecture, every package/service version, and
-  every setting except those that only say where results go (``OUTPUT_SETTINGS``) or which cells a job runs
-  (``SELECTION_SETTINGS``: --wsgi-cells, --wsgi-shard). A difference is refused in one line naming the keys.
+  backend as set, the git commit, the plugin's source digest, the machine's core count and architecture, every
+  package/service version, and every setting except those that only say where results go (``OUTPUT_SETTINGS``)
+  or which cells a job runs (``SELECTION_SETTINGS``: --wsgi-cells, --wsgi-shard). A difference is refused in one
+  line naming the keys.
   Kernel, memory and the host name are not compared: CI runners of one type differ in them.
 - Cells are concatenated (matrix order when the runs are shards). A cell is merged once: two runs of the same
   cell are refused (adding their histograms would pool two machines; run the cell once). A baseline pinned to
@@ -57,7 +58,7 @@ def context(doc: dict[str, Any]) -> dict[str, Any]:
     machine = env.get("machine") or {}
     out: dict[str, Any] = {"schema": doc.get("schema"), "python": env.get("python"), "backend": env.get("backend"),
                            "git.commit": (env.get("git") or {}).get("commit"), "machine.cores": machine.get("cores"),
-                           "machine.arch": machine.get("arch")}
+                           "machine.arch": machine.get("arch"), "plugin_digest": env.get("plugin_digest")}
     for name, version in (env.get("versions") or {}).items():
         out[f"versions.{name}"] = version
     for name, setting in (env.get("settings") or {}).items():

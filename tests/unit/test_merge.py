@@ -202,3 +202,25 @@ def test_a_shard_that_owns_no_cell_is_not_missing() -> None:
         runs.append((f"s{i}.json", run([c], (i, 3))))
     assert merge.merge(runs)["merge"]["missing_shards"] == []
     assert merge.merge(runs[:1])["merge"]["missing_shards"] == ["2/3"]
+
+
+def test_shards_made_by_different_plugin_code_are_refused() -> None:
+    """Seen on the seed matrix: shards 1-2 ran before a settings change, shard 3 after (no git checkout, the same
+    package version): the plugin's source digest tells them apart."""
+    a, b = run([cell("a")], json="a.json"), run([cell("b")], json="b.json")
+    a["environment"]["plugin_digest"], b["environment"]["plugin_digest"] = "1111", "2222"
+    with pytest.raises(merge.MergeError, match=r"^runs differ in context, not merged: plugin_digest \(a.json=1111, "
+                                               r"b.json=2222\)"):
+        merge.merge([("a.json", a), ("b.json", b)])
+    b["environment"]["plugin_digest"] = "1111"
+    assert [c["name"] for c in merge.merge([("a.json", a), ("b.json", b)])["cells"]] == ["a", "b"]
+
+
+def test_the_manifest_records_the_plugin_digest_of_its_source() -> None:
+    from pytest_wsgi502.report import manifest
+
+    digest = manifest.plugin_digest()
+    assert len(digest) == 16 and int(digest, 16) >= 0 and manifest.plugin_digest() == digest  # stable
+    from pytest_wsgi502.config.settings import resolve
+
+    assert manifest.environment(resolve({}, {}, {}), Path.cwd())["plugin_digest"] == digest
