@@ -227,7 +227,8 @@ def _lifecycle(cell: Cell, settings: dict[str, Any], slowest_ms: int, uwsgi_vers
             add("upgrade-quits-old-workers",
                 "binary upgrade without daemon: gunicorn ignores WINCH ('SIGWINCH ignored. Not daemonized'), so the "
                 "QUIT that follows is a quick shutdown: requests in flight on the old workers end as 500 "
-                "(measured on 27.0.1); after USR2, send TERM to the old master instead")
+                "(sync) or 502 (gthread: accepted, unread connections reset), measured on 27.0.1; after USR2, send "
+                "TERM to the old master instead (action upgrade-graceful)")
     for when, do in ((a["at"], str(a["do"])) for a in cell.actions):
         if do == "term":
             add("stop-without-drain",

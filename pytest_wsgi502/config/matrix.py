@@ -42,9 +42,11 @@ SERVERS = ("uwsgi", "gunicorn")
 # reload = hup = the server's graceful reload (SIGHUP for both; ``reload`` is the first name, kept), term = SIGTERM
 # (uWSGI 2.0 without die-on-term: a brutal reload; gunicorn and uWSGI with die-on-term: a graceful stop, and the
 # server does not come back), upgrade = gunicorn's binary upgrade (USR2, then WINCH + QUIT to the old master once
-# the new one's workers are up), chain-reload = uWSGI's worker-by-worker reload (master FIFO ``c``)
-ACTIONS = ("reload", "hup", "term", "upgrade", "chain-reload")
-SERVER_ACTIONS = {"uwsgi": ("reload", "hup", "term", "chain-reload"), "gunicorn": ("reload", "hup", "term", "upgrade")}
+# the new one's workers are up), upgrade-graceful = the same with TERM to the old master (its workers finish what
+# they accepted), chain-reload = uWSGI's worker-by-worker reload (master FIFO ``c``)
+ACTIONS = ("reload", "hup", "term", "upgrade", "upgrade-graceful", "chain-reload")
+SERVER_ACTIONS = {"uwsgi": ("reload", "hup", "term", "chain-reload"),
+                  "gunicorn": ("reload", "hup", "term", "upgrade", "upgrade-graceful")}
 _ACTION_KEYS = {"at", "do"}
 WORKER_CLASSES = {"uwsgi": ("prefork", "gevent"), "gunicorn": ("sync", "gthread", "gevent")}
 DRIVERS = ("mysqlclient", "pymysql")

@@ -155,9 +155,9 @@ class Watch:
 
     Phases (each once, in the server's order, ``Server.phases``): ``new_master`` (gunicorn's binary upgrade: the
     re-executed master runs), ``workers_ready`` (as many new workers as the cell has, each ``worker_ready``),
-    ``old_told`` (upgrade: WINCH then QUIT sent to the old master), ``old_gone`` (every old worker exited),
-    ``master_gone`` (the master exited: a stop, or the old master of an upgrade, whose successor the runner
-    then adopts)."""
+    ``old_told`` (upgrade: WINCH then QUIT sent to the old master; upgrade-graceful: TERM), ``old_gone`` (every
+    old worker exited), ``master_gone`` (the master exited: a stop, or the old master of an upgrade, whose
+    successor the runner then adopts)."""
 
     def __init__(self, server: Server, do: str, master: int) -> None:
         self.server, self.do, self.master = server, do, master
@@ -175,7 +175,7 @@ class Watch:
         for phase in list(self.todo):
             step = self._check(phase)
             if step is None:
-                if self.do == "upgrade":
+                if self.do.startswith("upgrade"):
                     break  # its steps are a sequence: the old master is told only once the new one serves
                 continue
             self.todo.remove(phase)
@@ -197,9 +197,10 @@ class Watch:
                 return None
             return f"{kind}: {len(ready)} new workers ready (pids {', '.join(map(str, ready))})", parent
         if phase == "old_told":
-            for sig in (signal.SIGWINCH, signal.SIGQUIT):
+            sigs = (signal.SIGTERM,) if self.do == "upgrade-graceful" else (signal.SIGWINCH, signal.SIGQUIT)
+            for sig in sigs:
                 os.kill(self.master, sig)
-            return f"{kind}: SIGWINCH then SIGQUIT to the old master (pid {self.master})", self.master
+            return f"{kind}: {' then '.join(x.name for x in sigs)} to the old master (pid {self.master})", self.master
         if phase == "old_gone":
             if any(alive(p) for p in self.old):
                 return None

@@ -178,15 +178,16 @@ class Gunicorn(Server):
 
     def act(self, do: str) -> tuple[signal.Signals | str, int | None]:
         """``upgrade``: USR2 (the master re-executes itself as a child that shares the listeners); its ``Watch``
-        sends WINCH and QUIT to the old master once the new one's workers are ready, as gunicorn's docs say."""
-        if do == "upgrade":
+        sends WINCH and QUIT to the old master once the new one's workers are ready, as gunicorn's docs say
+        (``upgrade-graceful``: TERM instead, a graceful stop of the old master and its workers)."""
+        if do in ("upgrade", "upgrade-graceful"):
             if getattr(self.runner, "master_pid", lambda: None)() is None:
                 raise RuntimeError("upgrade needs the server's master pid (the local backend)")
             return signal.SIGUSR2, self.runner.signal(signal.SIGUSR2)
         return super().act(do)
 
     def phases(self, do: str) -> tuple[str, ...]:
-        if do == "upgrade":
+        if do in ("upgrade", "upgrade-graceful"):
             return ("new_master", "workers_ready", "old_told", "old_gone", "master_gone")
         return super().phases(do)
 

@@ -13,7 +13,7 @@ RUNS = (1, 2, 3)
 # mechanism -> the cause its 502s must be attributed to (>= 80 %)
 MECHANISMS_502 = {"keepalive-race": "keepalive_race", "harakiri": "worker_killed", "recycle": "recycle",
                   "backlog": "backlog", "lifetime": "recycle", "reload-term": "inflight_cut",
-                  "header-size": "header_too_large"}
+                  "header-size": "header_too_large", "gunicorn-upgrade": "queue_reset"}
 PAIRS = [*MECHANISMS_502, "gunicorn-timeout", "recycle-hang", "recycle-hang-gunicorn", "gevent-mysqlclient",
          "db-exhaustion"]
 
@@ -189,3 +189,21 @@ def test_header_size_over_the_uwsgi_buffer_is_a_502_per_request_with_its_log_lin
     assert n502 == broken["requests"] == broken["telemetry"]["event_counts"]["header_too_large"]
     assert broken["attribution"]["header_too_large"] == n502, broken["attribution"]
     assert fixed["telemetry"]["event_counts"].get("header_too_large", 0) == 0
+
+
+def test_gunicorn_upgrade_with_quit_resets_what_the_old_workers_accepted_and_term_does_not(scenario_run):
+    """gunicorn 27.0.1's documented binary upgrade, not daemonized: USR2, the new master's workers ready, then WINCH
+    (ignored: 'SIGWINCH ignored. Not daemonized') and QUIT, a quick shutdown: the connections an old gthread worker
+    had accepted and not read are reset (nginx: recv() failed (104)). TERM to the old master instead: none lost.
+    Every phase is on the timeline, and the new master serves once the old one exited."""
+    _, cells, _ = scenario_run
+    broken, fixed = cells["gunicorn-upgrade"], cells["gunicorn-upgrade-fixed"]
+    for cell, told in ((broken, "SIGWINCH then SIGQUIT"), (fixed, "SIGTERM")):
+        (action,) = cell["telemetry"]["actions"]
+        assert "SIGUSR2 to the gunicorn master" in action["line"], action
+        phases = [e["phase"] for e in cell["telemetry"]["action_phases"]]
+        assert phases == ["new_master", "workers_ready", "old_told", "old_gone", "master_gone"], phases
+        assert told in cell["telemetry"]["action_phases"][2]["line"]
+    resets = [m for m in broken["attribution_matches"] if m["cause"] == "queue_reset"]
+    assert resets and all("(104: Connection reset by peer)" in m["reason"] and "SIGUSR2" in m["event"]
+                          for m in resets), resets

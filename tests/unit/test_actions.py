@@ -40,7 +40,7 @@ def test_actions_parse_sorted_in_seconds() -> None:
 
 @pytest.mark.parametrize(("actions", "duration", "message"), [
     ([{"at": "5s", "do": "restart"}], None,
-     "actions[0].do 'restart' unknown; choose one of reload, hup, term, upgrade, chain-reload"),
+     "actions[0].do 'restart' unknown; choose one of reload, hup, term, upgrade, upgrade-graceful, chain-reload"),
     ([{"at": "12s", "do": "reload"}], 10, "actions[0].at = 12s is not within the cell's duration (10s)"),
     ([{"at": "10s", "do": "reload"}], "auto:10s", "is not within the cell's duration (10s)"),
     ([{"at": "soon", "do": "reload"}], None, "actions[0].at: not a duration"),
@@ -217,7 +217,8 @@ def test_hup_is_reload_by_its_signal_and_each_server_has_its_own_actions() -> No
     g = expand({"cells": {"g": {"server": "gunicorn", "actions": [{"at": "1s", "do": "upgrade"},
                                                                  {"at": "2s", "do": "hup"}]}}})[0]
     assert [a["do"] for a in g.actions] == ["upgrade", "hup"]
-    assert set(SERVER_ACTIONS["uwsgi"]) ^ set(SERVER_ACTIONS["gunicorn"]) == {"upgrade", "chain-reload"}
+    assert set(SERVER_ACTIONS["uwsgi"]) ^ set(SERVER_ACTIONS["gunicorn"]) == {"upgrade", "upgrade-graceful",
+                                                                             "chain-reload"}
     with pytest.raises(ConfigError, match=r"actions\[0\].do 'upgrade' is not a uwsgi action; choose one of reload, "
                                           r"hup, term, chain-reload$"):
         cell(actions=[{"at": "1s", "do": "upgrade"}])

@@ -208,3 +208,5 @@ def test_the_lifecycle_scenarios_lint_to_their_traps():
     assert "stop-without-drain" not in codes("reload-term-fixed")
     assert "buffer-size-below-headers" in codes("header-size")
     assert "buffer-size-below-headers" not in codes("header-size-fixed")
+    assert "upgrade-quits-old-workers" in codes("gunicorn-upgrade")
+    assert "upgrade-quits-old-workers" not in codes("gunicorn-upgrade-fixed")
