@@ -24,7 +24,7 @@ from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.events import ACTION, ACTION_PHASE
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
-from pytest_wsgi502.metrics.sequential import AutoStop
+from pytest_wsgi502.metrics.sequential import AutoStop, horizon
 from pytest_wsgi502.metrics.sequential import apply as apply_sequential
 from pytest_wsgi502.nginxlog import parse_access_log, parse_error_log
 from pytest_wsgi502.proxy import LocalProxy
@@ -523,7 +523,9 @@ def run_cell(
         raise ServiceError("\n".join([str(exc), *lines])) from None
     try:
         slos, slo_sources = effective_slos(cell, ctx, marker=extra_slos)
-        auto = AutoStop(slos) if stop_rule(cell, ctx)[0] == "auto" else None
+        hold = horizon(cell.server, cell.workers, cell.max_requests, cell.max_requests_jitter, cell.options,
+                       cell.actions)
+        auto = AutoStop(slos, hold=hold) if stop_rule(cell, ctx)[0] == "auto" else None
         spec = target.checked(load_spec(cell, ctx, target.url))
         since = time.time()
         load = target.drive(spec, progress=progress, stop=auto.update if auto else None)

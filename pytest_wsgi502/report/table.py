@@ -92,7 +92,8 @@ def _bound(r: dict[str, Any]) -> str:
 
 
 SHORT = {"keepalive_race": "race", "worker_killed": "killed", "recycle": "recycle", "backlog": "backlog",
-         "server_down": "down", "listener_closed": "closed", "inflight_cut": "cut", "header_too_large": "header",
+         "server_down": "down", "listener_closed": "closed", "inflight_cut": "cut", "queue_reset": "queued",
+         "header_too_large": "header",
          "timeout": "timeout", "db": "db", "unknown": "unknown"}
 
 
