@@ -126,6 +126,7 @@ class LocalMySQL:
         self.process: LocalProcess | None = None
         self.version = ""
         self.as_user = SERVICE_USER if os.geteuid() == 0 else None
+        self.tmpdir: Path | None = None  # <private>/tmp, made with the private dirs
         self._root_password, self._password = new_password(), new_password()
 
     def _private_dirs(self) -> tuple[Path, Path]:
@@ -133,9 +134,16 @@ class LocalMySQL:
         self.socket = str(self.private / "mysql.sock")
         files = self.private / "files"  # secure_file_priv: LOAD DATA / INTO OUTFILE only here (and FILE is not
         files.mkdir(mode=0o700)  # granted to the app anyway)
+        # its own tmpdir: two sessions bootstrapping at once in the shared /tmp lost each other's temporary
+        # tables ("Could not remove temporary table: '/tmp/#sql-temptable-...'", then "Unknown table
+        # 'mysql.tmp_user_sys'": 2 of 12 concurrent installs failed here), and nothing of the server belongs there
+        tmp = self.private / "tmp"
+        tmp.mkdir(mode=0o700)
         if self.as_user is not None:
             uid, gid = service_account(self.as_user)
             os.chown(files, uid, gid)
+            os.chown(tmp, uid, gid)
+        self.tmpdir = tmp
         return self.private / "data", files
 
     def _run_init(self, argv: list[str], what: str, stdin: str | None = None) -> None:
@@ -145,7 +153,9 @@ class LocalMySQL:
                                 stdin=None if stdin is not None else subprocess.DEVNULL,
                                 stdout=fh, stderr=subprocess.STDOUT, timeout=120).returncode
         if rc != 0:
-            raise ServiceError(f"{what} failed (exit {rc}); last lines of {log}:\n{tail(log)}")
+            errors = [line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line][-3:]
+            first = f" ({'; '.join(e.strip() for e in errors)})" if errors else ""
+            raise ServiceError(f"{what} failed (exit {rc}){first}; last lines of {log}:\n{tail(log)}")
 
     def _initialize(self, datadir: Path) -> bool:
         """A new datadir with the accounts set; False when they still have to be set once the server runs
@@ -157,13 +167,15 @@ class LocalMySQL:
             installer = find_binary(("mariadb-install-db", "mysql_install_db"))
             if installer is None:
                 raise ServiceError("mariadb-install-db not found: install the mariadb-server package")
-            self._run_init([installer, "--no-defaults", f"--datadir={datadir}", "--skip-test-db", *user],
+            self._run_init([installer, "--no-defaults", f"--datadir={datadir}", "--skip-test-db", *user,
+                            f"--tmpdir={self.tmpdir}"],
                            "initializing the MariaDB datadir")
             self._run_init([self.binary, "--no-defaults", "--bootstrap", f"--datadir={datadir}", "--skip-networking",
-                            "--log-warnings=0", *user],
+                            "--log-warnings=0", f"--tmpdir={self.tmpdir}", *user],
                            "setting MariaDB's accounts", stdin=bootstrap_sql(self._root_password, self._password))
             return True
-        self._run_init([self.binary, "--no-defaults", "--initialize-insecure", f"--datadir={datadir}", *user],
+        self._run_init([self.binary, "--no-defaults", "--initialize-insecure", f"--datadir={datadir}",
+                        f"--tmpdir={self.tmpdir}", *user],
                        "initializing the MySQL datadir")
         return False
 
@@ -184,7 +196,7 @@ class LocalMySQL:
         argv = [
             self.binary, "--no-defaults", f"--datadir={datadir}", f"--socket={self.socket}", f"--port={self.port}",
             "--bind-address=127.0.0.1", "--skip-name-resolve", f"--pid-file={self.private / 'mysql.pid'}",
-            f"--secure-file-priv={files}",
+            f"--secure-file-priv={files}", f"--tmpdir={self.tmpdir}",
             "--innodb-buffer-pool-size=128M", "--innodb-flush-log-at-trx-commit=2",  # a test box, not a bank
             # names the run dir on the command line, as every other service does (leak checks, ps); MariaDB
             # logs one "unknown variable" warning for it and carries on
