@@ -30,6 +30,17 @@ class ProxyConfig:
     connect_timeout: float = 10.0
     keepalive: int = 64  # idle upstream connections kept per nginx worker
     user: str | None = None
+    profile: str = "alb"  # "alb" (AWS ALB's documented behaviours) or "nginx" (nginx's defaults: passive health)
+
+
+PROFILES = ("alb", "nginx")
+
+
+def proxy_profile(value: Any) -> str:
+    """The proxy profile name, or ConfigError naming the allowed ones."""
+    if not isinstance(value, str) or value not in PROFILES:
+        raise ConfigError(f"proxy profile must be one of {', '.join(PROFILES)}, got {shown(value)}")
+    return value
 
 
 # In a double-quoted nginx argument, space ; { } # ' are plain characters; a backslash starts an escape, a '"'
@@ -107,12 +118,13 @@ http {{
 
 class LocalProxy:
     def __init__(self, workdir: Path, upstream: str, idle_timeout: float, binary: str,
-                 ledger: Path | None = None, port: int = 0, place: CpuPlace | None = None) -> None:
+                 ledger: Path | None = None, port: int = 0, place: CpuPlace | None = None,
+                 profile: str = "alb") -> None:
         self.dir = workdir
         self.place = place  # the "outside world" with the engine (services/isolation.py), when isolated
         self.port = port or free_port()
         self.cfg = ProxyConfig(self.port, upstream, idle_timeout,
-                               user=getpass.getuser() if os.geteuid() == 0 else None)
+                               user=getpass.getuser() if os.geteuid() == 0 else None, profile=proxy_profile(profile))
         self.binary, self.ledger = binary, ledger
         self.process: LocalProcess | None = None
 
