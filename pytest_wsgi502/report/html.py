@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.events import ACTION, KILLS, RESPAWNS
+from pytest_wsgi502.events import ACTION, ACTION_PHASE, KILLS, RESPAWNS
 
 RESPAWN_COLOR = "#00b050"  # green: used for nothing else, so a picture test can look for it
 KILL_COLOR = "#e00000"
@@ -33,7 +33,7 @@ def _pyplot() -> Any:
 def event_offsets(cell: dict[str, Any]) -> dict[str, list[float]]:
     """Worker events as seconds since the load started, within the load (not the initial forks or our stop)."""
     started, end = cell.get("started_at"), cell.get("duration_s") or 0
-    out: dict[str, list[float]] = {"respawn": [], "kill": [], "action": []}
+    out: dict[str, list[float]] = {"respawn": [], "kill": [], "action": [], "phase": []}
     if started is None:
         return out
     for e in (cell.get("telemetry") or {}).get("events", []):
@@ -45,6 +45,25 @@ def event_offsets(cell: dict[str, Any]) -> dict[str, list[float]]:
             out["kill"].append(e["t"] - started)
         elif e["kind"] == ACTION:  # a lifecycle action the harness sent (reload, term)
             out["action"].append(e["t"] - started)
+        elif e["kind"] == ACTION_PHASE:  # a phase of it seen in the server's processes (new workers ready, ...)
+            out["phase"].append(e["t"] - started)
+    return out
+
+
+def action_labels(cell: dict[str, Any]) -> list[tuple[float, str]]:
+    """(seconds since the load started, label) for each lifecycle action and each of its phases within the load:
+    the timeline names them, so a reader sees which errors fell between "hup" and "new workers ready"."""
+    started, end = cell.get("started_at"), cell.get("duration_s") or 0
+    if started is None:
+        return []
+    out = []
+    for e in (cell.get("telemetry") or {}).get("events", []):
+        if e.get("t") is None or not -0.5 <= e["t"] - started <= end:
+            continue
+        if e["kind"] == ACTION:
+            out.append((e["t"] - started, str(e.get("action") or "action")))
+        elif e["kind"] == ACTION_PHASE:
+            out.append((e["t"] - started, str(e.get("phase") or "phase")))
     return out
 
 
@@ -92,9 +111,17 @@ def timeline_figure(cell: dict[str, Any]) -> Any:
             ax.axvline(x, color=KILL_COLOR, ls="-", lw=2.0)
         for x in events["action"]:
             ax.axvline(x, color="#000000", ls=":", lw=1.8)
+        for x in events["phase"]:
+            ax.axvline(x, color="#7f7f7f", ls=":", lw=1.0)
+    top = ax_rps.get_ylim()[1]
+    for i, (x, label) in enumerate(action_labels(cell)):  # staggered so close phases stay readable
+        ax_rps.annotate(label, (x, top), xytext=(2, -8 - 9 * (i % 3)), textcoords="offset points", fontsize=6,
+                        rotation=0, va="top", color="#333333")
     counts = f"{len(events['respawn'])} respawns (green dashed), {len(events['kill'])} kills (red)"
     if events["action"]:
         counts += f", {len(events['action'])} actions (black dotted)"
+    if events["phase"]:
+        counts += f", {len(events['phase'])} phases (grey dotted)"
     rate = cell.get("error_rate") or 0
     fig.suptitle(f"{cell['name']}: {cell.get('requests', 0):,} requests, error rate {rate:.2e}, {counts}",
                  fontsize=9)

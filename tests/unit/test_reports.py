@@ -178,6 +178,24 @@ def test_progress_is_silent_under_q():
     assert tr.calls == []
 
 
+def test_html_timeline_names_each_action_and_its_phases():
+    """Issue 16: the HTML timeline marks each lifecycle action and the phases seen after it, by name."""
+    from pytest_wsgi502.report.html import action_labels, event_offsets, render_html
+
+    events = [{"kind": "action", "t": 1001.0, "action": "hup"},
+              {"kind": "action_phase", "t": 1001.6, "action": "hup", "phase": "new_workers_ready"},
+              {"kind": "action_phase", "t": 1009.0, "action": "hup", "phase": "after_the_load"}]
+    c = cell("a", requests=90, responses=90, error_count=0, status_counts={"200": 90}, duration_s=3.0,
+             started_at=1000.0, ended_at=1003.0, timeline_t0=1000,
+             timeline=[{"t": i, "requests": 30, "errors": {}, "p99_ms": 5.0} for i in range(3)],
+             telemetry={"events": events}, slo={"passed": True, "failures": [], "checks": []})
+    assert event_offsets(c)["action"] == [1.0] and event_offsets(c)["phase"] == [pytest.approx(1.6)]
+    assert action_labels(c) == [(1.0, "hup"), (pytest.approx(1.6), "new_workers_ready")]  # not the one after
+    page = render_html({"environment": {}, "cells": [c]})
+    assert "1 actions (black dotted), 1 phases (grey dotted)" in page
+    assert page.count("new_workers_ready") >= 1 and "after_the_load" not in page
+
+
 def test_html_is_self_contained_and_places_events():
     from pytest_wsgi502.report.html import event_offsets, render_html
 
@@ -188,7 +206,7 @@ def test_html_is_self_contained_and_places_events():
              telemetry={"events": [{"kind": "respawn", "t": 1001.5}, {"kind": "no_mercy", "t": 1002.0},
                                    {"kind": "respawn", "t": 990.0}, {"kind": "recycle", "t": 1001.4}]},
              slo={"passed": False, "failures": ["p99<1ms: measured 5ms, limit < 1ms"], "checks": []})
-    assert event_offsets(c) == {"respawn": [1.25], "kill": [1.75], "action": []}
+    assert event_offsets(c) == {"respawn": [1.25], "kill": [1.75], "action": [], "phase": []}
     page = render_html({"environment": {"versions": {"nginx": "1.22.1"}}, "cells": [c]})
     assert page.count("<svg") == 2 and "p99&lt;1ms: measured 5ms" in page
     for fetched in ("<script", "<link", " src=", "url(http"):

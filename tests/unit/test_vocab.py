@@ -162,7 +162,8 @@ def test_telemetry_attribution_and_report_read_one_vocabulary():
         assert cause == ("worker_killed" if kind in ev.KILLS else "recycle" if kind in ev.EXITS else "unknown"), kind
         drawn = event_offsets({"started_at": 100.0, "duration_s": 10, "telemetry": {"events": events}})
         assert drawn == {"respawn": [0.5] if kind in ev.RESPAWNS else [], "kill": [0.5] if kind in ev.KILLS else [],
-                         "action": [0.5] if kind == ev.ACTION else []}
+                         "action": [0.5] if kind == ev.ACTION else [],
+                         "phase": [0.5] if kind == ev.ACTION_PHASE else []}
         summary = summarize([Event(kind, 100.5, 7, 1, "")], initial_workers=0)
         assert summary["kills"] == (1 if kind in ev.SIGKILLED else 0)
         assert summary["respawns"] == (1 if kind in ev.SPAWNS else 0)
