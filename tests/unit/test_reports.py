@@ -211,3 +211,17 @@ def test_html_is_self_contained_and_places_events():
     assert page.count("<svg") == 2 and "p99&lt;1ms: measured 5ms" in page
     for fetched in ("<script", "<link", " src=", "url(http"):
         assert fetched not in page
+
+
+def test_table_footer_names_the_burst_aware_error_test_when_a_baseline_column_is_shown():
+    """The vs-baseline footer says the error-rate test is quasi-Poisson with repeats (metrics/comparison.py), and
+    a table without comparisons does not carry that footer."""
+    from pytest_wsgi502.report.table import render_table
+
+    ok = {"passed": True, "failures": [], "checks": []}
+    base = cell("base", requests=100, responses=100, error_count=0, status_counts={"200": 100}, slo=ok)
+    other = cell("x", requests=100, responses=100, error_count=0, status_counts={"200": 100}, slo=ok,
+                 comparison={"baseline": "base", "error": "no baseline run"})
+    footer = "\n".join(render_table([base, other])[4:])
+    assert "quasi-Poisson" in footer and "vs baseline" in footer
+    assert "quasi-Poisson" not in "\n".join(render_table([base]))
