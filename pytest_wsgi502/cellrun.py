@@ -73,6 +73,7 @@ class CellContext:
     isolation: Isolation | None = None  # the session's CPU split (services/isolation.py); None: not isolated
     verify_status: str = "2xx"  # statuses below 400 a response may have (wsgi_verify_status)
     ready_path: str = "/health"  # what readiness GETs on each server (wsgi_ready_path)
+    proxy_profile: str = "alb"  # the session's --wsgi-proxy-profile (a cell's own proxy_profile wins)
 
     def note(self, message: str) -> None:
         """A line for the terminal, once per session (run directory): notices that hold for every cell."""
@@ -196,7 +197,10 @@ def cell_env(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
 # a cell's load key -> the session setting (and CellContext field) it overrides
 SESSION_KEYS = {"load_mode": "mode", "rate": "rate", "start_rate": "start_rate", "think_time": "think_time",
                 "concurrency": "concurrency", "duration": "duration", "path": "path",
-                "verify_contains": "verify_contains", "verify_status": "verify_status"}
+                "verify_contains": "verify_contains", "verify_status": "verify_status",
+                "proxy_profile": "proxy_profile"}
+# cell keys whose "" means "not set here: the session's"
+_EMPTY_IS_UNSET = ("load_mode", "proxy_profile")
 
 
 def _durations(cell: Cell, ctx: CellContext) -> list[tuple[str, Any]]:
@@ -217,7 +221,7 @@ def layered(cell: Cell, ctx: CellContext, key: str) -> tuple[Any, str]:
         return pick(*[(layer, split_duration(value)[1]) for layer, value in _durations(cell, ctx)])
     own = getattr(cell, key)
     return pick((ctx.sources.get(setting, "default"), getattr(ctx, setting)),
-                (cell.origin.get(key, "default"), None if own == "" and key == "load_mode" else own))
+                (cell.origin.get(key, "default"), None if own == "" and key in _EMPTY_IS_UNSET else own))
 
 
 def load_sources(cell: Cell, ctx: CellContext) -> dict[str, str]:
@@ -232,7 +236,7 @@ def load_sources(cell: Cell, ctx: CellContext) -> dict[str, str]:
 
 def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
     """The cell's load: each key from the most specific layer that sets it (config/layers.py)."""
-    value = {SESSION_KEYS[k]: layered(cell, ctx, k)[0] for k in SESSION_KEYS}
+    value = {SESSION_KEYS[k]: layered(cell, ctx, k)[0] for k in SESSION_KEYS if k != "proxy_profile"}
     mode, rate = value["mode"] or "closed", value["rate"]
     if mode != "closed" and not rate:
         raise ValueError(f"cell {cell.name}: {mode} load needs a rate (--wsgi-rate or the cell's rate)")
@@ -271,8 +275,10 @@ class Target:
         self.server = factory(
             ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port, settings_overlay=overlay),
             ctx.server_binary(cell), ctx.ledger)
+        self.proxy_profile = str(layered(cell, ctx, "proxy_profile")[0] or "alb")
         self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port,
-                                place=iso.outside if iso and ctx.server_factory is None else None)
+                                place=iso.outside if iso and ctx.server_factory is None else None,
+                                profile=self.proxy_profile)
         self._sampler: _Sampler | None = None
         self.readiness: dict[str, Any] | None = None
         self._restore_max_connections: int | None = None
@@ -427,7 +433,7 @@ class Target:
             telemetry["action_phases"] = [e for e in self.actions if e["kind"] == ACTION_PHASE]
         result["respawns"], result["kills"] = telemetry.pop("respawns"), telemetry.pop("kills")
         result["telemetry"] = telemetry
-        result["proxy"] = {**parse_access_log(self.dir / "proxy-access.log", since),
+        result["proxy"] = {"profile": self.proxy_profile, **parse_access_log(self.dir / "proxy-access.log", since),
                            "error_reasons": parse_error_log(self.dir / "proxy-error.log")}
         attributed = attribute_cell(self.dir, telemetry.get("events", []), since,
                                     http_500=int(result["status_counts"].get("500", 0)))

@@ -284,7 +284,7 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo 
         django_settings=choice.module if (choice := request.getfixturevalue("wsgi_django")) else None,
         strict=s.strict, db_version=getattr(database, "version", ""), db=database,
         verify_status=s.verify_status or "2xx", ready_path=s.ready_path or "/health",
-        server_factory=_server_factory(request), say=_progress(request, "").say,
+        proxy_profile=s.proxy_profile or "alb", server_factory=_server_factory(request), say=_progress(request, "").say,
         isolation=request.getfixturevalue("wsgi_isolation"),
         sources={name: s.source(name) for name in s.values},
     )

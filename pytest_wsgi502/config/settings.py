@@ -74,6 +74,14 @@ def _isolation(text: str) -> str:
     return text
 
 
+def _proxy_profile(text: str) -> str:
+    from pytest_wsgi502.config.matrix import PROXY_PROFILES  # pure, stdlib only
+
+    if text not in PROXY_PROFILES:
+        raise ConfigError(f"unknown proxy profile {shown(text)}; choose one of: {', '.join(PROXY_PROFILES)}")
+    return text
+
+
 def _str(text: str) -> str:
     """Free text that ends up in a path, a config file or a command line: one line, no control characters."""
     return values.single_line(text, "the value")
@@ -229,6 +237,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("idle_timeout", "proxy idle/read timeout to the backend, like the LB's (AWS default 60s); whole "
             "seconds up to 24h, a fraction is rounded up (0.5 -> 1s, shown in the header)", "60s", _idle_timeout,
             "TIME"),
+    Setting("proxy_profile", "how the proxy in front of every cell behaves: alb (AWS ALB's documented behaviours: "
+            "no retries, no passive 'backend down') or nginx (nginx's defaults, passive health); a cell's own "
+            "proxy_profile wins", "alb", _proxy_profile, "NAME"),
     Setting("repeat", "run every cell N times, interleaved (A B C C B A ...) so drift cancels, and judge the pooled "
             "result; the table shows each mean with its 95 % interval (1 to 100)", "1", _integer(1, 100), "N"),
     Setting("baseline_cell", "compare every cell with this one, run side by side (a cell's own baseline_cell "

@@ -100,3 +100,20 @@ def test_plugin_import_is_cheap():
             "'uvloop', 'hdrh', 'pymysql') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_proxy_profile_option_and_cell_key_are_checked(project):
+    """--wsgi-proxy-profile (issue 16 item 4): alb | nginx, a bad value or a bad cell key is one line."""
+    result = project.runpytest("--wsgi-proxy-profile=haproxy")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --wsgi-proxy-profile='haproxy': unknown proxy profile 'haproxy'; choose "
+                                 "one of: alb, nginx"])
+    project.makefile(".toml", m='[cells.a]\nserver = "uwsgi"\nproxy_profile = "elb"\n')
+    result = project.runpytest("--wsgi-matrix", "--wsgi-matrix-file=m.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *m.toml cell 'a': proxy_profile 'elb' unknown; choose one of alb, nginx "
+                                 "(or leave it out*"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    project.makeini("[pytest]\nwsgi_proxy_profile = nginx\n")
+    result = project.runpytest("--wsgi-matrix", "--collect-only", "--wsgi-cells=gunicorn-sync")
+    assert result.ret == 0

@@ -295,3 +295,34 @@ def test_seed_unix_is_the_seed_story_over_a_unix_socket_at_the_production_rate()
         assert (c.server, c.workers, c.effective_worker_class, c.driver, c.pool, c.max_requests,
                 c.max_requests_delta) == (s.server, s.workers, s.effective_worker_class, s.driver, s.pool,
                                           s.max_requests, s.max_requests_delta)
+
+
+def test_proxy_profile_is_a_cell_key_layered_over_the_session(monkeypatch, tmp_path):
+    """A cell's own proxy_profile beats --wsgi-proxy-profile; "" (unset) keeps the session's; the proxy is built
+    with it and the JSON's load.sources says which layer chose it."""
+    from pytest_wsgi502 import cellrun
+
+    with pytest.raises(ConfigError, match=r"proxy_profile 'elb' unknown; choose one of alb, nginx \(or leave"):
+        expand({"cells": {"a": {"server": "uwsgi", "proxy_profile": "elb"}}})
+    cells = {c.name: c for c in expand({"cells": {"own": {"server": "uwsgi", "proxy_profile": "nginx"},
+                                                  "inherits": {"server": "uwsgi"}}})}
+    assert cells["inherits"].proxy_profile == "" and cells["own"].origin["proxy_profile"] == "cell"
+
+    made = []
+
+    class Proxy:
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("profile"))
+
+    class Server:
+        upstream = "127.0.0.1:1"
+
+    monkeypatch.setattr(cellrun, "LocalProxy", Proxy)
+    ctx = cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path, server_binaries={},
+                              nginx="nginx", db_env={}, duration=5.0, max_requests=10, concurrency=2, timeout=65.0,
+                              idle_timeout=60.0, proxy_profile="alb", sources={"proxy_profile": "option"},
+                              server_factory=lambda *a, **k: Server())
+    for name, want, layer in (("own", "nginx", "cell"), ("inherits", "alb", "option")):
+        target = cellrun.Target(cells[name], ctx, {})
+        assert (made[-1], target.proxy_profile) == (want, want)
+        assert cellrun.load_sources(cells[name], ctx)["proxy_profile"] == layer

@@ -141,3 +141,25 @@ def test_settings_do_not_import_pytest_or_the_report_layer():
 
 def test_idle_timeout_help_says_it_rounds():
     assert "rounded up" in BY_NAME["idle_timeout"].help
+
+
+@pytest.mark.parametrize(("source", "raw", "message"), [
+    ({"wsgi502_proxy_profile": "elb"}, None, "--wsgi-proxy-profile='elb': unknown proxy profile 'elb'; choose one "
+                                             "of: alb, nginx"),
+    ({}, {"WSGI502_PROXY_PROFILE": "ALB"}, "WSGI502_PROXY_PROFILE='ALB': unknown proxy profile"),
+])
+def test_proxy_profile_is_alb_or_nginx(source, raw, message):
+    assert resolve({}, {}, {}).proxy_profile == "alb"
+    r = resolve({}, {}, {"wsgi_proxy_profile": "nginx"}).values["proxy_profile"]
+    assert (r.value, r.source) == ("nginx", "ini")
+    with pytest.raises(ConfigError) as info:
+        resolve(source, raw or {}, {})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_proxy_profiles_are_the_proxys():
+    """settings keeps its own tuple (no import of proxy.py, which loads the process layer): they must agree."""
+    from pytest_wsgi502.config.matrix import PROXY_PROFILES
+    from pytest_wsgi502.proxy import PROFILES
+
+    assert PROXY_PROFILES == PROFILES
