@@ -59,6 +59,7 @@ class CellContext:
     rate: float | None = None
     start_rate: float | None = None
     think_time: float = 0.0
+    warmup: float = 0.0  # seconds sent but not measured (--wsgi-warmup); at most half the load's duration
     processes: int = 1
     path: str = "/"
     verify_contains: str = ""
@@ -198,7 +199,7 @@ def cell_env(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str
 SESSION_KEYS = {"load_mode": "mode", "rate": "rate", "start_rate": "start_rate", "think_time": "think_time",
                 "concurrency": "concurrency", "duration": "duration", "path": "path",
                 "verify_contains": "verify_contains", "verify_status": "verify_status",
-                "proxy_profile": "proxy_profile"}
+                "proxy_profile": "proxy_profile", "warmup": "warmup"}
 # cell keys whose "" means "not set here: the session's"
 _EMPTY_IS_UNSET = ("load_mode", "proxy_profile")
 
@@ -234,9 +235,16 @@ def load_sources(cell: Cell, ctx: CellContext) -> dict[str, str]:
     return out
 
 
+def warmup_within(warmup: float | None, duration: float) -> float:
+    """The warm-up a load of ``duration`` seconds gets: at most half of it, so the other half is measured. With
+    duration=auto the duration is the cap: the warm-up is part of it, as of a fixed length."""
+    return min(float(warmup or 0.0), duration / 2)
+
+
 def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
     """The cell's load: each key from the most specific layer that sets it (config/layers.py)."""
     value = {SESSION_KEYS[k]: layered(cell, ctx, k)[0] for k in SESSION_KEYS if k != "proxy_profile"}
+    duration = value["duration"]
     mode, rate = value["mode"] or "closed", value["rate"]
     if mode != "closed" and not rate:
         raise ValueError(f"cell {cell.name}: {mode} load needs a rate (--wsgi-rate or the cell's rate)")
@@ -248,7 +256,7 @@ def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
         base_url=base_url, path=value["path"] or "/", n_max=cell.n_max, mix=mix,
         verify_contains=value["verify_contains"] or "", verify_status=statuses, mode=mode, rate=rate or 0.0,
         start_rate=value["start_rate"] or 0.0, think_time=value["think_time"] or 0.0,
-        concurrency=value["concurrency"], duration=value["duration"],
+        concurrency=value["concurrency"], duration=duration, warmup=warmup_within(value["warmup"], duration),
         max_requests=ctx.max_requests, timeout=ctx.timeout, processes=ctx.processes, headers=dict(cell.headers),
     )
 

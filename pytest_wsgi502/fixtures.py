@@ -280,7 +280,7 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo 
         duration=s.duration,
         max_requests=s.requests, concurrency=s.concurrency, timeout=s.timeout, idle_timeout=s.idle_timeout,
         session_slos=s.slo or (), mode=s.mode, rate=s.rate, start_rate=s.start_rate, think_time=s.think_time,
-        processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
+        warmup=s.warmup or 0.0, processes=s.processes, path=s.path, verify_contains=s.verify_contains or "",
         django_settings=choice.module if (choice := request.getfixturevalue("wsgi_django")) else None,
         strict=s.strict, db_version=getattr(database, "version", ""), db=database,
         verify_status=s.verify_status or "2xx", ready_path=s.ready_path or "/health",
@@ -426,7 +426,7 @@ def _remote_context(request: pytest.FixtureRequest, run_dir: Path) -> CellContex
         run_dir=run_dir, ledger=ledger_path(run_dir), app=s.app, chdir=state.path("chdir"), server_binaries={},
         nginx="", db_env={}, duration=s.duration, max_requests=s.requests, concurrency=s.concurrency,
         timeout=s.timeout, idle_timeout=s.idle_timeout, session_slos=s.slo or (), mode=s.mode, rate=s.rate,
-        start_rate=s.start_rate, think_time=s.think_time, processes=s.processes, path=s.path,
+        start_rate=s.start_rate, think_time=s.think_time, warmup=s.warmup or 0.0, processes=s.processes, path=s.path,
         verify_contains=s.verify_contains or "", verify_status=s.verify_status or "2xx",
         say=_progress(request, "").say, sources={name: s.source(name) for name in s.values},
     )
@@ -666,7 +666,7 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo | None,
 # target's own proxy) and not ``allow_remote``: opting out of loopback is never a side effect of a keyword here.
 PROFILE_KEYS = ("mode", "rate", "start_rate", "concurrency", "duration", "max_requests", "think_time", "processes",
                 "path", "mix", "n_max", "verify_contains", "verify_status", "verify_content_type", "timeout", "drain",
-                "seed", "headers")
+                "seed", "headers", "warmup")
 
 
 def _profile(profile: dict[str, Any]) -> dict[str, Any]:
@@ -702,13 +702,16 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Ws
     think_time, processes, ...)."""
     import dataclasses
 
-    from pytest_wsgi502.cellrun import effective_slos, load_sources, load_spec
+    from pytest_wsgi502.cellrun import effective_slos, layered, load_sources, load_spec, warmup_within
 
     def load(target: Target | RemoteTarget, *, slo: str | Iterable[str] = (),
              verify: Callable[[httpx.Response], bool] | None = None, **profile: Any) -> Result:
         try:
             overrides = _profile(profile)
             spec = dataclasses.replace(load_spec(target.cell, target.ctx, target.url), **overrides)
+            if "duration" in overrides and "warmup" not in overrides:  # the layered warm-up, within this duration
+                warmup = layered(target.cell, target.ctx, "warmup")[0]
+                spec = dataclasses.replace(spec, warmup=warmup_within(warmup, spec.duration))
             spec.validate()
             slos, slo_sources = effective_slos(target.cell, target.ctx, _marker_slos(request),
                                                [slo] if isinstance(slo, str) else slo)

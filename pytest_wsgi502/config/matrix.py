@@ -85,6 +85,7 @@ class Cell:
     rate: float | None = None
     start_rate: float | None = None
     think_time: float | None = None
+    warmup: float | None = None  # seconds at the start sent but not measured (None: the session's --wsgi-warmup)
     concurrency: int | None = None
     duration: float | Auto | None = None  # seconds of load, or auto[:MAX] (config/duration.py); None: the session's
     mix: tuple[Mapping[str, Any], ...] = ()  # [{path, weight, verify_contains, method}], replaces path
@@ -138,7 +139,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "keepalive": (0, DAY), "listen": (0, MAX_CONCURRENCY), "pool_size": (0, MAX_CONCURRENCY),
     "max_overflow": (0, MAX_CONCURRENCY), "conn_max_age": (0, DAY), "mysql_max_connections": (1, MAX_CONCURRENCY),
     "concurrency": (1, MAX_CONCURRENCY), "n_max": (1, MAX_COUNT),
-    "start_rate": (0, MAX_RATE), "think_time": (0, DAY),
+    "start_rate": (0, MAX_RATE), "think_time": (0, DAY), "warmup": (0, DAY),
 }
 _OPEN_BOUNDS: dict[str, tuple[float, float]] = {"rate": (0, MAX_RATE), "cpus": (0, 1024)}  # > lo, <= hi
 _MAX_WEIGHT = 1e9

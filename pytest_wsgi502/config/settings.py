@@ -230,6 +230,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("start_rate", "ramp: requests/s at the start (> 0, at most 10^6)", None, _rate, "RPS"),
     Setting("think_time", "closed loop: pause of each user between a response and its next request (0 to 24h)", "0s",
             _duration(0, DAY), "TIME"),
+    Setting("warmup", "the first seconds of every cell's load are sent but not measured: JIT, caches and pools "
+            "fill, workers fork. Their requests and errors count (a 502 at start-up is a 502), their latency and "
+            "req/s do not; at most half the duration (0 to 24h, 0: off)", "1s", _duration(0, DAY), "TIME"),
     Setting("processes", "load engine processes (each takes a share of connections and rate; 1 to 100000)", "1",
             _connections, "N"),
     Setting("timeout", "per-request client timeout (longer than the proxy's, so its 504 is seen; 1s to 24h)", "65s",
