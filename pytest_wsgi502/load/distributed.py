@@ -114,8 +114,9 @@ def behind(spec: LoadSpec, generators: int, engines: list[dict[str, Any]]) -> st
         conns = spec.concurrency // generators + (1 if g < spec.concurrency % generators else 0)
         sent = int(e.get("requests", 0))
         if want - sent > max(conns, 0.02 * want):
-            return (f"generator {g} fell behind its share of the rate: sent {sent} of its {want} scheduled requests; "
-                    f"{ADVICE_GENERATORS}")
+            cap = f" (capped at {e['max_rate']:g} req/s)" if e.get("max_rate") else ""
+            return (f"generator {g} fell behind its share of the rate: sent {sent} of its {want} scheduled "
+                    f"requests{cap}; {ADVICE_GENERATORS}")
     return None
 
 
@@ -219,7 +220,8 @@ def run_distributed(spec: LoadSpec, generators: int = 2, *, master: str | None =
                     expect_generators: int | None = None, workdir: Path | None = None,
                     dump_dir: Path | None = None, start_timeout: float = START_S,
                     transport_factory: Any = None, verify: Any = None, stop: Any = None,
-                    progress: Progress | None = None, progress_every: float = 1.0) -> dict[str, Any]:
+                    progress: Progress | None = None, progress_every: float = 1.0,
+                    generator_max_rate: float | None = None) -> dict[str, Any]:
     """Run ``spec`` on ``generators`` local Locust worker processes (or, with ``master="HOST:PORT"``, on
     ``expect_generators`` workers started elsewhere with ``wsgi502-generator``) and merge exactly.
 
@@ -229,7 +231,9 @@ def run_distributed(spec: LoadSpec, generators: int = 2, *, master: str | None =
     (``generator-G.hdr``, HdrHistogram V2 base64) for checking the merge. ``progress`` gets elapsed/duration every
     ``progress_every`` seconds of the load (the live counts stay in the generators). The same keywords as
     ``engine.run``, so a caller can switch: a custom transport, verify callable or stop rule needs one process
-    and is refused here."""
+    and is refused here. ``generator_max_rate`` caps each local generator at that many requests/s (remote
+    generators take ``--wsgi502-max-rate`` on their own command line): one that cannot keep its share of the
+    rate marks the run generator-bound."""
     n = expect_generators if master is not None and expect_generators is not None else generators
     if transport_factory is not None or verify is not None:
         raise ConfigError("a custom transport or verify callable runs in one process only: not with generators "
@@ -237,16 +241,22 @@ def run_distributed(spec: LoadSpec, generators: int = 2, *, master: str | None =
     if stop is not None:
         raise ConfigError("duration=auto needs the live stats of one engine process: give generators a fixed duration")
     check(spec, n)
+    if generator_max_rate is not None:
+        if master is not None:
+            raise ConfigError("a remote generator's rate cap is its own: start it with --wsgi502-max-rate R")
+        values.number(generator_max_rate, "generator max rate", 0, values.MAX_RATE, lo_open=True)
     resolve_target(spec.base_url, spec.allow_remote)  # the loopback guard, before any process starts
     bind, port = parse_master(master) if master is not None else ("127.0.0.1", 0)
     if master is not None and not spec.allow_remote and bind not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"a Locust master on {bind} listens beyond this machine: that needs allow_remote")
     with _run_dir(workdir) as run_dir:
-        return _run(spec, n, bind, port, master is None, run_dir, dump_dir, start_timeout, progress, progress_every)
+        return _run(spec, n, bind, port, master is None, run_dir, dump_dir, start_timeout, progress, progress_every,
+                    generator_max_rate)
 
 
 def _run(spec: LoadSpec, n: int, bind: str, port: int, local: bool, run_dir: Path, dump_dir: Path | None,
-         start_timeout: float, progress: Progress | None, progress_every: float) -> dict[str, Any]:
+         start_timeout: float, progress: Progress | None, progress_every: float,
+         max_rate: float | None = None) -> dict[str, Any]:
     spec_file, events_file = run_dir / "spec.json", run_dir / "events.jsonl"
     spec_file.write_text(json.dumps(wire.spec_to_json(spec)))
     events_file.write_text("")
@@ -278,11 +288,12 @@ def _run(spec: LoadSpec, n: int, bind: str, port: int, local: bool, run_dir: Pat
                     info["master"] = f"{event['bind']}:{event['port']}"
                     if local:
                         locustfile = str(Path(__file__).with_name("distributed_locustfile.py"))
+                        cap = ["--wsgi502-max-rate", repr(float(max_rate))] if max_rate else []
                         for g in range(n):
                             gens.append(LocalProcess(
                                 f"generator-{g}", [sys.executable, "-m", "locust", "--worker", "-f", locustfile,
                                                    "--master-host", event["bind"], "--master-port",
-                                                   str(event["port"]), "--loglevel", "WARNING"],
+                                                   str(event["port"]), "--loglevel", "WARNING", *cap],
                                 run_dir / f"generator-{g}.log", cwd=run_dir).start())
                         procs.extend(gens)
                 elif kind == "started":

@@ -3,13 +3,16 @@
 Locust workers run under gevent's monkey patching; the engine needs a plain asyncio/uvloop process, so the worker
 starts this module as a child and talks JSON lines over its pipes:
 
-    stdin  {"g": G, "generators": N, "spec": {...}, "dump": PATH|null}   -> stdout {"event": "ready"}
+    stdin  {"g": G, "generators": N, "spec": {...}, "dump": PATH|null, "max_rate": R|null}
+                                                                          -> stdout {"event": "ready"}
     stdin  {"start_at": WALL_SECONDS}                                     -> stdout {"event": "result", ...}
 
 Generator ``G`` of ``N`` drives ``LoadSpec.share`` of a spec with ``processes=N`` as engine process ``G``: the
 connections, the request budget and the open-loop slots are split exactly as ``--wsgi-processes`` splits them on
 one machine (slot i is sent by generator i mod N), so N generators at a total rate R send the schedule one engine
-would. Every error is one JSON line (``{"event": "error"}``); the child dies with its worker (PR_SET_PDEATHSIG).
+would. ``max_rate`` (the generator's ``--wsgi502-max-rate``) caps what this generator sends: one that cannot keep
+its share falls behind and the master marks the run. Every error is one JSON line (``{"event": "error"}``); the
+child dies with its worker (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -26,6 +29,40 @@ from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+CAP_BURST_S = 0.01  # a capped generator may send this much of its cap at once (send jitter), never more
+
+
+class RateCap:
+    """At most ``rate`` sends a second, shared by every connection of this generator (GCRA: a send waits, without
+    spinning, until its turn; a burst of ``CAP_BURST_S`` of the rate is allowed). The wait counts in the
+    latency (it is measured from the intended time), so a capped generator that cannot keep up shows it."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.tolerance = max(self.interval, CAP_BURST_S)
+        self.tat = 0.0  # the theoretical arrival time of the next send
+
+    async def take(self) -> None:
+        now = time.monotonic()
+        tat = max(self.tat, now)
+        self.tat = tat + self.interval
+        wait = tat - self.tolerance - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def capped_factory(target: Any, timeout: float, rate: float) -> Any:
+    """The engine's own transport (fast path kept), each send first taking a turn from one shared ``RateCap``."""
+    from pytest_wsgi502.load.transport import FastTransport
+
+    cap = RateCap(rate)
+
+    class Capped(FastTransport):
+        async def roundtrip(self, request: Any, raw: bytes) -> Any:
+            await cap.take()
+            return await super().roundtrip(request, raw)
+
+    return lambda: Capped(timeout=timeout, addresses=target.addresses, port=target.port)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -53,6 +90,8 @@ def run(first: dict[str, Any], start: Any) -> dict[str, Any]:
     g, n = int(first["g"]), int(first["generators"])
     share = replace(spec, processes=n).share(g)
     target = resolve_target(spec.base_url, spec.allow_remote)
+    max_rate = first.get("max_rate")
+    factory = capped_factory(target, share.timeout, float(max_rate)) if max_rate else None
     _say({"event": "ready"})
     start_at = start()
     if start_at is None:
@@ -61,8 +100,9 @@ def run(first: dict[str, Any], start: Any) -> dict[str, Any]:
     if delay > 0:
         time.sleep(delay)
     with _no_gc_pauses(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        stats, engine = runner.run(drive(share, process=g, target=target))
+        stats, engine = runner.run(drive(share, transport_factory=factory, process=g, target=target))
     engine["pid"] = os.getpid()
+    engine["max_rate"] = float(max_rate) if max_rate else None
     engine["start_late_ms"] = round(1000 * max(0.0, stats.started - float(start_at)), 1)
     if first.get("dump"):  # the generator's own copy of its histogram, written here, not by the master
         Path(first["dump"]).write_bytes(stats.histogram.encode())

@@ -5,9 +5,9 @@
 It waits for N Locust workers (``distributed_locustfile``), numbers them 0..N-1 in Locust's worker-index order,
 sends each its generator number and the profile, starts all of them at one wall-clock time, and merges the
 HdrHistograms they send back exactly (``Stats.merge``). It writes JSON lines to the events file (``listening``,
-``started``, then ``result`` or ``error``) for ``distributed.run_distributed``, which builds the same result a
-local engine run returns. A generator that Locust's heartbeat marks missing, or that quits, ends the run with
-"generator N lost at t=..s".
+``connected`` at each new count, ``started``, then ``result`` or ``error``) for ``distributed.run_distributed``,
+which builds the same result a local engine run returns. A generator that Locust's heartbeat marks missing, or
+that quits, ends the run with "generator N lost at t=..s".
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Master:
         self.results: dict[int, dict[str, Any]] = {}
         self.clients: list[str] = []
         self.start_at: float | None = None
+        self.seen = 0  # generators connected at the last look
         runner.register_message(wire.READY, self._on_ready)
         runner.register_message(wire.RESULT, self._on_result)
 
@@ -54,6 +55,14 @@ class Master:
 
     def connected(self) -> list[str]:
         return [c.id for c in self.runner.clients.all if c.state != STATE_MISSING]
+
+    def _all_connected(self) -> bool:
+        """Whether ``expect`` generators are connected; each new count is a ``connected`` event (progress)."""
+        n = len(self.connected())
+        if n != self.seen:
+            self.seen = n
+            self.emit(event="connected", generators=n, expect=self.expect)
+        return n >= self.expect
 
     def lost(self) -> str | None:
         """'generator G lost at t=..s (...)' for the first assigned generator Locust no longer has, else None."""
@@ -84,7 +93,7 @@ class Master:
 
     def run(self, spec_json: dict[str, Any], duration: float, drain: float, start_timeout: float,
             dump_dir: str | None) -> int:
-        error = self.wait(lambda: len(self.connected()) >= self.expect, start_timeout,
+        error = self.wait(self._all_connected, start_timeout,
                           f"{{n}} of {self.expect} generators connected within {start_timeout:.0f}s")
         if error:
             self.emit(event="error", error=error.replace("{n}", str(len(self.connected()))))

@@ -1,11 +1,14 @@
 """Distributed load on Locust's runtime against a fixed-delay target (issue 17 item 2 acceptance, loopback only).
 
-The target is a tiny threaded HTTP/1.1 server in its own process that sleeps 20 ms per request and counts what it
-answered (the access-log count). One engine process and a master with 2 generators at the same total open-loop
-rate must agree; a generator killed mid-run fails the run with "generator N lost at t=..s" and leaves nothing."""
+Acceptance bullet 1: the target answers every request after 20 ms (``bench.targets delay``) behind the harness's
+nginx proxy (``LocalProxy``, its JSON access log); one engine process and a master with 2 generators at the same
+total open-loop rate must agree with each other and with the proxy's access log. Item 4: a generator killed
+mid-run fails the run with "generator N lost at t=..s" and leaves nothing; one that never connects ends the run
+with the count. Capacity (a capped generator) and a generator that falls behind: test_distributed_capacity.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ from hdrh.histogram import HdrHistogram
 from pytest_wsgi502.load import distributed
 from pytest_wsgi502.load.engine import LoadSpec, run
 from pytest_wsgi502.metrics.stats import new_histogram
+from pytest_wsgi502.nginxlog import ACCESS_LOG, read_access_log
+from pytest_wsgi502.proxy import LocalProxy, find_nginx
 
 SERVER = r"""
 import threading, time
@@ -77,6 +83,37 @@ def _spec(url: str, **kw: Any) -> LoadSpec:
                             "concurrency": 16, "duration": DURATION, "drain": 3.0, **kw})
 
 
+@pytest.fixture
+def delayed() -> Iterator[str]:
+    """``host:port`` of a target that answers every request after exactly 20 ms (its own process)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_wsgi502.bench.targets", "delay", "--ms", "20"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield f"127.0.0.1:{int(proc.stdout.readline().split()[1])}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def proxied(workdir: Path, upstream: str) -> Iterator[LocalProxy]:
+    """The harness's nginx proxy in front of ``upstream``; stopped (SIGQUIT: its access log flushed) on exit."""
+    binary = find_nginx(None)
+    assert binary is not None, "nginx is needed: bash bin/dev setup installs it"
+    workdir.mkdir(parents=True)
+    proxy = LocalProxy(workdir, upstream, 60.0, binary)
+    try:
+        yield proxy.start("/ready")
+    finally:
+        proxy.stop()
+
+
+def logged(workdir: Path, path: str) -> list[dict[str, Any]]:
+    """The proxy's access-log records of requests for ``path`` (the readiness probe excluded)."""
+    return [r for r in read_access_log(workdir / ACCESS_LOG) if r.get("uri") == path]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -109,23 +146,26 @@ def _locust_processes() -> list[str]:
     return found
 
 
-def test_two_generators_match_one_engine_process_and_merge_exactly(target: str, tmp_path: Path) -> None:
-    before = served(target)
-    local = run(_spec(target))
-    local_served = served(target) - before
+def test_two_generators_match_one_engine_process_the_proxy_log_and_merge_exactly(delayed: str,
+                                                                                  tmp_path: Path) -> None:
+    spec = LoadSpec("http://placeholder", path="/sleep", verify_contains="ok", mode="open", rate=RATE,
+                    concurrency=16, duration=DURATION, drain=3.0)
+    with proxied(tmp_path / "proxy-local", delayed) as proxy:
+        local = run(replace(spec, base_url=proxy.url))
     dumps = tmp_path / "dumps"
     dumps.mkdir()
-    before = served(target)
     ticks: list[dict[str, Any]] = []
-    dist = distributed.run_distributed(_spec(target), generators=2, workdir=tmp_path / "run", dump_dir=dumps,
-                                       progress=ticks.append, progress_every=0.5)
-    dist_served = served(target) - before
+    with proxied(tmp_path / "proxy-dist", delayed) as proxy:
+        dist = distributed.run_distributed(replace(spec, base_url=proxy.url), generators=2, workdir=tmp_path / "run",
+                                           dump_dir=dumps, progress=ticks.append, progress_every=0.5)
     assert local["engine_error"] is None and dist["engine_error"] is None, (local["engine_error"], dist["engine_error"])
     one, two = local["stats"], dist["stats"]
     assert one.errors.total() == 0 and two.errors.total() == 0, (one.errors, two.errors)
-    # the same schedule: request counts within 1 %, and what the target answered
+    # the same schedule: request counts within 1 % of each other, and each what the proxy logged
     assert abs(two.requests - one.requests) <= 0.01 * one.requests, (one.requests, two.requests)
-    assert one.requests == local_served and two.requests == dist_served, (local_served, dist_served)
+    local_log, dist_log = logged(tmp_path / "proxy-local", "/sleep"), logged(tmp_path / "proxy-dist", "/sleep")
+    assert (one.requests, two.requests) == (len(local_log), len(dist_log))
+    assert all(r["status"] == 200 for r in local_log + dist_log)
     assert abs(two.requests - RATE * DURATION) <= 2
     # the master's merge is the sum of what each generator dumped itself, bucket by bucket
     own = new_histogram()
@@ -140,6 +180,8 @@ def test_two_generators_match_one_engine_process_and_merge_exactly(target: str, 
         a, b = one.histogram.get_value_at_percentile(p), two.histogram.get_value_at_percentile(p)
         assert abs(b - a) <= 0.05 * a, (p, a / 1000, b / 1000)
     assert dist["engine"]["distributed"]["runtime"] == "locust"
+    assert not dist["generator_bound"] and not local["generator_bound"], (dist["generator_bound_reason"],
+                                                                         local["generator_bound_reason"])
     assert len(ticks) >= DURATION and all(t["duration"] == DURATION for t in ticks), ticks
     assert not _locust_processes()
 

@@ -207,3 +207,55 @@ def test_locust_is_the_distributed_extra_and_in_the_test_set() -> None:
              for e, reqs in project["optional-dependencies"].items()}
     assert "locust" in names["distributed"] and "locust" in names["dev"]  # bin/dev installs dev: CI runs these
     assert project["scripts"]["wsgi502-generator"] == "pytest_wsgi502.load.distributed_locustfile:main"
+
+
+def test_a_generator_rate_cap_is_checked_before_anything_starts() -> None:
+    spec = LoadSpec(URL, concurrency=4)
+    with pytest.raises(ConfigError, match="generator max rate must be > 0"):
+        distributed.run_distributed(spec, generators=2, generator_max_rate=0)
+    with pytest.raises(ConfigError, match="generator max rate must be a number"):
+        distributed.run_distributed(spec, generators=2, generator_max_rate="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="a remote generator's rate cap is its own: start it with --wsgi502-max-rate"):
+        distributed.run_distributed(spec, master="127.0.0.1:5557", expect_generators=2, generator_max_rate=100.0)
+
+
+def test_the_rate_cap_holds_the_rate_without_spinning() -> None:
+    """A capped generator's connections take turns: 600 sends at a 2000/s cap last 0.3 s (one burst of 10 ms
+    early at most), while the process stays nearly idle (it waits on timers, it does not spin)."""
+    import asyncio
+    import time
+
+    from pytest_wsgi502.load.distributed_engine import RateCap
+
+    cap = RateCap(2000.0)
+
+    async def sends() -> None:
+        async def conn() -> None:
+            for _ in range(75):
+                await cap.take()
+
+        await asyncio.gather(*(conn() for _ in range(8)))
+
+    cpu0, t0 = time.process_time(), time.monotonic()
+    asyncio.run(sends())
+    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    assert 0.3 - 0.011 <= wall < 0.5, wall
+    assert cpu < 0.5 * wall, (cpu, wall)
+
+
+def test_a_capped_generator_that_fell_behind_says_its_cap() -> None:
+    spec = LoadSpec(URL, mode="open", rate=200, concurrency=8, duration=4)
+    late = distributed.judged(spec, 2, _recorded(_samples(7, 500)),
+                              [_engine(requests=400, max_rate=None), _engine(requests=200, max_rate=50.0)], None, {})
+    assert late["generator_bound_reason"].startswith("generator 1 fell behind its share of the rate: sent 200 of its "
+                                                     "400 scheduled requests (capped at 50 req/s); add generators")
+
+
+@pytest.mark.parametrize("value", ["-3", "nan", "fast"])
+def test_a_bad_generator_cap_on_its_command_line_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    """Locust's own parser refuses it before the worker connects (port 9: nothing listens there)."""
+    locustfile = Path(distributed.__file__).with_name("distributed_locustfile.py")
+    out = subprocess.run([sys.executable, "-m", "locust", "--worker", "-f", str(locustfile), "--master-port", "9",
+                          "--wsgi502-max-rate", value], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2, (out.returncode, out.stderr[-300:])
+    assert "argument --wsgi502-max-rate: must be a" in out.stderr, out.stderr[-300:]
