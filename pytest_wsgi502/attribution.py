@@ -45,6 +45,11 @@ reason and the server events around the request:
   had closed that idle keep-alive connection just as the proxy sent on it. Only where reuse was possible: when
   every upstream response said ``Connection: close`` (gunicorn's sync worker, ``add-header = Connection: close``)
   the proxy never reused a connection, and such a failure stays ``unknown``.
+- ``passive_health``: nginx found no live server (``no live upstreams while connecting to upstream``): an earlier
+  error had marked every server of the upstream down for ``fail_timeout`` (nginx's passive health, ``max_fails``;
+  the ``nginx`` proxy profile). A request nginx retried carries one error line per failed attempt: its cause is
+  that of its first failed attempt on the app (a connect refused on another address that nginx then retried is not
+  why it failed), ``passive_health`` when no attempt reached a server.
 - ``timeout``: a 504 after the proxy's read timeout.
 - ``db``: not a 502 but a 500 the app answered because the database refused or failed (max_connections, a
   pool's limit): counted from the server's own log, one ``django.db.utils.OperationalError`` line per error.
@@ -63,7 +68,7 @@ from pytest_wsgi502.events import EXITS, HEADER_TOO_LARGE, KILLS, LIFECYCLE, REQ
 from pytest_wsgi502.nginxlog import Failure, Reason
 
 CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "listener_closed", "inflight_cut",
-          "queue_reset", "header_too_large", "timeout", "db", "unknown")
+          "queue_reset", "header_too_large", "passive_health", "timeout", "db", "unknown")
 LIFECYCLE_CAUSES = ("listener_closed", "inflight_cut", "queue_reset")  # proven by an action or a server line
 # a request that started this long after a lifecycle action can still be cut by it: uWSGI buries the workers of a
 # brutal reload within about 2 s (measured on 2.0.31: "worker 2 buried after 2 seconds")
@@ -113,6 +118,8 @@ def classify(reason: Reason, status: int, start: float, end: float, events: Iter
     """One failure's cause. ``keepalive_reuse``: whether the proxy could have reused an upstream connection at all
     (False when every upstream response said ``Connection: close``): a cause whose precondition the run rules out
     is never chosen."""
+    if reason.name == "no_live_upstreams":
+        return "passive_health"
     timed_out = reason.name == "upstream_timeout"
     if status == 504 or (timed_out and reason.phase == "reading"):
         return "timeout"
@@ -135,6 +142,18 @@ def classify(reason: Reason, status: int, start: float, end: float, events: Iter
     return "unknown"
 
 
+def deciding(attempts: list[Reason]) -> Reason:
+    """The reason that decided a request's failure among its failed attempts' (in order): the first that is not a
+    refused connect nginx retried elsewhere nor ``no live upstreams``; else the last."""
+    if not attempts:
+        return _NO_REASON
+    for i, reason in enumerate(attempts):
+        retried = reason.name == "upstream_refused" and i < len(attempts) - 1
+        if not retried and reason.name != "no_live_upstreams":
+            return reason
+    return attempts[-1]
+
+
 def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
               events: list[dict[str, Any]], keepalive_reuse: bool = True) -> dict[str, Any]:
     """{"counts": {cause: n, ...}, "matches": [...first 50...]} for every 502/503/504 in ``failures``."""
@@ -142,8 +161,10 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
     matches: list[dict[str, Any]] = []
     too_large = deque(sorted(e["t"] for e in events if e.get("kind") == HEADER_TOO_LARGE and e.get("t") is not None))
     for f in failures:
-        queue = reasons.get(f.conn)
-        reason = queue.popleft() if queue else _NO_REASON
+        queue = reasons.get(f.conn) or deque()
+        for _ in range(min(f.skip, len(queue))):  # lines of requests nginx retried into a success
+            queue.popleft()
+        reason = deciding([queue.popleft() for _ in range(min(f.attempts, len(queue)))])
         cause = classify(reason, f.status, f.t - f.request_time, f.t, events, keepalive_reuse)
         if cause not in LIFECYCLE_CAUSES and reason.name in ("upstream_closed", "upstream_reset"):
             # the server refused this request's headers: one of its lines in the request's span (stamp slack)

@@ -25,7 +25,9 @@ ACCESS_LOG = "proxy-access.log"  # file names inside a cell's directory
 ERROR_LOG = "proxy-error.log"
 
 ACCESS_LOG_FORMAT = (
-    '{"t":$msec,"status":$status,"conn":$connection,"upstream_status":"$upstream_status","upstream_addr":"$upstream_addr",'
+    # status: what the LB logs (the alb profile logs nginx's 499, a client that closed first, as ALB's 460);
+    # nginx_status: nginx's own $status
+    '{"t":$msec,"status":$lb_status,"nginx_status":$status,"conn":$connection,"upstream_status":"$upstream_status","upstream_addr":"$upstream_addr",'
     '"request_time":$request_time,"upstream_time":"$upstream_response_time","uri":"$request_uri",'
     # whether nginx could keep the upstream connection after this response (``reusable``)
     '"upstream_connection":"$upstream_http_connection","upstream_content_length":"$upstream_http_content_length",'
@@ -45,6 +47,24 @@ class Failure:
     conn: int
     request_time: float
     uri: str
+    attempts: int = 1  # upstream attempts nginx made for it, each failed one with its own error line (retries)
+    skip: int = 0  # error lines of earlier requests on this connection that nginx retried into a success
+
+
+def attempts(rec: dict[str, Any]) -> int:
+    """How many upstream attempts nginx made for a request: ``$upstream_status`` lists one status per attempt,
+    ``, `` between servers and `` : `` across internal redirects (``502, 200``: failed once, then retried)."""
+    text = str(rec.get("upstream_status") or "").strip()
+    if text in ("", "-"):
+        return 0
+    return len([s for s in re.split(r"\s*[,:]\s*", text) if s])
+
+
+def failed_attempts(rec: dict[str, Any]) -> int:
+    """The error lines a request left in the error log: one per failed attempt. A request the proxy failed
+    failed every attempt (at least one: ``no live upstreams`` makes none); any other failed all but its last."""
+    n = attempts(rec)
+    return max(1, n) if rec.get("status") in FAILED else max(0, n - 1)
 
 
 def read_access_log(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
@@ -83,10 +103,18 @@ def parse_access_log(path: Path, since: float = 0.0) -> dict[str, Any]:
 
 
 def failures(records: Iterable[dict[str, Any]]) -> list[Failure]:
-    """The requests the proxy failed, in log order."""
-    return [Failure(rec["t"], rec["status"], int(rec.get("conn", 0)), float(rec.get("request_time", 0)),
-                    rec.get("uri", ""))
-            for rec in records if rec.get("status") in FAILED]
+    """The requests the proxy failed, in log order, each with its attempts and the error lines that requests
+    retried into a success (the ``nginx`` profile retries) left before it on its connection."""
+    out = []
+    pending: Counter[int] = Counter()  # connection -> error lines of retried successes not yet skipped
+    for rec in records:
+        conn = int(rec.get("conn", 0))
+        if rec.get("status") in FAILED:
+            out.append(Failure(rec["t"], rec["status"], conn, float(rec.get("request_time", 0)), rec.get("uri", ""),
+                               max(1, attempts(rec)), pending.pop(conn, 0)))
+        else:
+            pending[conn] += failed_attempts(rec)
+    return out
 
 
 def app_errors(records: Iterable[dict[str, Any]]) -> list[Failure]:

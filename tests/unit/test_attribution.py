@@ -202,3 +202,68 @@ def test_gunicorn_telemetry_reads_the_worker_pid_of_an_error_line():
     assert [(e.pid, e.t) for e in errors] == [(17211, 1796072942.38418), (17400, 1796072946.1)]
     timeouts = [e.pid for e in parse_events(GUNICORN_TIMEOUT_LOG, GUNICORN_PATTERNS) if e.kind == ev.TIMEOUT]
     assert timeouts == [17209, 17211]  # the aborted worker's pid, not the arbiter's (17207)
+
+
+# --- the nginx profile: retries and passive health (issue 16 item 3) ---------------------------------------------
+
+REFUSED_V6 = "connect() failed (111: Connection refused) while connecting to upstream"
+NO_LIVE = "no live upstreams while connecting to upstream"
+
+
+def _rec(t, status, conn, upstream_status, uri="/ok", request_time=0.001):
+    import json
+
+    return json.dumps({"t": t, "status": status, "nginx_status": status, "conn": conn,
+                       "upstream_status": upstream_status, "upstream_addr": "", "request_time": request_time,
+                       "upstream_time": "", "uri": uri, "upstream_connection": "", "upstream_content_length": "",
+                       "upstream_transfer_encoding": ""}) + "\n"
+
+
+def _err(conn, msg, level="error"):
+    return (f"2026/12/01 11:34:10 [{level}] 31695#31695: *{conn} {msg}, client: 127.0.0.1, server: , "
+            f'request: "GET /ok HTTP/1.1", upstream: "http://target/ok", host: "x"\n')
+
+
+def test_no_live_upstreams_is_passive_health_and_the_error_that_started_it_keeps_its_cause(tmp_path):
+    """Measured on nginx 1.22.1 (nginx profile: 127.0.0.1 and ::1, the app on 127.0.0.1 only): the request whose
+    worker died was tried on ::1 (refused), on 127.0.0.1 (closed: the kill) and found no live server: three lines
+    for one 502. It is the kill's; the 502s after it, with no live server for fail_timeout, are passive health."""
+    from pytest_wsgi502.attribution import attribute_cell
+
+    (tmp_path / "proxy-access.log").write_text(
+        _rec(100.0, 200, 2, "200")
+        + _rec(100.2, 502, 4, "502, 502, 502", uri="/api/die", request_time=0.1)
+        + _rec(100.3, 502, 6, "502") + _rec(100.4, 502, 2, "502") + _rec(100.5, 502, 4, "502"))
+    (tmp_path / "proxy-error.log").write_text(
+        _err(4, REFUSED_V6) + _err(4, "upstream server temporarily disabled while connecting to upstream", "warn")
+        + _err(4, CLOSED) + _err(4, NO_LIVE) + _err(6, NO_LIVE) + _err(2, NO_LIVE) + _err(4, NO_LIVE))
+    from pytest_wsgi502.events import DIED_SIGNAL
+
+    out = attribute_cell(tmp_path, [{"kind": DIED_SIGNAL, "t": 100.25}], since=0)
+    assert out["counts"]["worker_killed"] == 1 and out["counts"]["passive_health"] == 3, out["counts"]
+    assert sum(out["counts"].values()) == 4
+    assert [m["cause"] for m in out["matches"]] == ["worker_killed", "passive_health", "passive_health",
+                                                    "passive_health"]
+    assert out["matches"][1]["reason"] == NO_LIVE  # the proving line
+
+
+def test_a_request_nginx_retried_into_a_success_leaves_its_line_to_no_other_request(tmp_path):
+    """The nginx profile retries a refused connect on ::1 on 127.0.0.1: the client gets a 200 and the error log a
+    line on that connection. The next failure on the connection is paired with its own line, not that one."""
+    from pytest_wsgi502.attribution import attribute_cell
+
+    (tmp_path / "proxy-access.log").write_text(
+        _rec(100.0, 200, 3, "502, 200") + _rec(100.5, 502, 3, "502", request_time=0.001))
+    (tmp_path / "proxy-error.log").write_text(_err(3, REFUSED_V6) + _err(3, CLOSED))
+    out = attribute_cell(tmp_path, [{"kind": "recycle", "t": 100.6}], since=0)
+    assert out["counts"]["recycle"] == 1 and out["counts"]["server_down"] == 0, out["counts"]
+
+
+def test_the_deciding_reason_of_a_retried_request():
+    from pytest_wsgi502.attribution import deciding
+
+    refused, closed, no_live = (classify_reason(x) for x in (REFUSED_V6, CLOSED, NO_LIVE))
+    assert deciding([refused, closed, no_live]) is closed  # the attempt that reached the app
+    assert deciding([refused, no_live]).name == "no_live_upstreams"  # nothing reached a server
+    assert deciding([refused, refused]).name == "upstream_refused"  # refused everywhere: the app was down
+    assert deciding([closed]) is closed and deciding([]).name == "other"
