@@ -75,6 +75,12 @@ class CellContext:
     verify_status: str = "2xx"  # statuses below 400 a response may have (wsgi_verify_status)
     ready_path: str = "/health"  # what readiness GETs on each server (wsgi_ready_path)
     proxy_profile: str = "alb"  # the session's --wsgi-proxy-profile (a cell's own proxy_profile wins)
+    # where the load runs (--wsgi-distributed): "none" = this process's engine; "locust" = generators on Locust's
+    # runtime (load/distributed.py), local ones (generators) or started elsewhere (locust_master, expect_generators)
+    distributed: str = "none"
+    generators: int = 2
+    locust_master: str | None = None
+    expect_generators: int | None = None
 
     def note(self, message: str) -> None:
         """A line for the terminal, once per session (run directory): notices that hold for every cell."""
@@ -181,6 +187,27 @@ class _Actions(threading.Thread):
         self.stopped.set()
         self.join(5)
         return list(self.events)
+
+
+def drive_load(spec: LoadSpec, ctx: CellContext, workdir: Path, **kwargs: Any) -> dict[str, Any]:
+    """Run ``spec`` on the engine (``engine.run``) or, with ``ctx.distributed == "locust"``, on Locust generators
+    (``run_distributed``, the same result shape; its logs in ``workdir``). The same keywords: a custom verify
+    callable or a stop rule (duration=auto) needs one engine process and is refused there (ConfigError)."""
+    if ctx.distributed != "locust":
+        return run_load(spec, **kwargs)
+    from pytest_wsgi502.load.distributed import run_distributed
+
+    load = run_distributed(spec, ctx.generators, master=ctx.locust_master, expect_generators=ctx.expect_generators,
+                           workdir=workdir, **kwargs)
+    load["distributed"] = distributed_dict(ctx, load["engine"].get("distributed", {}))
+    return load
+
+
+def distributed_dict(ctx: CellContext, info: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON's ``load.distributed``: the runtime, the generators that ran the load and where its master was."""
+    return {"runtime": "locust", "generators": int(info.get("generators") or ctx.generators),
+            "master": info.get("master"), "remote_generators": ctx.locust_master is not None,
+            "client": info.get("client"), "locust_version": info.get("locust_version")}
 
 
 def cell_env(cell: Cell, ctx: CellContext, base_env: dict[str, str]) -> dict[str, str]:
@@ -356,15 +383,16 @@ class Target:
                     request_bound=bound)
 
     def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None,
-                progress: Any = None) -> dict[str, Any]:
-        """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict."""
+                progress: Any = None, via: CellContext | None = None) -> dict[str, Any]:
+        """Drive ``spec`` through the proxy; return the JSON-ready result with telemetry and SLO verdict.
+        ``via``: the context whose load runtime drives it (``wsgi_load(..., distributed=...)``), default the cell's."""
         spec = self.checked(spec, verify)
         since = time.time()
-        load = self.drive(spec, verify=verify, progress=progress)
+        load = self.drive(spec, via=via, verify=verify, progress=progress)
         self.settle()  # the server reports the end of the load; the proxy flushes its access log (flush=1s)
         return self.result(load, since, slos, spec, verify=verify)
 
-    def drive(self, spec: LoadSpec, **kwargs: Any) -> dict[str, Any]:
+    def drive(self, spec: LoadSpec, via: CellContext | None = None, **kwargs: Any) -> dict[str, Any]:
         """Run the load, with the cell's lifecycle actions sent at their times on a timer thread."""
         actions = self.cell.actions
         if actions and actions[-1]["at"] >= spec.duration:
@@ -374,7 +402,7 @@ class Target:
         if timer is not None:
             timer.start()
         try:
-            return run_load(spec, **kwargs)
+            return drive_load(spec, via or self.ctx, self.dir / "locust", **kwargs)
         finally:
             if timer is not None:
                 self.actions.extend(timer.finish())
@@ -422,7 +450,7 @@ class Target:
                                   "config": cell.as_dict(), "dir": str(self.dir)}
         result.update(load["stats"].to_dict())
         result["load"] = {"mode": load["engine"]["mode"], "intended_rps": load["engine"]["intended_rps"],
-                          "spec": spec_dict(spec)}
+                          "spec": spec_dict(spec), "distributed": load.get("distributed")}
         # what every response was checked for, per endpoint (a "verify" error is a response that failed it)
         result["verify"] = [{**ep.checks(), "callable": getattr(verify, "__qualname__", None) if verify else None}
                             for ep in spec.endpoints()]
@@ -524,6 +552,9 @@ def spec_dict(spec: LoadSpec) -> dict[str, Any]:
 def run_cell(
     cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = (), progress: Any = None
 ) -> dict[str, Any]:
+    if ctx.distributed == "locust" and stop_rule(cell, ctx)[0] == "auto":
+        raise ValueError(f"cell {cell.name}: duration=auto does not go with --wsgi-distributed=locust (auto decides "
+                         "from one engine's live stats, which generators do not send): give a fixed duration")
     target = Target(cell, ctx, base_env)
     findings = target.lint()
     if findings and ctx.strict:

@@ -284,7 +284,8 @@ def _context(request: pytest.FixtureRequest, run_dir: Path, database: MySQLInfo 
         django_settings=choice.module if (choice := request.getfixturevalue("wsgi_django")) else None,
         strict=s.strict, db_version=getattr(database, "version", ""), db=database,
         verify_status=s.verify_status or "2xx", ready_path=s.ready_path or "/health",
-        proxy_profile=s.proxy_profile or "alb", server_factory=_server_factory(request), say=_progress(request, "").say,
+        proxy_profile=s.proxy_profile or "alb", **_generators(s),
+        server_factory=_server_factory(request), say=_progress(request, "").say,
         isolation=request.getfixturevalue("wsgi_isolation"),
         sources={name: s.source(name) for name in s.values},
     )
@@ -351,13 +352,14 @@ class RemoteTarget:
                  addresses: tuple[str, ...] = ()) -> None:
         self.url, self.cell, self.ctx, self.allow_remote, self.addresses = url, cell, ctx, allow_remote, addresses
         self.dir = ctx.run_dir
+        self.runs = 0
 
-    def measure(self, spec: Any, slos: list[Any], verify: Any = None, progress: Any = None) -> dict[str, Any]:
+    def measure(self, spec: Any, slos: list[Any], verify: Any = None, progress: Any = None,
+                via: CellContext | None = None) -> dict[str, Any]:
         import dataclasses
         import time
 
-        from pytest_wsgi502.cellrun import judge, spec_dict
-        from pytest_wsgi502.load.engine import run as run_load
+        from pytest_wsgi502.cellrun import drive_load, judge, spec_dict
         from pytest_wsgi502.report.table import REMOTE_NOTE, client_classes
         from pytest_wsgi502.slo import verdict
 
@@ -369,13 +371,15 @@ class RemoteTarget:
                               "target does not expose (--wsgi-target judges what the client sees)")
         spec = self._checked(dataclasses.replace(spec, base_url=self.url, allow_remote=self.allow_remote), verify)
         since = time.time()
-        load = run_load(spec, verify=verify, progress=progress)
+        self.runs += 1  # each run's Locust logs apart (a test may call wsgi_load several times)
+        load = drive_load(spec, via or self.ctx, self.dir / f"locust-{os.getpid()}-{self.runs}", verify=verify,
+                          progress=progress)
         cell = self.cell
         result: dict[str, Any] = {"name": cell.name, "server": "remote", "description": cell.description,
                                   "config": {"target": self.url}, "dir": str(self.dir)}
         result.update(load["stats"].to_dict())
         result["load"] = {"mode": load["engine"]["mode"], "intended_rps": load["engine"]["intended_rps"],
-                          "spec": spec_dict(spec)}
+                          "spec": spec_dict(spec), "distributed": load.get("distributed")}
         result["verify"] = [{**ep.checks(), "callable": getattr(verify, "__qualname__", None) if verify else None}
                             for ep in spec.endpoints()]
         result["engine"] = load["engine"]
@@ -427,9 +431,15 @@ def _remote_context(request: pytest.FixtureRequest, run_dir: Path) -> CellContex
         nginx="", db_env={}, duration=s.duration, max_requests=s.requests, concurrency=s.concurrency,
         timeout=s.timeout, idle_timeout=s.idle_timeout, session_slos=s.slo or (), mode=s.mode, rate=s.rate,
         start_rate=s.start_rate, think_time=s.think_time, warmup=s.warmup or 0.0, processes=s.processes, path=s.path,
-        verify_contains=s.verify_contains or "", verify_status=s.verify_status or "2xx",
+        verify_contains=s.verify_contains or "", verify_status=s.verify_status or "2xx", **_generators(s),
         say=_progress(request, "").say, sources={name: s.source(name) for name in s.values},
     )
+
+
+def _generators(s: EffectiveSettings) -> dict[str, Any]:
+    """The CellContext fields of --wsgi-distributed (checked at configure time: plugin._check_distributed)."""
+    return {"distributed": s.distributed or "none", "generators": s.generators or 2,
+            "locust_master": s.locust_master, "expect_generators": s.expect_generators}
 
 
 def _remote(request: pytest.FixtureRequest, cell: Cell, run_dir: Path) -> RemoteTarget:
@@ -669,6 +679,33 @@ PROFILE_KEYS = ("mode", "rate", "start_rate", "concurrency", "duration", "max_re
                 "seed", "headers", "warmup")
 
 
+# ``wsgi_load`` keywords that choose where the load runs (--wsgi-distributed and its options), not the profile
+RUNTIME_KEYS = ("distributed", "generators", "locust_master", "expect_generators")
+
+
+def _runtime(ctx: CellContext, given: dict[str, Any]) -> CellContext | None:
+    """The context with ``wsgi_load``'s runtime keywords applied (checked like the options), or None: none given."""
+    import dataclasses
+
+    from pytest_wsgi502.config import values
+    from pytest_wsgi502.config.settings import DISTRIBUTED, MAX_GENERATORS
+    from pytest_wsgi502.load.distributed import parse_master
+
+    if not given:
+        return None
+    if given.get("distributed", "locust") not in DISTRIBUTED:
+        raise values.ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got "
+                                 f"{values.shown(given['distributed'])}")
+    for key in ("generators", "expect_generators"):
+        if given.get(key) is not None:
+            values.number(given[key], key, 1, MAX_GENERATORS, integer=True)
+    if given.get("locust_master") is not None:
+        parse_master(given["locust_master"])
+    if "distributed" not in given and ctx.distributed != "locust":  # generators=2 alone asks for Locust
+        given = {**given, "distributed": "locust"}
+    return dataclasses.replace(ctx, **given)
+
+
 def _profile(profile: dict[str, Any]) -> dict[str, Any]:
     """The ``wsgi_load`` keyword arguments as LoadSpec fields: known keys only, mix entries as Endpoints."""
     from pytest_wsgi502.config.values import ConfigError
@@ -699,7 +736,8 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Ws
     the target's proxy (or at ``wsgi_target``, the running service of --wsgi-target) and returns a ``Result`` (the
     JSON contract) whose SLO verdict includes the test's ``wsgi_slo`` marker, the session's --wsgi-slo and ``slo``.
     Profile keys: those of ``LoadSpec`` (mode, rate, start_rate, concurrency, duration, path, mix, verify_contains,
-    think_time, processes, ...)."""
+    think_time, warmup, processes, ...); ``distributed="locust"``, ``generators=N``, ``locust_master="HOST:PORT"``,
+    ``expect_generators=N`` run it on Locust generators instead of this process's engine (like the options)."""
     import dataclasses
 
     from pytest_wsgi502.cellrun import effective_slos, layered, load_sources, load_spec, warmup_within
@@ -707,6 +745,7 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Ws
     def load(target: Target | RemoteTarget, *, slo: str | Iterable[str] = (),
              verify: Callable[[httpx.Response], bool] | None = None, **profile: Any) -> Result:
         try:
+            via = _runtime(target.ctx, {k: profile.pop(k) for k in RUNTIME_KEYS if k in profile})
             overrides = _profile(profile)
             spec = dataclasses.replace(load_spec(target.cell, target.ctx, target.url), **overrides)
             if "duration" in overrides and "warmup" not in overrides:  # the layered warm-up, within this duration
@@ -719,7 +758,7 @@ def wsgi_load(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Ws
             _fail(ValueError(f"wsgi_load: {exc}"))
         live = _progress(request, target.cell.name)
         try:
-            measured = target.measure(spec, slos, verify, progress=live.callback)
+            measured = target.measure(spec, slos, verify, progress=live.callback, via=via)
         except ValueError as exc:  # ConfigError: e.g. a server-side SLO on a remote target, one line
             _fail(ValueError(f"wsgi_load: {exc}"))
         finally:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pytest_wsgi502.config.duration import Auto
 from pytest_wsgi502.config.settings import SETTINGS, env_snapshot, resolve
 from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.results import MatrixReporter
@@ -86,6 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # --wsgi-target runs the load too (at the running service): it needs no --wsgi-matrix, and starts nothing here
     state = State(settings, bool(config.getoption("wsgi502_matrix")) or settings.target is not None, rootdir)
     config.stash[STATE] = state
+    _check_distributed(state)
     if state.target is not None:
         _check_target(state)
     elif state.enabled:
@@ -126,6 +128,79 @@ def _check_target(state: State) -> None:
     if server_side:
         raise pytest.UsageError(f"--wsgi-slo {', '.join(server_side)}: measured from the server's own logs, which a "
                                 "remote target does not expose (--wsgi-target judges what the client sees)")
+
+
+def _check_distributed(state: State) -> None:
+    """--wsgi-distributed=locust and its options (issue 17): Locust installed, a master address that is valid and
+    loopback unless the load may leave this machine, and nothing the generators cannot do (duration=auto,
+    --wsgi-processes); the generator options without the runtime are a mistake, said now."""
+    s = state.settings
+    given = {name: s.values[name] for name in ("generators", "locust_master", "expect_generators")
+             if s.values[name].value is not None and s.source(name) != "default"}
+    if s.distributed != "locust":
+        if given:
+            name, r = next(iter(given.items()))
+            raise pytest.UsageError(f"{_given(name, r.raw, r.source)} needs --wsgi-distributed=locust (ini "
+                                    "wsgi_distributed, env WSGI502_DISTRIBUTED)")
+        return
+    from pytest_wsgi502.load.distributed import locust_missing, parse_master
+
+    runtime = _given("distributed", s.values["distributed"].raw, s.source("distributed"))
+    if (hint := locust_missing()) is not None:
+        raise pytest.UsageError(f"{runtime}: {hint}")
+    if s.processes > 1:
+        processes = _given("processes", s.values["processes"].raw, s.source("processes"))
+        raise pytest.UsageError(f"{runtime} does not combine with {processes}: each generator is one engine "
+                                "process; raise --wsgi-generators instead")
+    if "expect_generators" in given and "locust_master" not in given:
+        r = given["expect_generators"]
+        raise pytest.UsageError(f"{_given('expect_generators', r.raw, r.source)} counts generators started elsewhere: "
+                                "it needs --wsgi-locust-master=HOST:PORT (local generators: --wsgi-generators)")
+    if s.locust_master is not None:
+        r = s.values["locust_master"]
+        with _usage():
+            try:
+                host, _ = parse_master(s.locust_master)
+            except ConfigError as exc:
+                raise ConfigError(f"{_given('locust_master', r.raw, r.source)}: {exc}") from None
+        if not _loopback_name(host):
+            if state.target is None:
+                raise pytest.UsageError(
+                    f"{_given('locust_master', r.raw, r.source)}: generators on other machines cannot reach this "
+                    "run's proxy (services listen on loopback only); use a loopback master, or --wsgi-target for a "
+                    "service they can reach")
+            if not s.allow_remote:
+                raise pytest.UsageError(
+                    f"{_given('locust_master', r.raw, r.source)} listens beyond this machine: pass "
+                    "--wsgi-allow-remote (ini wsgi_allow_remote, env WSGI502_ALLOW_REMOTE) to allow it")
+    auto = [c.name for c in _cells_or_none(state) if isinstance(c.duration, Auto)]
+    if isinstance(s.duration, Auto) or auto:
+        where = (_given("duration", s.values["duration"].raw, s.source("duration")) if isinstance(s.duration, Auto)
+                 else f"cell {auto[0]}'s duration = auto")
+        raise pytest.UsageError(f"{where} does not go with {runtime}: auto decides from one engine's live stats, "
+                                "which generators do not send; give a fixed duration")
+
+
+def _cells_or_none(state: State) -> list[Any]:
+    """The cells, or none when the matrix cannot be read (that error is reported once, at collection)."""
+    if not state.enabled or state.target is not None:
+        return []
+    try:
+        return state.cells
+    except ConfigError:
+        return []
+
+
+def _loopback_name(host: str) -> bool:
+    """``localhost`` or a loopback address (a master's host, not resolved: other names are not loopback)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _given(name: str, raw: str | None, source: str) -> str:
@@ -194,8 +269,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return [f"wsgi502: matrix off (pass --wsgi-matrix to run it; given: {', '.join(asked)})"] if asked else []
     if state.target is not None:
         return _target_header(state)
-    shown = ("backend", "matrix_file", "duration", "requests", "concurrency", "mode", "rate", "processes",
-             "timeout", "idle_timeout", "slo", "app", "chdir", "isolation")
+    shown: tuple[str, ...] = ("backend", "matrix_file", "duration", "requests", "concurrency", "mode", "rate",
+                              "processes", "timeout", "idle_timeout", "slo", "app", "chdir", "isolation")
+    if s.distributed != "none":
+        shown += ("distributed", "generators", "locust_master", "expect_generators")
     parts = []
     for name in shown:
         r = s.values[name]
@@ -217,7 +294,11 @@ def _target_header(state: State) -> list[str]:
 
     s = state.settings
     parts = []
-    for name in ("duration", "requests", "concurrency", "mode", "rate", "processes", "timeout", "slo", "path"):
+    names: tuple[str, ...] = ("duration", "requests", "concurrency", "mode", "rate", "processes", "timeout", "slo",
+                              "path")
+    if s.distributed != "none":
+        names += ("distributed", "generators", "locust_master", "expect_generators")
+    for name in names:
         r = s.values[name]
         parts.append(f"{name}={r.raw if r.raw is not None else '-'} ({r.source})")
     where = "loopback" if all(_loopback(a) for a in state.target_addresses) else "REMOTE (--wsgi-allow-remote)"

@@ -82,6 +82,18 @@ def _proxy_profile(text: str) -> str:
     return text
 
 
+def _distributed(text: str) -> str:
+    if text not in DISTRIBUTED:
+        raise ConfigError(f"unknown distributed runtime {shown(text)}; choose one of: {', '.join(DISTRIBUTED)}")
+    return text
+
+
+def _hostport(text: str) -> str:
+    """HOST:PORT or [v6]:PORT, one line; the glue checks it with load.distributed.parse_master (the config layer
+    does not import the load layer) and whether it is loopback."""
+    return values.single_line(text, "the address").strip()
+
+
 def _str(text: str) -> str:
     """Free text that ends up in a path, a config file or a command line: one line, no control characters."""
     return values.single_line(text, "the value")
@@ -172,6 +184,8 @@ DB_MODES = ("auto", "mysql", "none")
 BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-compatible engine answers
 # CPU isolation of the load engine and proxy from the servers under test (services/isolation.py, which uses these)
 ISOLATION_MODES = ("auto", "cgroup", "affinity", "nice", "off")
+DISTRIBUTED = ("none", "locust")  # where the load runs: this process's engine, or generators on Locust's runtime
+MAX_GENERATORS = 1000
 
 
 @dataclass(frozen=True)
@@ -233,6 +247,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("warmup", "the first seconds of every cell's load are sent but not measured: JIT, caches and pools "
             "fill, workers fork. Their requests and errors count (a 502 at start-up is a 502), their latency and "
             "req/s do not; at most half the duration (0 to 24h, 0: off)", "1s", _duration(0, DAY), "TIME"),
+    Setting("distributed", "none: the load engine in this process (and --wsgi-processes); locust: generators on "
+            "Locust's master/worker runtime (pip install \"pytest-wsgi502[distributed]\"), each a share of the "
+            "profile, histograms merged exactly; a fixed duration only (not auto)", "none", _distributed, "RUNTIME"),
+    Setting("generators", "--wsgi-distributed=locust: local generator processes (1 to 1000)", "2",
+            _integer(1, MAX_GENERATORS), "N"),
+    Setting("locust_master", "--wsgi-distributed=locust: where the master listens for generators started "
+            "elsewhere (wsgi502-generator --master-host ...), HOST:PORT; not loopback only with --wsgi-target and "
+            "--wsgi-allow-remote", None, _hostport, "HOST:PORT"),
+    Setting("expect_generators", "--wsgi-locust-master: the generators to wait for before the load starts (1 to "
+            "1000; default --wsgi-generators)", None, _integer(1, MAX_GENERATORS), "N"),
     Setting("processes", "load engine processes (each takes a share of connections and rate; 1 to 100000)", "1",
             _connections, "N"),
     Setting("timeout", "per-request client timeout (longer than the proxy's, so its 504 is seen; 1s to 24h)", "65s",

@@ -31,3 +31,19 @@ def test_warm_up_requests_are_sent_and_counted_but_not_measured(matrix, tmp_path
     measured = HdrHistogram.decode(cell["histogram"].encode())  # HdrHistogram V2, base64
     assert measured.get_total_count() == cell["requests"] - warm
     assert 85 <= cell["rps"] <= 115, cell["rps"]  # (requests - warm-up) / (end - warm-up end)
+
+
+def test_a_matrix_cell_on_two_locust_generators(matrix, tmp_path):
+    """--wsgi-distributed=locust --wsgi-generators=2 (issue 17 item 2): the cell's load runs on Locust's runtime,
+    the result is the usual one (a pass, every request in the proxy's log) and the JSON says it was distributed."""
+    m = tmp_path / "w.toml"
+    m.write_text(OPEN_CELL)
+    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-distributed=locust", "--wsgi-generators=2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cell = matrix.cells()["w"]
+    assert cell["slo"]["outcome"] == "pass", cell["slo"]
+    dist = cell["load"]["distributed"]
+    assert (dist["runtime"], dist["generators"]) == ("locust", 2), dist
+    assert cell["engine"]["processes"] == 2 and len(cell["engine"]["per_process"]) == 2
+    assert 250 <= cell["requests"] == sum(cell["proxy"]["status_counts"].values()), cell["requests"]
+    assert (matrix.cell_dir("w") / "locust" / "master.log").is_file()

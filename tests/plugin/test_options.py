@@ -117,3 +117,94 @@ def test_proxy_profile_option_and_cell_key_are_checked(project):
     project.makeini("[pytest]\nwsgi_proxy_profile = nginx\n")
     result = project.runpytest("--wsgi-matrix", "--collect-only", "--wsgi-cells=gunicorn-sync")
     assert result.ret == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--wsgi-distributed=spark"], "ERROR: --wsgi-distributed='spark': unknown distributed runtime 'spark'; "
+                                       "choose one of: none, locust"),
+        (["--wsgi-distributed=locust", "--wsgi-generators=0"],
+         "ERROR: --wsgi-generators='0': the value must be >= 1 and <= 1000, got 0"),
+        (["--wsgi-generators=3"], "ERROR: --wsgi-generators=3 needs --wsgi-distributed=locust (ini wsgi_distributed*"),
+        (["--wsgi-distributed=locust", "--wsgi-locust-master=nohost"],
+         "ERROR: --wsgi-locust-master=nohost: locust master must be HOST:PORT, got 'nohost'"),
+        (["--wsgi-matrix", "--wsgi-distributed=locust", "--wsgi-locust-master=10.1.2.3:5557"],
+         "ERROR: --wsgi-locust-master=10.1.2.3:5557: generators on other machines cannot reach this run's proxy*"),
+        (["--wsgi-distributed=locust", "--wsgi-expect-generators=2"],
+         "ERROR: --wsgi-expect-generators=2 counts generators started elsewhere: it needs --wsgi-locust-master*"),
+        (["--wsgi-distributed=locust", "--wsgi-processes=2"],
+         "ERROR: --wsgi-distributed=locust does not combine with --wsgi-processes=2: each generator is one*"),
+        (["--wsgi-matrix", "--wsgi-distributed=locust", "--wsgi-duration=auto:30s"],
+         "ERROR: --wsgi-duration=auto:30s does not go with --wsgi-distributed=locust: auto decides from one*"),
+    ],
+)
+def test_distributed_options_are_checked_in_one_line(project, args, message):
+    """--wsgi-distributed=locust and its options (issue 17 item 2): each mistake one usage-error line."""
+    result = project.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def _distributed_module():
+    """The module the plugin imports now (pytester's in-process runs restore sys.modules, so an attribute of the
+    package may be a stale copy)."""
+    import importlib
+
+    return importlib.import_module("pytest_wsgi502.load.distributed")
+
+
+def test_distributed_without_locust_names_the_extra(project, monkeypatch):
+    distributed = _distributed_module()
+
+    with monkeypatch.context() as m:  # not monkeypatch.undo(): pytester's chdir is on the same monkeypatch
+        m.setattr(distributed, "locust_missing", lambda: distributed.INSTALL_HINT)
+        result = project.runpytest("--wsgi-distributed=locust")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(['ERROR: --wsgi-distributed=locust: distributed load needs Locust: pip install '
+                                 '"pytest-wsgi502[distributed]"'])
+    project.makefile(".toml", m='[cells.a]\nserver = "uwsgi"\nduration = "auto:20s"\nslo = ["error_rate<0.1"]\n')
+    result = project.runpytest("--wsgi-matrix", "--wsgi-matrix-file=m.toml", "--wsgi-distributed=locust")
+    result.stderr.fnmatch_lines(["ERROR: cell a's duration = auto does not go with --wsgi-distributed=locust*"])
+    ok = project.runpytest("--wsgi-matrix", "--collect-only", "--wsgi-cells=gunicorn-sync", "--wsgi-distributed=locust",
+                           "--wsgi-generators=3", "--wsgi-locust-master=127.0.0.1:5557", "--wsgi-expect-generators=2")
+    assert ok.ret == 0, ok.stderr.str()
+    ok.stdout.fnmatch_lines(["*distributed=locust (option), generators=3 (option), locust_master=127.0.0.1:5557 "
+                             "(option), expect_generators=2 (option)*"])
+
+
+def test_the_load_runs_on_generators_when_asked_and_the_json_says_so(monkeypatch, tmp_path):
+    """cellrun.drive_load: engine.run unless distributed == locust, then run_distributed with the context's
+    generators/master and the same keywords; run_cell refuses duration=auto with generators before starting."""
+    from pytest_wsgi502 import cellrun
+    from pytest_wsgi502.config.duration import Auto
+    from pytest_wsgi502.config.matrix import expand
+    from pytest_wsgi502.load.engine import LoadSpec
+
+    distributed = _distributed_module()
+
+    calls = []
+
+    def fake(spec, generators=2, **kwargs):
+        calls.append((generators, kwargs))
+        return {"engine": {"distributed": {"runtime": "locust", "generators": generators, "client": "engine",
+                                           "master": "127.0.0.1:40000", "locust_version": "2.x"}}}
+
+    monkeypatch.setattr(distributed, "run_distributed", fake)
+    monkeypatch.setattr(cellrun, "run_load", lambda spec, **kw: {"engine": {}, "local": True})
+    ctx = cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path, server_binaries={},
+                              nginx="nginx", db_env={}, duration=5.0, max_requests=10, concurrency=4, timeout=65.0,
+                              idle_timeout=60.0)
+    spec = LoadSpec("http://127.0.0.1:1")
+    assert cellrun.drive_load(spec, ctx, tmp_path / "locust", progress=None)["local"]
+    import dataclasses
+
+    dist = dataclasses.replace(ctx, distributed="locust", generators=3)
+    load = cellrun.drive_load(spec, dist, tmp_path / "locust", progress=print, stop=None)
+    assert calls == [(3, {"master": None, "expect_generators": None, "workdir": tmp_path / "locust",
+                          "progress": print, "stop": None})]
+    assert load["distributed"]["runtime"] == "locust" and load["distributed"]["generators"] == 3
+    (cell,) = expand({"cells": {"c": {"server": "uwsgi", "slo": ["error_rate<0.1"]}}})
+    with pytest.raises(ValueError, match="cell c: duration=auto does not go with --wsgi-distributed=locust"):
+        cellrun.run_cell(cell, dataclasses.replace(dist, duration=Auto(30.0), sources={"duration": "option"}), {})
