@@ -550,8 +550,11 @@ def spec_dict(spec: LoadSpec) -> dict[str, Any]:
 
 
 def run_cell(
-    cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = (), progress: Any = None
+    cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = (), progress: Any = None,
+    baseline_counts: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """``baseline_counts``: (errors, requests) of the finished runs of the cell's baseline cell: with duration=auto
+    the load also runs until the error-rate comparison with it is decided (``metrics.sequential.BaselineStop``)."""
     if ctx.distributed == "locust" and stop_rule(cell, ctx)[0] == "auto":
         raise ValueError(f"cell {cell.name}: duration=auto does not go with --wsgi-distributed=locust (auto decides "
                          "from one engine's live stats, which generators do not send): give a fixed duration")
@@ -570,7 +573,8 @@ def run_cell(
         slos, slo_sources = effective_slos(cell, ctx, marker=extra_slos)
         hold = horizon(cell.server, cell.workers, cell.max_requests, cell.max_requests_jitter, cell.options,
                        cell.actions)
-        auto = AutoStop(slos, hold=hold) if stop_rule(cell, ctx)[0] == "auto" else None
+        baseline = baseline_counts if baseline_counts is not None and baseline_counts[1] > 0 else None
+        auto = AutoStop(slos, hold=hold, baseline=baseline) if stop_rule(cell, ctx)[0] == "auto" else None
         spec = target.checked(load_spec(cell, ctx, target.url))
         since = time.time()
         load = target.drive(spec, progress=progress, stop=auto.update if auto else None)

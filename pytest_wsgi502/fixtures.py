@@ -510,25 +510,47 @@ def _schedule(request: pytest.FixtureRequest, ctx: CellContext) -> Schedule:
         return state.schedule
     in_containers = request.getfixturevalue("wsgi_containers") is not None
     by_name = {c.name: c for c in state.matrix}
-    names: list[str] = []
-    for item in request.session.items:
-        cell = getattr(getattr(item, "callspec", None), "params", {}).get("wsgi_cell")
-        if isinstance(cell, Cell) and _skip_reason(cell, in_containers) is None:
-            names.append(cell.name)
-            if (base := _baseline(cell, ctx, state)) is not None:
-                names.append(base)
+    cells = [cell for item in request.session.items
+             if isinstance(cell := getattr(getattr(item, "callspec", None), "params", {}).get("wsgi_cell"), Cell)
+             and _skip_reason(cell, in_containers) is None]
+    baselines = {cell.name: base for cell in cells if (base := _baseline(cell, ctx, state)) is not None}
     counts: dict[str, int] = {}
 
     def run(name: str) -> dict[str, Any]:
         counts[name] = counts.get(name, 0) + 1
         live = _progress(request, f"{name} #{counts[name]}")
+        base = baselines.get(name)
+        done = state.schedule.done.get(base, []) if state.schedule is not None and base is not None else []
         try:
-            return run_cell(_modified(request.config, by_name[name]), ctx, _base_env(), progress=live.callback)
+            return run_cell(_modified(request.config, by_name[name]), ctx, _base_env(), progress=live.callback,
+                            baseline_counts=baseline_counts(done))
         finally:
             live.finish()
 
-    state.schedule = Schedule(names, state.settings.repeat, run)
+    state.schedule = Schedule(schedule_names([c.name for c in cells], baselines), state.settings.repeat, run)
     return state.schedule
+
+
+def schedule_names(cells: Iterable[str], baselines: Mapping[str, str]) -> list[str]:
+    """The cells to interleave, each baseline before the first cell that compares with it: with duration=auto a
+    candidate's load runs until its comparison with the baseline's finished counts is decided, so the baseline's
+    first run must be done first."""
+    names: list[str] = []
+    for name in cells:
+        if (base := baselines.get(name)) is not None and base not in names:
+            names.append(base)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def baseline_counts(runs: Iterable[Mapping[str, Any]]) -> tuple[int, int] | None:
+    """(errors, requests) over the baseline's finished runs (a fixed sample once the candidate starts), or None:
+    none finished yet (with repeats the schedule runs some candidates before the baseline's later runs)."""
+    runs = [r for r in runs if r.get("requests")]
+    if not runs:
+        return None
+    return sum(int(r.get("error_count") or 0) for r in runs), sum(int(r["requests"]) for r in runs)
 
 
 def _scheduled(request: pytest.FixtureRequest, cell: Cell, ctx: CellContext, baseline: str | None) -> Result:

@@ -215,3 +215,65 @@ def test_autostop_with_a_baseline_waits_for_the_comparison():
     only = AutoStop(parse_slos(["kills==0"]), baseline=(0, 10_000))  # no SLO to decide: the comparison is enough
     why, n = feed(only, 5_000, errors_every=20, step=50)
     assert why and "worse than the baseline's" in why
+
+
+def test_the_baseline_runs_first_and_its_finished_counts_are_summed():
+    """Issue 14 item 4, "comparisons can use the same rule": the schedule puts a baseline before the first cell
+    that compares with it (it used to follow it: A's run had no baseline counts to stop on)."""
+    from pytest_wsgi502.fixtures import baseline_counts, schedule_names
+
+    assert schedule_names(["a", "b", "c"], {"a": "c", "b": "c"}) == ["c", "a", "b"]
+    assert schedule_names(["c", "a"], {"a": "c"}) == ["c", "a"]
+    assert schedule_names(["a", "b"], {}) == ["a", "b"]
+    assert baseline_counts([]) is None and baseline_counts([{"requests": 0, "error_count": 0}]) is None
+    assert baseline_counts([{"requests": 1000, "error_count": 7}, {"requests": 500, "error_count": 1}]) == (8, 1500)
+
+
+class _FakeTarget:
+    """cellrun.Target without services: ``drive`` feeds the stop rule stats of 0 errors in 4,000 requests."""
+
+    seen: dict = {}
+
+    def __init__(self, cell, ctx, base_env):
+        self.cell, self.url = cell, "http://127.0.0.1:1"
+
+    def lint(self):
+        return []
+
+    def start(self):
+        return self
+
+    def checked(self, spec, verify=None):
+        return spec
+
+    def drive(self, spec, progress=None, stop=None):
+        stats = Stats()
+        stats.status_counts[200] = 4000
+        _FakeTarget.seen["stopped"] = stop(stats) if stop else None
+        return {"stats": stats}
+
+    def settle(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def result(self, load, since, slos, spec, auto=None):
+        return {"load": {}, "slo": {}, "auto": auto}
+
+
+def test_run_cell_gives_auto_the_baseline_counts_and_stops_on_the_comparison(monkeypatch):
+    from pytest_wsgi502 import cellrun
+
+    monkeypatch.setattr(cellrun, "Target", _FakeTarget)
+    c = cell(duration="auto:60s", slo=["error_rate<0.5"])
+    session = ctx(10.0, "default")
+    # a baseline with 300 errors in 3,000 requests: 0 in 4,000 is proven better, the load stops on it
+    result = cellrun.run_cell(c, session, {}, baseline_counts=(300, 3000))
+    comparison = result["auto"]["comparison"]
+    assert comparison["baseline"] == {**comparison["baseline"], "errors": 300, "requests": 3000}
+    assert comparison["verdict"] == "better" and "better than the baseline" in _FakeTarget.seen["stopped"]
+    # without the baseline's counts (none finished yet, or none asked for) the SLO alone decides
+    result = cellrun.run_cell(c, session, {})
+    assert "comparison" not in result["auto"] and "met" in _FakeTarget.seen["stopped"]
+    assert "comparison" not in cellrun.run_cell(c, session, {}, baseline_counts=(0, 0))["auto"]
