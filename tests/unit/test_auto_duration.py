@@ -1,6 +1,7 @@
 """duration = auto: parsing, the precedence of a stopping rule against a length, and the sequential stop."""
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -232,7 +233,7 @@ def test_the_baseline_runs_first_and_its_finished_counts_are_summed():
 class _FakeTarget:
     """cellrun.Target without services: ``drive`` feeds the stop rule stats of 0 errors in 4,000 requests."""
 
-    seen: dict = {}
+    seen: ClassVar[dict] = {}
 
     def __init__(self, cell, ctx, base_env):
         self.cell, self.url = cell, "http://127.0.0.1:1"
