@@ -338,6 +338,7 @@ class _Run:
         self.t0 = clock()
         self.wall0 = self.stats.started
         self.deadline = self.t0 + spec.duration
+        self.stats.window_end = self.wall0 + spec.duration  # req/s counts completions up to here (metrics/stats.py)
         self.budget = spec.max_requests
         self.abort_reason: str | None = None
         self.engine_error: str | None = None  # the first failure of the engine itself (a task that died)
@@ -493,6 +494,7 @@ async def _stopper(run: _Run, stop: StopRule, every: float) -> None:
         if reason:
             run.stopped = reason
             run.deadline = min(run.deadline, run.clock())
+            run.stats.window_end = min(run.stats.window_end, run.wall0 + run.deadline - run.t0)
             return
 
 

@@ -77,3 +77,24 @@ def test_without_warmup_nothing_changes():
     s = make([(200, 0.5, None), (200, 0.01, None)])
     d = s.to_dict()
     assert "warmup" not in d and d["rps"] == 0.2 and s.histogram.get_total_count() == 2
+
+
+def test_throughput_counts_completions_inside_the_send_window_not_the_drain():
+    """A straggler finishing 1.2 s after a 10 s window counts as a request (and its latency), but neither it nor
+    its 1.2 s stretch the throughput: 1,000 completions in the window are 100 req/s, not 1,001 / 11.2 s."""
+    s = Stats(started=1000.0, window_end=1010.0)
+    for i in range(1000):
+        s.record(200, 0.01, 1000.0 + (i + 1) * 0.01)
+    s.record(200, 1.5, 1011.2)
+    s.ended = 1011.2
+    d = s.to_dict()
+    assert d["requests"] == 1001 and s.late == 1 and d["rps"] == 100.0
+    assert d["latency_ms"]["max"] == pytest.approx(1500, rel=0.01) and d["duration_s"] == 11.2
+    merged = Stats.from_wire(s.to_wire()).merge(Stats.from_wire(s.to_wire()))
+    assert merged.late == 2 and merged.to_dict()["rps"] == 200.0
+    # a run that ended before its window (its request budget): to its last completion
+    short = Stats(started=1000.0, window_end=1010.0)
+    for i in range(50):
+        short.record(200, 0.01, 1000.0 + (i + 1) * 0.1)
+    short.ended = 1005.0
+    assert short.to_dict()["rps"] == 10.0 and short.late == 0
