@@ -305,7 +305,18 @@ class Target:
         if overlay is not None:
             self.env.update(overlay_env(overlay, self.env))
         iso = ctx.isolation if ctx.isolation is not None and ctx.isolation.active else None
-        factory = ctx.server_factory or (functools.partial(make_server, runner=placed_runner(iso.inside)) if iso
+        # the cell's ``cpus`` on the local backend: a CFS quota on the inside CPUs, as Docker's --cpus (containers:
+        # the engine limits the container); released in stop() once the server has stopped
+        self.quota: dict[str, Any] | None = None
+        self._quota_side: Any = None
+        if cell.cpus is not None and ctx.server_factory is None:
+            self._quota_side, how = iso.quota(cell.cpus, cell.name) if iso is not None else (
+                None, f"cpus = {cell.cpus:g} not enforced: isolation is off (a CPU quota needs a cgroup)")
+            if self._quota_side is None:
+                raise ServiceError(f"cell {cell.name}: {how}")
+            self.quota = {"cpus": cell.cpus, "enforced": how}
+        place = self._quota_side or (iso.inside if iso is not None else None)
+        factory = ctx.server_factory or (functools.partial(make_server, runner=placed_runner(place)) if place
                                          else make_server)
         self.server = factory(
             ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port, settings_overlay=overlay),
@@ -359,6 +370,9 @@ class Target:
         self.proxy.stop()  # graceful: flushes the access log
         self.stop_sent_at = time.time()  # server events logged after this are the harness's own stop
         self.server.stop()
+        if self._quota_side is not None and self.ctx.isolation is not None:
+            self.ctx.isolation.release_quota(self._quota_side)  # if it cannot yet, the session's release() will
+            self._quota_side = None
         if self._restore_max_connections is not None:
             self._database().set_max_connections(self._restore_max_connections)
 
@@ -479,6 +493,8 @@ class Target:
         result["services"] = {"mysql": self.ctx.db_version or None, "nginx": program_version(self.ctx.nginx),
                               cell.server: program_version(self.server.binary)}
         result["isolation"] = self.ctx.isolation.describe() if self.ctx.isolation is not None else None
+        if self.quota is not None and result["isolation"] is not None:
+            result["isolation"]["quota"] = self.quota
         result["histogram"] = load["stats"].histogram.encode().decode("ascii")  # HdrHistogram V2, base64
         result["rendered"] = self.rendered()
         result["ports"] = {"server": self.server.spec.port, "stats": self.server.spec.stats_port,

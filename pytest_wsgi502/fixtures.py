@@ -325,7 +325,8 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
     if _state(request.config).target is not None:  # --wsgi-target: the one target cell, nothing started
         return _remote_cell_run(request, wsgi_cell, wsgi_run_dir)
     wsgi_cell = _modified(request.config, wsgi_cell)
-    if reason := _skip_reason(wsgi_cell, request.getfixturevalue("wsgi_containers") is not None):
+    if reason := _skip_reason(wsgi_cell, request.getfixturevalue("wsgi_containers") is not None,
+                              request.getfixturevalue("wsgi_isolation")):
         pytest.skip(reason)
     ctx = _context(request, wsgi_run_dir, wsgi_database)
     baseline = _baseline(wsgi_cell, ctx, _state(request.config))
@@ -492,9 +493,15 @@ def _baseline(cell: Cell, ctx: CellContext, state: State) -> str | None:
     return None if name == cell.name else name
 
 
-def _skip_reason(cell: Cell, in_containers: bool) -> str | None:
-    if (cell.cpus or cell.mem_limit) and not in_containers:
-        return f"cell {cell.name} sets cpus/mem_limit: it runs with --wsgi-backend=containers"
+def _skip_reason(cell: Cell, in_containers: bool, isolation: Isolation | None = None) -> str | None:
+    """Why the cell cannot run on this backend, or None. ``cpus`` runs locally as a CPU quota when the session's
+    isolation is a cgroup (``Isolation.quota``); ``mem_limit`` only in containers."""
+    if cell.mem_limit and not in_containers:
+        return f"cell {cell.name} sets mem_limit: it runs with --wsgi-backend=containers"
+    mechanism = isolation.mechanism if isolation is not None else "off"
+    if cell.cpus and not in_containers and not mechanism.startswith("cgroup"):
+        return (f"cell {cell.name} sets cpus: a CPU quota needs a cgroup (run as root with --wsgi-isolation=auto or "
+                f"cgroup; isolation here is {mechanism}) or --wsgi-backend=containers")
     if cell.socket == "unix" and in_containers:
         return f"cell {cell.name} uses a unix socket: local backend only (the proxy is on the host)"
     return None
@@ -512,7 +519,7 @@ def _schedule(request: pytest.FixtureRequest, ctx: CellContext) -> Schedule:
     by_name = {c.name: c for c in state.matrix}
     cells = [cell for item in request.session.items
              if isinstance(cell := getattr(getattr(item, "callspec", None), "params", {}).get("wsgi_cell"), Cell)
-             and _skip_reason(cell, in_containers) is None]
+             and _skip_reason(cell, in_containers, ctx.isolation) is None]
     baselines = {cell.name: base for cell in cells if (base := _baseline(cell, ctx, state)) is not None}
     counts: dict[str, int] = {}
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 from hdrh.histogram import HdrHistogram
+
+from .conftest import processes_under
 
 OPEN_CELL = """
 [cells.w]
@@ -47,3 +53,46 @@ def test_a_matrix_cell_on_two_locust_generators(matrix, tmp_path):
     assert cell["engine"]["processes"] == 2 and len(cell["engine"]["per_process"]) == 2
     assert 250 <= cell["requests"] == sum(cell["proxy"]["status_counts"].values()), cell["requests"]
     assert (matrix.cell_dir("w") / "locust" / "master.log").is_file()
+
+
+def _cpu_group(pid: int) -> Path | None:
+    """The cgroup v1 ``cpu`` hierarchy directory of ``pid`` (None on cgroup v2 or when it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            for mount in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct")):
+                if mount.is_dir():
+                    return mount / path.lstrip("/")
+    return None
+
+
+def test_a_cells_cpus_is_a_cpu_quota_on_the_local_backend(matrix, tmp_path):
+    """The matrix key cpus on the local backend (issue 14 item 1): the server runs in a CFS quota group of
+    cpus x 100 ms per 100 ms while the load runs, the JSON says so, and the group is gone afterwards."""
+    if not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() or os.geteuid() != 0:
+        pytest.skip("needs root and the cgroup v1 cpu controller (the machine this was built on)")
+    m = tmp_path / "w.toml"
+    m.write_text(OPEN_CELL.replace("duration = 3", "duration = 4\ncpus = 0.5"))
+    proc = matrix.popen(f"--wsgi-matrix-file={m}", "--wsgi-isolation=cgroup")
+    try:
+        matrix.wait_for_load(proc, "w")
+        servers = [line.split()[0] for line in processes_under(matrix.keep) if "gunicorn" in line]
+        assert servers, processes_under(matrix.keep)
+        groups = {_cpu_group(int(pid)) for pid in servers}
+        quotas = {(g / "cpu.cfs_quota_us").read_text().strip() for g in groups if g is not None}
+        assert quotas == {"50000"}, (groups, quotas)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    cell = matrix.cells()["w"]
+    quota = cell["isolation"]["quota"]
+    assert quota["cpus"] == 0.5 and "cpu.cfs_quota_us=50000" in quota["enforced"], quota
+    assert cell["requests"] > 0 and cell["slo"]["outcome"] == "pass"
+    assert not any(g.exists() for g in groups if g is not None)  # released after the cell

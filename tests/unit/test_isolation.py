@@ -283,3 +283,30 @@ def test_own_cgroup_dir_finds_the_cpu_hierarchy_mounted_with_cpuacct() -> None:
     assert own_cgroup_dir(1, cg, mounts, controller="cpu") == Path("/sys/fs/cgroup/cpu,cpuacct/job/x")
     assert own_cgroup_dir(1, cg, mounts) == Path("/sys/fs/cgroup/cpuset/job")
     assert own_cgroup_dir(1, "3:cpuset:/job\n", mounts, controller="cpu") is None
+
+
+@pytest.mark.parametrize("mode", ["off", "nice"])
+def test_a_cpus_cell_runs_locally_only_with_a_cgroup_quota(mode: str, tmp_path: Path) -> None:
+    """The matrix key cpus on the local backend: skipped with the reason when the session's isolation cannot
+    enforce a quota (no cgroup), and a Target started anyway (wsgi_server) refuses in one line rather than run the
+    server unlimited; mem_limit still needs containers."""
+    from pytest_wsgi502 import cellrun
+    from pytest_wsgi502.config.matrix import expand
+    from pytest_wsgi502.fixtures import _skip_reason
+
+    (cell, mem) = expand({"cells": {"q": {"server": "uwsgi", "cpus": 0.5},
+                                    "m": {"server": "uwsgi", "mem_limit": "256m"}}})
+    iso = isolation.start(mode, cpus=[0, 1])
+    try:
+        assert f"isolation here is {iso.mechanism}" in (_skip_reason(cell, False, iso) or "")
+        assert _skip_reason(cell, True, iso) is None  # containers: Docker's --cpus
+        assert "sets mem_limit: it runs with --wsgi-backend=containers" in (_skip_reason(mem, False, iso) or "")
+        cgroup = isolation.Isolation("cgroup", "cgroup-v1", iso.layout, "", iso.inside, iso.outside)
+        assert _skip_reason(cell, False, cgroup) is None
+        ctx = cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path,
+                                  server_binaries={}, nginx="nginx", db_env={}, duration=5.0, max_requests=10,
+                                  concurrency=2, timeout=65.0, idle_timeout=60.0, isolation=iso)
+        with pytest.raises(process.ServiceError, match="cell q: cpus = 0.5 not enforced"):
+            cellrun.Target(cell, ctx, {})
+    finally:
+        iso.release()
