@@ -15,7 +15,7 @@ MECHANISMS_502 = {"keepalive-race": "keepalive_race", "harakiri": "worker_killed
                   "backlog": "backlog", "lifetime": "recycle", "reload-term": "inflight_cut",
                   "header-size": "header_too_large", "gunicorn-upgrade": "queue_reset"}
 PAIRS = [*MECHANISMS_502, "gunicorn-timeout", "recycle-hang", "recycle-hang-gunicorn", "gevent-mysqlclient",
-         "db-exhaustion"]
+         "db-exhaustion", "passive-health"]
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=lambda n: f"run{n}")
@@ -207,3 +207,33 @@ def test_gunicorn_upgrade_with_quit_resets_what_the_old_workers_accepted_and_ter
     resets = [m for m in broken["attribution_matches"] if m["cause"] == "queue_reset"]
     assert resets and all("(104: Connection reset by peer)" in m["reason"] and "SIGUSR2" in m["event"]
                           for m in resets), resets
+
+
+def injected_kills(m, cell: str) -> int:
+    """Requests for /api/die in the cell's proxy access log (each makes its worker SIGKILL itself if it gets there)."""
+    access = (m.cell_dir(cell) / "proxy-access.log").read_text().splitlines()
+    return sum(1 for line in access if json.loads(line)["uri"] == "/api/die")
+
+
+def test_passive_health_turns_one_error_into_seconds_of_no_live_upstreams_and_the_alb_profile_does_not(scenario_run):
+    """nginx's defaults in front (proxy profile nginx): the app is named like localhost (127.0.0.1 and ::1), ::1 is
+    refused and marked down, and the first injected kill marks 127.0.0.1 down too: every request of the next
+    10 s is a 502 'no live upstreams while connecting to upstream', attributed passive_health. The same load and
+    kills behind the alb profile (no passive health): each kill is exactly one 502, nothing follows."""
+    m, cells, out = scenario_run
+    broken, fixed = cells["passive-health"], cells["passive-health-fixed"]
+    assert broken["proxy"]["profile"] == "nginx" and fixed["proxy"]["profile"] == "alb"
+    n502 = broken["status_counts"].get("502", 0)
+    assert broken["kills"] >= 1 and broken["attribution"]["worker_killed"] == broken["kills"], broken["attribution"]
+    assert n502 >= 5 * broken["kills"], (n502, broken["kills"])  # one error became many
+    assert broken["attribution"]["passive_health"] >= 0.8 * n502, broken["attribution"]
+    assert broken["proxy"]["error_reasons"]["no_live_upstreams"] >= broken["attribution"]["passive_health"]
+    proofs = [x for x in broken["attribution_matches"] if x["cause"] == "passive_health"]
+    assert proofs and all(x["reason"] == "no live upstreams while connecting to upstream" for x in proofs)
+    assert broken["slo"]["outcome"] == "fail" and "passive-health: SLO breached: error_rate<0.05" in out
+    injected = injected_kills(m, "passive-health-fixed")
+    assert fixed["status_counts"].get("502", 0) == injected == fixed["kills"] == fixed["attribution"]["worker_killed"]
+    assert fixed["attribution"]["passive_health"] == 0 and "no_live_upstreams" not in fixed["proxy"]["error_reasons"]
+    assert sum(fixed["attribution"].values()) == injected  # nothing else failed
+    assert fixed["slo"]["outcome"] == "pass", fixed["slo"]
+    assert fixed["requests"] >= 0.5 * broken["requests"]  # the same load reached it
