@@ -306,7 +306,7 @@ def test_a_cpus_cell_runs_locally_only_with_a_cgroup_quota(mode: str, tmp_path: 
         ctx = cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path,
                                   server_binaries={}, nginx="nginx", db_env={}, duration=5.0, max_requests=10,
                                   concurrency=2, timeout=65.0, idle_timeout=60.0, isolation=iso)
-        with pytest.raises(process.ServiceError, match="cell q: cpus = 0.5 not enforced"):
+        with pytest.raises(process.ServiceError, match=r"cell q: cpus = 0\.5 not enforced"):
             cellrun.Target(cell, ctx, {})
     finally:
         iso.release()
