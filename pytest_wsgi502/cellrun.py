@@ -288,6 +288,30 @@ def load_spec(cell: Cell, ctx: CellContext, base_url: str) -> LoadSpec:
     )
 
 
+BODY_CHECK_HINT = "set wsgi_verify_contains, a cell's verify_contains, or verify= to check bodies"
+
+
+def checked(spec: LoadSpec, ctx: CellContext, verify: Any = None, hint: str = BODY_CHECK_HINT) -> LoadSpec:
+    """``spec`` with a Content-Type check on every GET endpoint that has no body check (``auto``: every 2xx must
+    have the media type of the endpoint's first 2xx), and a notice, once, that those bodies are not verified. No
+    probe request: a path with side effects (a fault-injection path) would be hit unmeasured. The same for a
+    local target and a running service (--wsgi-target)."""
+    import dataclasses
+
+    if verify is not None:
+        return spec
+    endpoints = []
+    for ep in spec.endpoints():
+        if not ep.verify_contains and not ep.verify_content_type and ep.method == "GET":
+            ep = dataclasses.replace(ep, verify_content_type="auto")
+            ctx.note(f"GET {ep.path}: no body check, only status {ep.verify_status} and the Content-Type of its "
+                     f"first 2xx verified ({hint})")
+        endpoints.append(ep)
+    if spec.mix:
+        return dataclasses.replace(spec, mix=tuple(endpoints))
+    return dataclasses.replace(spec, verify_content_type=endpoints[0].verify_content_type)
+
+
 class Target:
     """A cell's server and the ELB-like proxy in front of it, started; ``url`` is where load goes."""
 
@@ -422,24 +446,7 @@ class Target:
                 self.actions.extend(timer.finish())
 
     def checked(self, spec: LoadSpec, verify: Any = None) -> LoadSpec:
-        """``spec`` with a Content-Type check on every GET endpoint that has no body check (``auto``: every 2xx
-        must have the media type of the endpoint's first 2xx), and a notice, once, that those bodies are not
-        verified. No probe request: a path with side effects (a fault-injection path) would be hit unmeasured."""
-        import dataclasses
-
-        if verify is not None:
-            return spec
-        endpoints = []
-        for ep in spec.endpoints():
-            if not ep.verify_contains and not ep.verify_content_type and ep.method == "GET":
-                ep = dataclasses.replace(ep, verify_content_type="auto")
-                self.ctx.note(f"GET {ep.path}: no body check, only status {ep.verify_status} and the Content-Type "
-                              "of its first 2xx verified (set wsgi_verify_contains, a cell's verify_contains, or "
-                              "verify= to check bodies)")
-            endpoints.append(ep)
-        if spec.mix:
-            return dataclasses.replace(spec, mix=tuple(endpoints))
-        return dataclasses.replace(spec, verify_content_type=endpoints[0].verify_content_type)
+        return checked(spec, self.ctx, verify)
 
     def rendered(self) -> dict[str, Any]:
         """The server's and the proxy's config files as rendered, with this run's directory and ports replaced

@@ -360,7 +360,7 @@ class RemoteTarget:
         import dataclasses
         import time
 
-        from pytest_wsgi502.cellrun import drive_load, judge, spec_dict
+        from pytest_wsgi502.cellrun import checked, drive_load, judge, spec_dict
         from pytest_wsgi502.report.table import REMOTE_NOTE, client_classes
         from pytest_wsgi502.slo import verdict
 
@@ -370,7 +370,8 @@ class RemoteTarget:
 
             raise ConfigError(f"SLO {', '.join(server_side)} is measured from the server's own logs, which a remote "
                               "target does not expose (--wsgi-target judges what the client sees)")
-        spec = self._checked(dataclasses.replace(spec, base_url=self.url, allow_remote=self.allow_remote), verify)
+        spec = checked(dataclasses.replace(spec, base_url=self.url, allow_remote=self.allow_remote), self.ctx, verify,
+                       "set wsgi_verify_contains or verify= to check bodies")
         since = time.time()
         self.runs += 1  # each run's Locust logs apart (a test may call wsgi_load several times)
         load = drive_load(spec, via or self.ctx, self.dir / f"locust-{os.getpid()}-{self.runs}", verify=verify,
@@ -394,24 +395,6 @@ class RemoteTarget:
         result["slo"] = verdict(slos, result)
         judge(result, load.get("engine_error"))
         return result
-
-    def _checked(self, spec: Any, verify: Any) -> Any:
-        """As for a local target (cellrun.Target.checked): a GET endpoint without a body check gets the
-        Content-Type check (``auto``), and the terminal says once that those bodies are not verified."""
-        import dataclasses
-
-        if verify is not None:
-            return spec
-        endpoints = []
-        for ep in spec.endpoints():
-            if not ep.verify_contains and not ep.verify_content_type and ep.method == "GET":
-                ep = dataclasses.replace(ep, verify_content_type="auto")
-                self.ctx.note(f"GET {ep.path}: no body check, only status {ep.verify_status} and the Content-Type "
-                              "of its first 2xx verified (set wsgi_verify_contains or verify= to check bodies)")
-            endpoints.append(ep)
-        if spec.mix:
-            return dataclasses.replace(spec, mix=tuple(endpoints))
-        return dataclasses.replace(spec, verify_content_type=endpoints[0].verify_content_type)
 
 
 def _server_metrics() -> tuple[str, ...]:

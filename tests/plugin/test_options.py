@@ -208,3 +208,24 @@ def test_the_load_runs_on_generators_when_asked_and_the_json_says_so(monkeypatch
     (cell,) = expand({"cells": {"c": {"server": "uwsgi", "slo": ["error_rate<0.1"]}}})
     with pytest.raises(ValueError, match="cell c: duration=auto does not go with --wsgi-distributed=locust"):
         cellrun.run_cell(cell, dataclasses.replace(dist, duration=Auto(30.0), sources={"duration": "option"}), {})
+
+
+def test_one_body_check_rule_for_local_and_remote_targets(tmp_path):
+    """cellrun.checked is the one rule (RemoteTarget had its own copy): a GET endpoint without a body check gets the
+    Content-Type check, said once; a verify callable or an explicit check is left alone."""
+    from pytest_wsgi502 import cellrun
+    from pytest_wsgi502.fixtures import RemoteTarget
+    from pytest_wsgi502.load.engine import Endpoint, LoadSpec
+
+    said: list[str] = []
+    ctx = cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path, server_binaries={},
+                              nginx="nginx", db_env={}, duration=5.0, max_requests=10, concurrency=2, timeout=65.0,
+                              idle_timeout=60.0, say=said.append)
+    spec = LoadSpec("http://127.0.0.1:1", path="/a")
+    assert cellrun.checked(spec, ctx).verify_content_type == "auto"
+    assert cellrun.checked(spec, ctx).verify_content_type == "auto" and len(said) == 1
+    assert "a cell's verify_contains" in said[0]
+    assert cellrun.checked(spec, ctx, verify=lambda r: True) is spec
+    mix = LoadSpec("http://127.0.0.1:1", mix=(Endpoint("/b", 1.0, "ok"), Endpoint("/c", 1.0)))
+    assert [e.verify_content_type for e in cellrun.checked(mix, ctx).mix] == ["", "auto"]
+    assert not hasattr(RemoteTarget, "_checked")
