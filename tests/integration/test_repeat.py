@@ -19,7 +19,9 @@ baseline_cell = "base"
     cells = matrix.cells()
     assert list(cells) == ["candidate", "base"]  # one test item, one result per cell
     starts = sorted((rep["started_at"], name) for name, c in cells.items() for rep in c["repeats"])
-    assert [name for _, name in starts] == ["candidate", "base", "base", "candidate", "candidate", "base"]
+    # the baseline runs first (duration=auto needs its finished counts to stop a candidate's comparison), then
+    # interleaved so drift cancels
+    assert [name for _, name in starts] == ["base", "candidate", "candidate", "base", "base", "candidate"]
     for c in cells.values():
         assert len(c["repeats"]) == 3
         assert c["requests"] == sum(rep["requests"] for rep in c["repeats"]) > 0

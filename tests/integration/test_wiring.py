@@ -31,6 +31,7 @@ def test_warm_up_requests_are_sent_and_counted_but_not_measured(matrix, tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     cell = matrix.cells()["w"]
     assert cell["load"]["spec"]["warmup"] == 1.0 and cell["load"]["sources"]["warmup"] == "option"
+    assert cell["proxy"]["profile"] == "alb" and cell["load"]["sources"]["proxy_profile"] == "default"
     warm = cell["warmup"]["requests"]
     assert 80 <= warm <= 120, cell["warmup"]  # 1 s at 100 req/s
     assert cell["requests"] == sum(cell["proxy"]["status_counts"].values()) == cell["responses"]
@@ -44,7 +45,8 @@ def test_a_matrix_cell_on_two_locust_generators(matrix, tmp_path):
     the result is the usual one (a pass, every request in the proxy's log) and the JSON says it was distributed."""
     m = tmp_path / "w.toml"
     m.write_text(OPEN_CELL)
-    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-distributed=locust", "--wsgi-generators=2")
+    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-distributed=locust", "--wsgi-generators=2",
+                   "--wsgi-proxy-profile=nginx")
     assert r.returncode == 0, r.stdout + r.stderr
     cell = matrix.cells()["w"]
     assert cell["slo"]["outcome"] == "pass", cell["slo"]
@@ -53,6 +55,7 @@ def test_a_matrix_cell_on_two_locust_generators(matrix, tmp_path):
     assert cell["engine"]["processes"] == 2 and len(cell["engine"]["per_process"]) == 2
     assert 250 <= cell["requests"] == sum(cell["proxy"]["status_counts"].values()), cell["requests"]
     assert (matrix.cell_dir("w") / "locust" / "master.log").is_file()
+    assert cell["proxy"]["profile"] == "nginx" and cell["load"]["sources"]["proxy_profile"] == "option"
 
 
 def _cpu_group(pid: int) -> Path | None:
