@@ -99,10 +99,12 @@ def _slowest_ms(cell: Cell, default_path: str) -> int:
 
 def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_path: str = "/",
          known_uwsgi: Iterable[str] = (), max_backlog: int | None = None,
-         uwsgi_version: str = "", request_bound: int | None = None) -> list[dict[str, str]]:
+         uwsgi_version: str = "", request_bound: int | None = None,
+         proxy_profile: str = "") -> list[dict[str, str]]:
     """Findings for one cell. ``settings`` are the server settings as rendered (uWSGI ini keys or gunicorn
     settings), so defaults the harness adds are judged too. ``request_bound``: the most requests the run can
-    send (``request_bound(spec)``); recycling findings need recycling to be reachable within it."""
+    send (``request_bound(spec)``); recycling findings need recycling to be reachable within it.
+    ``proxy_profile``: the session's (a cell's own ``proxy_profile`` wins)."""
     out: list[dict[str, str]] = []
 
     def add(code: str, message: str) -> None:
@@ -157,6 +159,13 @@ def lint(cell: Cell, settings: dict[str, Any], *, idle_timeout: float, default_p
     if cell.effective_worker_class == "gevent" and cell.driver == "mysqlclient":
         add("gevent-mysqlclient",
             "gevent workers with mysqlclient (a C extension gevent cannot patch): one slow query blocks the worker")
+    if (cell.proxy_profile or proxy_profile) == "nginx" and cell.socket != "unix":
+        add("nginx-passive-health",
+            "nginx in front with its defaults (max_fails=1 fail_timeout=10s) and the app named like localhost "
+            "(127.0.0.1 and ::1, the app on 127.0.0.1 only): one failed request marks the app down and every "
+            "request of the next 10 s gets 502 'no live upstreams'; set max_fails=0 on the upstream's servers "
+            "(fail_timeout=0 still refuses everything until the clock's next second, measured on nginx 1.22) or "
+            "name the app by one address")
     slowest = _slowest_ms(cell, default_path)
     _lifecycle(cell, settings, slowest, uwsgi_version, add)
     limit_s = _num(settings.get("harakiri")) if cell.server == "uwsgi" else (

@@ -210,3 +210,26 @@ def test_the_lifecycle_scenarios_lint_to_their_traps():
     assert "buffer-size-below-headers" not in codes("header-size-fixed")
     assert "upgrade-quits-old-workers" in codes("gunicorn-upgrade")
     assert "upgrade-quits-old-workers" not in codes("gunicorn-upgrade-fixed")
+
+
+def test_nginx_passive_health_is_flagged_for_a_tcp_target_behind_the_nginx_profile():
+    """nginx's max_fails=1 fail_timeout=10s over localhost's two addresses (the nginx profile): one error and the
+    app is down for 10 s. The alb profile (max_fails=0) and a unix socket (one address: nginx ignores
+    max_fails) are not flagged; the session's profile counts when the cell has none."""
+    from pytest_wsgi502.config.matrix import BUILTIN, load_matrix
+
+    assert "nginx-passive-health" in findings({"server": "uwsgi", "proxy_profile": "nginx"})
+    assert "nginx-passive-health" not in findings({"server": "uwsgi", "proxy_profile": "nginx", "socket": "unix"})
+    assert "nginx-passive-health" not in findings({"server": "gunicorn", "proxy_profile": "alb"})
+    cell = expand({"cells": {"c": {"server": "gunicorn"}}})[0]
+    server = make_server(ServerSpec(cell, workdir=CELL_DIR, app="a:b", chdir=CELL_DIR), binary="x")
+    codes = {f["code"] for f in lint(cell, server.settings(), idle_timeout=60.0, proxy_profile="nginx")}
+    assert "nginx-passive-health" in codes
+    alb_cell = expand({"cells": {"c": {"server": "gunicorn", "proxy_profile": "alb"}}})[0]
+    codes = {f["code"] for f in lint(alb_cell, server.settings(), idle_timeout=60.0, proxy_profile="nginx")}
+    assert "nginx-passive-health" not in codes  # the cell's own profile wins
+    cells = {c.name: c for c in load_matrix(BUILTIN["scenarios"])}
+    for name, flagged in (("passive-health", True), ("passive-health-fixed", False)):
+        srv = make_server(ServerSpec(cells[name], workdir=CELL_DIR, app="a:b", chdir=CELL_DIR), binary="x")
+        codes = {f["code"] for f in lint(cells[name], srv.settings(), idle_timeout=60.0)}
+        assert ("nginx-passive-health" in codes) is flagged, (name, codes)
