@@ -227,8 +227,6 @@ SESSION_KEYS = {"load_mode": "mode", "rate": "rate", "start_rate": "start_rate",
                 "concurrency": "concurrency", "duration": "duration", "path": "path",
                 "verify_contains": "verify_contains", "verify_status": "verify_status",
                 "proxy_profile": "proxy_profile", "warmup": "warmup"}
-# cell keys whose "" means "not set here: the session's"
-_EMPTY_IS_UNSET = ("load_mode", "proxy_profile")
 
 
 def _durations(cell: Cell, ctx: CellContext) -> list[tuple[str, Any]]:
@@ -249,7 +247,7 @@ def layered(cell: Cell, ctx: CellContext, key: str) -> tuple[Any, str]:
         return pick(*[(layer, split_duration(value)[1]) for layer, value in _durations(cell, ctx)])
     own = getattr(cell, key)
     return pick((ctx.sources.get(setting, "default"), getattr(ctx, setting)),
-                (cell.origin.get(key, "default"), None if own == "" and key in _EMPTY_IS_UNSET else own))
+                (cell.origin.get(key, "default"), None if own == "" and key == "load_mode" else own))
 
 
 def load_sources(cell: Cell, ctx: CellContext) -> dict[str, str]:

@@ -90,8 +90,8 @@ class Cell:
     duration: float | Auto | None = None  # seconds of load, or auto[:MAX] (config/duration.py); None: the session's
     mix: tuple[Mapping[str, Any], ...] = ()  # [{path, weight, verify_contains, method}], replaces path
     headers: Mapping[str, str] = field(default_factory=dict)  # request headers sent with every request of the load
-    # how the proxy in front of this cell behaves: alb | nginx ("" = the session's --wsgi-proxy-profile)
-    proxy_profile: str = ""
+    # how the proxy in front of this cell behaves: alb | nginx (None: the session's --wsgi-proxy-profile)
+    proxy_profile: str | None = None
     # lifecycle actions sent to the server during the load: [{"at": seconds since the load started, "do": ACTIONS}]
     actions: tuple[Mapping[str, Any], ...] = ()
     path: str | None = None  # request path, {n}: a random integer in 1..n_max (None: the session's --wsgi-path)
@@ -319,7 +319,7 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     for key, allowed in (("driver", DRIVERS), ("pool", POOLS), ("socket", SOCKETS)):
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{at}: {key} {shown(raw[key])} unknown; choose one of {', '.join(allowed)}")
-    if raw.get("proxy_profile", "") not in ("", *PROXY_PROFILES):
+    if raw.get("proxy_profile") is not None and raw["proxy_profile"] not in PROXY_PROFILES:
         raise ConfigError(f"{at}: proxy_profile {shown(raw['proxy_profile'])} unknown; choose one of "
                           f"{', '.join(PROXY_PROFILES)} (or leave it out: the session's --wsgi-proxy-profile)")
     if raw.get("workers", 1) < 1:

@@ -306,7 +306,7 @@ def test_proxy_profile_is_a_cell_key_layered_over_the_session(monkeypatch, tmp_p
         expand({"cells": {"a": {"server": "uwsgi", "proxy_profile": "elb"}}})
     cells = {c.name: c for c in expand({"cells": {"own": {"server": "uwsgi", "proxy_profile": "nginx"},
                                                   "inherits": {"server": "uwsgi"}}})}
-    assert cells["inherits"].proxy_profile == "" and cells["own"].origin["proxy_profile"] == "cell"
+    assert cells["inherits"].proxy_profile is None and cells["own"].origin["proxy_profile"] == "cell"
 
     made = []
 
