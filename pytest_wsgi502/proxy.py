@@ -15,6 +15,8 @@ by tests/integration/test_alb_profile.py.
   silently retries a request that failed on a stale keep-alive connection and would hide that very race;
 - 60 s idle timeout (attributes page, default 60 s): ``keepalive_timeout``, ``proxy_read_timeout``,
   ``proxy_send_timeout``, ``client_header_timeout``/``client_body_timeout`` (the session's idle timeout);
+- a client that stops sending for the idle timeout (troubleshooting, 408): the ALB answers 408; nginx logs 408
+  and closes the connection without an answer (measured on 1.22.1, headers and body alike);
 - 10 s connect timeout (troubleshooting, 504): ``proxy_connect_timeout 10s``;
 - request headers over 16K per request line or header, 64K in all, answered 400 (quotas page, HTTP headers;
   troubleshooting, 400): ``large_client_header_buffers 4 16k``. Measured on nginx 1.22.1: a header line of up to
@@ -135,7 +137,8 @@ def _profile_lines(cfg: ProxyConfig, idle: str, connect: str) -> dict[str, str]:
             "status_map": "499 460;",
             # headers: 16K per request line and per header, 64K in all (quotas page); nginx answers 400
             "headers": "    large_client_header_buffers 4 16k;\n",
-            # the ALB's idle timeout also bounds a client that sends nothing (HTTP 408)
+            # the ALB's idle timeout also bounds a client that stops sending (the ALB answers 408; nginx logs 408
+            # and closes without an answer, measured)
             "client": f"    client_header_timeout {idle};\n    client_body_timeout {idle};\n",
             # no passive health: a target stays routed after an error (ALB health checks are active)
             "servers": f"        server {target} max_fails=0;\n",

@@ -182,6 +182,19 @@ def test_no_answer_within_the_idle_timeout_is_504(target: Target, proxies: list[
     assert 0.9 < time.monotonic() - started < 2.5
 
 
+def test_a_client_that_stops_sending_is_cut_at_the_idle_timeout(target: Target, proxies: list[Proxy],
+                                                                 tmp_path: Path) -> None:
+    """Troubleshooting page, 408: the client sent no data for the idle timeout. nginx logs 408 but closes without
+    an answer (the ALB sends 408): the one divergence, measured here so a change in nginx shows."""
+    p = proxy(proxies, tmp_path, f"127.0.0.1:{target.port}", idle_timeout=1)
+    started = time.monotonic()
+    assert p.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n") == ""  # headers never finished
+    assert p.send(b"POST /ok HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab") == ""  # body never finished
+    assert 1.8 < time.monotonic() - started < 4
+    records, _ = p.stop()
+    assert [r["status"] for r in records] == [408, 408] and target.seen["/ok"] == 0
+
+
 def test_a_connect_timeout_is_504(proxies: list[Proxy], tmp_path: Path) -> None:
     """A target whose accept queue is full: the kernel drops the proxy's SYNs and the connect times out (the
     profile's 10 s, shortened to 1 s here; the unit tests check the 10 s)."""
