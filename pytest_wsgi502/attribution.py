@@ -48,8 +48,8 @@ reason and the server events around the request:
 - ``passive_health``: nginx found no live server (``no live upstreams while connecting to upstream``): an earlier
   error had marked every server of the upstream down for ``fail_timeout`` (nginx's passive health, ``max_fails``;
   the ``nginx`` proxy profile). A request nginx retried carries one error line per failed attempt: its cause is
-  that of its first failed attempt on the app (a connect refused on another address that nginx then retried is not
-  why it failed), ``passive_health`` when no attempt reached a server.
+  that of its first failed attempt on the app (a failed connect to another address that nginx then retried, such
+  as ::1 refused, is not why it failed), ``passive_health`` when no attempt reached a server.
 - ``timeout``: a 504 after the proxy's read timeout.
 - ``db``: not a 502 but a 500 the app answered because the database refused or failed (max_connections, a
   pool's limit): counted from the server's own log, one ``django.db.utils.OperationalError`` line per error.
@@ -144,14 +144,13 @@ def classify(reason: Reason, status: int, start: float, end: float, events: Iter
 
 def deciding(attempts: list[Reason]) -> Reason:
     """The reason that decided a request's failure among its failed attempts' (in order): the first that is not a
-    refused connect nginx retried elsewhere nor ``no live upstreams``; else the last."""
-    if not attempts:
-        return _NO_REASON
+    failed connect nginx retried elsewhere (refused on ::1, or any error while connecting) nor ``no live
+    upstreams``; else the last."""
     for i, reason in enumerate(attempts):
-        retried = reason.name == "upstream_refused" and i < len(attempts) - 1
+        retried = reason.phase == "connecting" and i < len(attempts) - 1
         if not retried and reason.name != "no_live_upstreams":
             return reason
-    return attempts[-1]
+    return attempts[-1] if attempts else _NO_REASON
 
 
 def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],

@@ -267,3 +267,5 @@ def test_the_deciding_reason_of_a_retried_request():
     assert deciding([refused, no_live]).name == "no_live_upstreams"  # nothing reached a server
     assert deciding([refused, refused]).name == "upstream_refused"  # refused everywhere: the app was down
     assert deciding([closed]) is closed and deciding([]).name == "other"
+    no_ipv6 = classify_reason("connect() failed (99: Cannot assign requested address) while connecting to upstream")
+    assert deciding([no_ipv6, closed]) is closed  # ::1 unusable on a host without IPv6: retried, not the cause
