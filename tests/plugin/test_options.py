@@ -229,3 +229,25 @@ def test_one_body_check_rule_for_local_and_remote_targets(tmp_path):
     mix = LoadSpec("http://127.0.0.1:1", mix=(Endpoint("/b", 1.0, "ok"), Endpoint("/c", 1.0)))
     assert [e.verify_content_type for e in cellrun.checked(mix, ctx).mix] == ["", "auto"]
     assert not hasattr(RemoteTarget, "_checked")
+
+
+def test_wsgi_load_runtime_keywords_are_checked_like_the_options(tmp_path):
+    """wsgi_load(target, distributed="locust", generators=N, ...): the same values as the options, one line each;
+    generators= alone asks for Locust."""
+    from pytest_wsgi502 import cellrun
+    from pytest_wsgi502.config.values import ConfigError
+    from pytest_wsgi502.fixtures import _runtime
+
+    ctx = cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path, server_binaries={},
+                              nginx="nginx", db_env={}, duration=5.0, max_requests=10, concurrency=4, timeout=65.0,
+                              idle_timeout=60.0)
+    assert _runtime(ctx, {}) is None
+    via = _runtime(ctx, {"generators": 3})
+    assert via is not None and (via.distributed, via.generators) == ("locust", 3)
+    assert _runtime(ctx, {"distributed": "none"}).distributed == "none"
+    for given, message in (({"distributed": "spark"}, "distributed must be one of none, locust"),
+                           ({"generators": 0}, "generators must be >= 1"),
+                           ({"expect_generators": 1001}, "expect_generators must be >= 1 and <= 1000"),
+                           ({"locust_master": "h"}, "locust master must be HOST:PORT")):
+        with pytest.raises(ConfigError, match=message):
+            _runtime(ctx, given)
