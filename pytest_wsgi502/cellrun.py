@@ -416,7 +416,7 @@ class Target:
             bound = None
         return lint(self.cell, self.server.settings(), idle_timeout=self.ctx.idle_timeout,
                     default_path=self.ctx.path, known_uwsgi=known, max_backlog=somaxconn(), uwsgi_version=version,
-                    request_bound=bound)
+                    request_bound=bound, proxy_profile=self.ctx.proxy_profile)
 
     def measure(self, spec: LoadSpec, slos: list[slo_mod.SLO], verify: Any = None,
                 progress: Any = None, via: CellContext | None = None) -> dict[str, Any]:

@@ -326,3 +326,24 @@ def test_proxy_profile_is_a_cell_key_layered_over_the_session(monkeypatch, tmp_p
         target = cellrun.Target(cells[name], ctx, {})
         assert (made[-1], target.proxy_profile) == (want, want)
         assert cellrun.load_sources(cells[name], ctx)["proxy_profile"] == layer
+
+
+def test_the_lint_sees_the_sessions_proxy_profile(monkeypatch, tmp_path):
+    """--wsgi-proxy-profile=nginx reaches lint (nginx-passive-health), not only the proxy; a cell's own alb wins."""
+    from pytest_wsgi502 import cellrun
+
+    class Server:
+        upstream, binary = "127.0.0.1:1", "gunicorn"
+
+        def settings(self):
+            return {}
+
+    monkeypatch.setattr(cellrun, "LocalProxy", lambda *a, **k: None)
+    ctx = cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path, server_binaries={},
+                              nginx="nginx", db_env={}, duration=5.0, max_requests=10, concurrency=2, timeout=65.0,
+                              idle_timeout=60.0, proxy_profile="nginx", sources={"proxy_profile": "option"},
+                              server_factory=lambda *a, **k: Server())
+    cells = {c.name: c for c in expand({"cells": {"inherits": {"server": "gunicorn"},
+                                                  "own": {"server": "gunicorn", "proxy_profile": "alb"}}})}
+    codes = {name: {f["code"] for f in cellrun.Target(c, ctx, {}).lint()} for name, c in cells.items()}
+    assert "nginx-passive-health" in codes["inherits"] and "nginx-passive-health" not in codes["own"]
