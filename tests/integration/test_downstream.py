@@ -25,7 +25,7 @@ def test_example_project_passes_its_slos(tmp_path):
     r = pytest_in(EXAMPLE, tmp_path, "--wsgi-matrix", "--wsgi-duration=2s")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    assert "3 passed" in out
+    assert "4 passed" in out  # the 2 matrix cells, the open-loop test and the reload test
     assert re.search(r"gunicorn-sync-4w\s+\d+\s+0\s+0", out) and re.search(r"uwsgi-4w\s+\d+\s+0\s+0", out), out
 
 
@@ -72,6 +72,17 @@ def test_fresh_startproject_with_the_documented_lines(tmp_path):
     r = pytest_in(project, tmp_path, "--wsgi-matrix", "--wsgi-duration=1s", "--wsgi-slo=p50<1us", "-k", "gunicorn")
     assert r.returncode == 1 and re.search(r"p50<1us: measured [\d.]+ms, limit < 0\.001ms", r.stdout), r.stdout
     shutil.rmtree(project)
+
+
+def test_getting_started_shows_the_example_tests_as_they_are():
+    """Every code line of the fixtures' example in docs/getting-started.md is a line of the example project's test
+    file (run by test_example_project_passes_its_slos), so the page cannot show a test that does not run."""
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    block = page.split("## More than one test per cell", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    source = {line.split("  #")[0].strip() for line in (EXAMPLE / "tests" / "test_slo.py").read_text().splitlines()}
+    shown = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    assert "def test_graceful_reload_loses_no_request(wsgi_server, wsgi_load):" in shown
+    assert [line for line in shown if line not in source] == []
 
 
 def test_getting_started_shows_the_lines_this_test_uses():

@@ -17,3 +17,11 @@ def test_open_loop_at_production_rate(wsgi_server, wsgi_load):
     assert result.requests >= 250
     assert result.status_counts["200"] == result.requests
     result.assert_slo()
+
+
+def test_graceful_reload_loses_no_request(wsgi_server, wsgi_load):
+    """A deploy that reloads gunicorn (SIGHUP 2 s into the load) under 300 req/s loses no request."""
+    target = wsgi_server({"server": "gunicorn", "workers": 4, "actions": [{"at": "2s", "do": "hup"}]})
+    result = wsgi_load(target, mode="open", rate=300, duration=5, slo=["errors==0"])
+    assert [a["action"] for a in result.telemetry["actions"]] == ["hup"]  # it was sent, during the load
+    result.assert_slo()
