@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.bench import pin, static_nginx
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -37,41 +39,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def _pin(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
-
-
-def _nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    from pytest_wsgi502.proxy import find_nginx
-    from pytest_wsgi502.services.process import free_port, port_open
-
-    binary = find_nginx(None)
-    if binary is None:
-        sys.exit("nginx not found: bash bin/dev setup installs it")
-    port = free_port()
-    temps = "\n".join(f"{k}_temp_path {workdir / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = workdir / "nginx.conf"
-    conf.write_text(f"""daemon off; master_process off; worker_processes 1; pid {workdir / 'nginx.pid'};
-error_log {workdir / 'error.log'};
-events {{ worker_connections 1024; }}
-http {{ access_log off; {temps}
-  server {{ listen 127.0.0.1:{port}; keepalive_requests 10000000;
-    location / {{ return 200 "ok"; }} }} }}
-""")
-    proc = subprocess.Popen([*_pin(0), binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")])
-    deadline = time.monotonic() + 10
-    while not port_open(port):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            sys.exit(f"nginx did not start; see {workdir / 'error.log'}")
-        time.sleep(0.05)
-    return proc, port
-
-
 def _run_client(kind: str, url: str, connections: int, duration: float) -> dict[str, Any]:
     """One client run in its own process on core 1; returns requests/s and the client's CPU use."""
     if kind == "wrk":
         t0 = time.monotonic()
-        proc = subprocess.Popen([*_pin(1), "wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", url],
+        proc = subprocess.Popen([*pin(1), "wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", url],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
         out = proc.stdout.read()
@@ -83,7 +55,7 @@ def _run_client(kind: str, url: str, connections: int, duration: float) -> dict[
         cpu = (usage.ru_utime + usage.ru_stime) / max(duration, time.monotonic() - t0 - 0.2)
         return {"rps": float(m.group(1)), "client_cpu": cpu}
     code = [sys.executable, "-m", "pytest_wsgi502.bench", "_client", kind, url, str(connections), str(duration)]
-    done = subprocess.run([*_pin(1), *code], capture_output=True, text=True, timeout=duration + 60)
+    done = subprocess.run([*pin(1), *code], capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} client failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
@@ -135,7 +107,7 @@ def bench_engine(args: argparse.Namespace) -> dict[str, Any]:
     kinds = ("wrk", "engine", "httpx")
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="wsgi502-bench-") as tmp:
-        nginx, port = _nginx(Path(tmp))
+        nginx, port = static_nginx(Path(tmp))
         url = f"http://127.0.0.1:{port}/"
         try:
             for rep in range(args.reps):
@@ -176,13 +148,13 @@ def bench_engine(args: argparse.Namespace) -> dict[str, Any]:
         "httpx_rps_per_core": s["httpx"]["rps_per_core"],
         "ratio": round(s["engine"]["rps_per_core"] / s["wrk"]["rps_per_core"], 3),
         "httpx_ratio": round(s["httpx"]["rps_per_core"] / s["wrk"]["rps_per_core"], 4),
-        "pinned": bool(_pin(0)),
+        "pinned": bool(pin(0)),
         "detail": s,
     }
 
 
 def _target(*args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([*_pin(0), sys.executable, "-m", "pytest_wsgi502.bench.targets", *args],
+    proc = subprocess.Popen([*pin(0), sys.executable, "-m", "pytest_wsgi502.bench.targets", *args],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline().split()[1])

@@ -19,14 +19,14 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from pytest_wsgi502.bench import static_nginx
 
 FASTHTTP = """
 from locust import FastHttpUser, constant, task
@@ -48,32 +48,6 @@ def _children_cpu() -> float:
 def _self_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def _nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    from pytest_wsgi502.services.process import free_port, port_open
-
-    binary = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
-    if binary is None:
-        sys.exit("nginx not found: bash bin/dev setup installs it")
-    port = free_port()
-    temps = "\n".join(f"{k}_temp_path {workdir / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = workdir / "nginx.conf"
-    conf.write_text(f"""daemon off; master_process off; worker_processes 1; pid {workdir / 'nginx.pid'};
-error_log {workdir / 'error.log'};
-events {{ worker_connections 1024; }}
-http {{ access_log off; {temps}
-  server {{ listen 127.0.0.1:{port}; keepalive_requests 10000000;
-    location / {{ return 200 "ok"; }} }} }}
-""")
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    proc = subprocess.Popen([*pin, binary, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if port_open(port):
-            return proc, port
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit("nginx did not start")
 
 
 def _engine(url: str, duration: float, connections: int) -> dict[str, Any]:
@@ -128,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {1})  # every client process inherits core 1; nginx runs on core 0
     runs: dict[str, list[dict[str, Any]]] = {"engine": [], "generator": [], "fasthttp": []}
     with tempfile.TemporaryDirectory(prefix="wsgi502-dbench-") as tmp:
-        nginx, port = _nginx(Path(tmp))
+        nginx, port = static_nginx(Path(tmp))
         url = f"http://127.0.0.1:{port}"
         try:
             for rep in range(args.reps):

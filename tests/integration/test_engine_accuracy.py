@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pytest_wsgi502.bench.__main__ import _nginx
+from pytest_wsgi502.bench import static_nginx
 from pytest_wsgi502.load.engine import LoadSpec, run
 
 
@@ -56,7 +56,7 @@ def test_fixed_delay_is_measured_within_a_millisecond(target):
 def test_generator_bound_when_the_rate_exceeds_the_engine(tmp_path):
     """nginx `return 200` answers faster than one engine process can send: asked for 10^6 req/s, the engine
     saturates its core and must say the run measured itself, not the server."""
-    nginx, port = _nginx(tmp_path)
+    nginx, port = static_nginx(tmp_path)
     try:
         out = run(LoadSpec(base_url=f"http://127.0.0.1:{port}", mode="open", rate=1_000_000, concurrency=32,
                            duration=2, max_requests=10**7))
