@@ -23,6 +23,7 @@ import pytest
 
 from pytest_wsgi502.load import engine
 from pytest_wsgi502.report.table import REMOTE_NOTE
+from tests.fakewire import FakeWire
 
 OFF_MACHINE = "192.0.2.10"  # TEST-NET-1: never routed
 
@@ -161,33 +162,6 @@ class Net:
         self.connects: list[tuple[object, object]] = []
         self.sockets: list[object] = []
         self.requests: list[bytes] = []
-
-
-class FakeWire(asyncio.Transport):
-    """A connection that answers every complete request with 200 and keeps the request heads."""
-
-    def __init__(self, net: Net, protocol: asyncio.Protocol) -> None:
-        super().__init__()
-        self.net, self.protocol, self.closed, self.buffer = net, protocol, False, b""
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.buffer += bytes(data)
-        while b"\r\n\r\n" in self.buffer:
-            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            self.net.requests.append(head)
-            asyncio.get_running_loop().call_soon(
-                self.protocol.data_received, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def abort(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
 
 def _resolver(names: dict[str, str]) -> Callable[..., list[tuple[Any, ...]]]:

@@ -25,6 +25,7 @@ from pytest_wsgi502.config.values import ConfigError
 from pytest_wsgi502.load import engine
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec, RemoteTargetError, drive, run
 from pytest_wsgi502.load.transport import FastTransport
+from tests.fakewire import FakeWire
 
 OFF_MACHINE = "192.0.2.10"  # TEST-NET-1: never routed
 REAL_GETADDRINFO = socket.getaddrinfo
@@ -54,34 +55,6 @@ def stub_resolver(names: dict[str, list[str]]):
         return out
 
     return getaddrinfo
-
-
-class FakeWire(asyncio.Transport):
-    """A loopback connection that answers every complete request with 200 and keeps what was written."""
-
-    def __init__(self, net: Net, protocol: asyncio.Protocol) -> None:
-        super().__init__()
-        self.net, self.protocol, self.closed = net, protocol, False
-        self.buffer = b""
-
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            self.net.requests.append(head)
-            asyncio.get_running_loop().call_soon(
-                self.protocol.data_received, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def abort(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
 
 class Net:
