@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of the load engine: ``python -m pytest_wsgi502.bench {engine,accuracy} --json PATH``.
 
-The pieces every benchmark shares (the engine's and the distributed one, ``load/distributed_bench.py``) live here:
+The pieces every benchmark shares (the engine's and the distributed one, ``bench/distributed.py``) live here:
 CPU pinning and the static nginx target the clients measure against.
 """
 

@@ -1,6 +1,6 @@
 """Benchmark (not a test): throughput of one generator on Locust's runtime vs the local engine, per client core.
 
-    python -m pytest_wsgi502.load.distributed_bench --json PATH [--duration 5] [--reps 3] [--connections 32]
+    python -m pytest_wsgi502.bench.distributed --json PATH [--duration 5] [--reps 3] [--connections 32]
 
 nginx ``return 200`` on 127.0.0.1 pinned to core 0; every client pinned to core 1, closed loop, the same
 connections, runs interleaved (A B C A B C ...) so drift hits all alike:
