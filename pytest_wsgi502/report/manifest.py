@@ -30,6 +30,7 @@ MEASURED_CELL_KEYS = frozenset({
     "duration_s", "latency_clamped", "timeline", "histogram", "engine", "generator_bound", "generator_bound_reason",
     "aborted", "respawns", "kills", "telemetry", "proxy", "attribution", "attribution_matches", "files", "slo",
     "readiness",  # the status the readiness path answered and how long the server took to answer it
+    "warmup",  # how many requests the warm-up had (its length is the setting, load.spec.warmup)
 })
 # when and where it ran; "compare" is derived from measurements (this run's vs a saved one's)
 VOLATILE_KEYS = frozenset({"started_at", "ended_at", "timeline_t0", "dir", "ports", "created", "run_dir",

@@ -104,6 +104,8 @@ def test_comparable_drops_only_measurements_timestamps_and_output_settings():
     a, b = doc(), doc()
     b["created"], b["cells"][0].update(requests=11, started_at=6.0, dir="/tmp/y", ports={"server": 2})
     b["cells"][0]["latency_ms"] = {"p99": 2.0}
+    a["cells"][0]["warmup"] = {"seconds": 1.0, "requests": 40, "note": "n"}  # the warm-up's count is measured
+    b["cells"][0]["warmup"] = {"seconds": 1.0, "requests": 43, "note": "n"}
     b["environment"]["settings"]["json"] = {"value": "b"}
     assert comparable(a) == comparable(b)
     for change in (("config", {"workers": 3}), ("rendered", {"server": "y"})):
