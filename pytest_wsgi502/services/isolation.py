@@ -349,13 +349,33 @@ class Isolation:
 _LIVE: list[Isolation] = []
 
 
+def may_lower_nice(to: int, status: str | None = None) -> bool:
+    """Whether this process may set a thread's nice value down to ``to``: with CAP_SYS_NICE (bit 23 of CapEff in
+    /proc/self/status), or when RLIMIT_NICE allows it (ceiling 20 - rlim_cur). Root in an unprivileged container
+    has no CAP_SYS_NICE: there setpriority(-5) fails, and the split must not claim it (seen in the newcomer check:
+    the manifest said outside at nice -5 while the engine ran at 0). ``status``: the file's text, for tests."""
+    import resource
+
+    try:
+        text = status if status is not None else Path("/proc/self/status").read_text()
+        caps = next(int(line.split()[1], 16) for line in text.splitlines() if line.startswith("CapEff:"))
+        if caps >> 23 & 1:
+            return True
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return soft == resource.RLIM_INFINITY or 20 - soft <= to
+
+
 def _nice(requested: str, why: str, cpus: Sequence[int]) -> Isolation:
     """Every CPU for everyone, the inside at nice ``NICE``: when the engine or the proxy wants a CPU, CFS gives it
     to them first (weight 1024 against 110), and the servers keep every cycle the outside does not use. As root the
     outside (this process, the engine processes it starts, nginx) also runs at ``OUTSIDE_NICE``, ahead of other
     work on the machine (weight 3121 against 1024)."""
     ids = tuple(sorted(cpus))
-    up = OUTSIDE_NICE if os.geteuid() == 0 else 0
+    up = OUTSIDE_NICE if may_lower_nice(OUTSIDE_NICE) else 0
+    if not up and os.geteuid() == 0:
+        why += " (root without CAP_SYS_NICE, e.g. in a container: the outside stays at nice 0)"
     iso = Isolation(requested, "nice", Layout(ids, ids), f"{why}; inside at nice {NICE}, outside at nice {up}",
                     Side("inside", ids, nice=NICE), Side("outside", ids, active=bool(up), nice=up))
     iso.enter_outside()

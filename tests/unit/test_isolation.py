@@ -310,3 +310,20 @@ def test_a_cpus_cell_runs_locally_only_with_a_cgroup_quota(mode: str, tmp_path: 
             cellrun.Target(cell, ctx, {})
     finally:
         iso.release()
+
+
+def test_lowering_nice_needs_cap_sys_nice_or_the_rlimit(monkeypatch):
+    """Root in an unprivileged container has no CAP_SYS_NICE: the nice split must not claim the outside at -5."""
+    import resource
+
+    from pytest_wsgi502.services.isolation import may_lower_nice
+
+    with_cap = "Name:\tx\nCapEff:\t0000000000800000\n"  # bit 23 only
+    without = "Name:\tx\nCapEff:\t00000000a80425fb\n"  # Docker's default set: no CAP_SYS_NICE
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (0, 0))  # RLIMIT_NICE 0: ceiling nice 20
+    assert may_lower_nice(-5, with_cap) and not may_lower_nice(-5, without)
+    assert not may_lower_nice(-5, "garbage")
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (25, 25))  # ceiling 20 - 25 = -5
+    assert may_lower_nice(-5, without) and not may_lower_nice(-6, without)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert may_lower_nice(-20, without)
