@@ -331,9 +331,25 @@ class LocalProcess:
         if not target or path is None or not os.path.isfile(path) or not os.access(path, os.X_OK):
             raise ServiceError(f"{self.name}: cannot run {target or '(empty command)'}: not an executable file")
 
+    def _niced(self, argv: list[str]) -> list[str]:
+        """``nice -n K argv`` when the process goes to a side of mode nice: the child starts at the side's
+        niceness from its first instruction. ``adopt`` alone raced the uid switch: renicing a process of another
+        user (mariadbd under setpriv, as ``mysql``) needs CAP_SYS_NICE, which root in an unprivileged container
+        lacks, so MariaDB stayed at nice 0 there. ``nice -n`` is relative: K is the side's value minus this
+        thread's own (the outside may run at -5); and the side's ``adopt`` is then skipped, since a renice landing
+        before ``nice`` runs would be added to (seen: 10 + 15 = 19)."""
+        want = getattr(self.place, "nice", 0) if self.place is not None and getattr(self.place, "active", False) else 0
+        tool = shutil.which("nice") if want else None
+        if not want or tool is None:
+            return argv
+        return [tool, "-n", str(want - os.getpriority(os.PRIO_PROCESS, 0)), *argv]
+
     def start(self) -> LocalProcess:
         self._check_runnable()
         argv, uid = self._command()
+        prefixed = self._niced(argv)
+        niced = prefixed is not argv  # started at the side's niceness: no renice after (it would race)
+        argv = prefixed
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             try:
@@ -346,7 +362,7 @@ class LocalProcess:
                     )
             except OSError as exc:
                 raise ServiceError(f"{self.name}: cannot run {argv[0]}: {exc.strerror}") from None
-        if self.place is not None:
+        if self.place is not None and not niced:
             try:  # before it can fork workers (it is still starting its interpreter): they follow it
                 self.place.adopt(self.proc.pid)
             except ServiceError:
