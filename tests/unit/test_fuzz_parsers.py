@@ -53,6 +53,21 @@ def one_line_error(exc: ConfigError) -> None:
     assert text and len(text.splitlines()) == 1 and "\n" not in text and "\r" not in text, repr(text)
 
 
+REFUSED = object()  # what ``accepted`` returns for an input refused with a one-line error
+
+
+def accepted(parse: Any, *args: Any) -> Any:
+    """``parse(*args)``, or REFUSED when it raised a ConfigError of one line (checked here): every property below
+    either gets a value to check or a refusal that must be one actionable line, never a traceback."""
+    try:
+        out = parse(*args)
+    except ConfigError as exc:
+        one_line_error(exc)
+        return REFUSED
+    event("accepted")
+    return out
+
+
 def finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -121,12 +136,9 @@ def check_slo(slo: SLO) -> None:
 @given(SLO_TEXT)
 @fuzz(2500)
 def test_slo_text(text: str) -> None:
-    try:
-        slo = parse_slo(text)
-    except ConfigError as exc:
-        one_line_error(exc)
+    slo = accepted(parse_slo, text)
+    if slo is REFUSED:
         return
-    event("accepted")
     check_slo(slo)
 
 
@@ -135,12 +147,9 @@ def test_slo_text(text: str) -> None:
                  st.lists(SLO_TEXT, max_size=4).map(", ".join), ANY))
 @fuzz(1200)
 def test_slo_lists(spec: Any) -> None:
-    try:
-        slos = parse_slos(spec)
-    except ConfigError as exc:
-        one_line_error(exc)
+    slos = accepted(parse_slos, spec)
+    if slos is REFUSED:
         return
-    event("accepted")
     for s in slos:
         check_slo(s)
     assert len({s.metric for s in slos}) == len(slos)  # a metric given twice is an error
@@ -164,12 +173,9 @@ CHECK_TEXT = st.one_of(
 @given(CHECK_TEXT)
 @fuzz(1200)
 def test_compare_fail_checks(text: Any) -> None:
-    try:
-        checks = parse_checks(text)
-    except ConfigError as exc:
-        one_line_error(exc)
+    checks = accepted(parse_checks, text)
+    if checks is REFUSED:
         return
-    event("accepted")
     assert checks and all(isinstance(c, Check) for c in checks)
     for c in checks:
         assert finite(c.threshold) and c.threshold >= 0, c
@@ -235,12 +241,9 @@ NUMBER_BOUNDS = {  # setting -> (lo, hi, lo_open, integer)
 def test_every_setting(setting: Any, source: str, text: str) -> None:
     where = {"option": ({setting.dest: text}, {}, {}), "env": ({}, {setting.env: text}, {}),
              "ini": ({}, {}, {setting.ini: text})}[source]
-    try:
-        s = resolve(*where)
-    except ConfigError as exc:
-        one_line_error(exc)
+    s = accepted(resolve, *where)
+    if s is REFUSED:
         return
-    event("accepted")
     value = getattr(s, setting.name)
     if setting.name in NUMBER_BOUNDS and value is not None:
         lo, hi, lo_open, integer = NUMBER_BOUNDS[setting.name]
@@ -389,12 +392,9 @@ def check_cell(cell: Cell) -> None:
 @given(st.one_of(MATRIX, PLAUSIBLE_MATRIX, PLAUSIBLE_MATRIX))
 @fuzz(2000)
 def test_matrix_data(data: Any) -> None:
-    try:
-        cells = expand(data, "m.toml")
-    except ConfigError as exc:
-        one_line_error(exc)
+    cells = accepted(expand, data, "m.toml")
+    if cells is REFUSED:
         return
-    event("accepted")
     assert cells
     for cell in cells:
         check_cell(cell)
@@ -407,12 +407,9 @@ def test_matrix_actions_and_headers(data: Any) -> None:
     """The lifecycle ``actions`` and request ``headers`` of issue 16, in otherwise good cells: each is accepted
     sane (times finite, sorted and within the cell's duration; the server's own actions; header names tokens and
     values one printable line) or refused with one line."""
-    try:
-        cells = expand(data, "m.toml")
-    except ConfigError as exc:
-        one_line_error(exc)
+    cells = accepted(expand, data, "m.toml")
+    if cells is REFUSED:
         return
-    event("accepted")
     for cell in cells:
         check_cell(cell)
 
