@@ -62,30 +62,23 @@ def _bool(text: str) -> bool:
     raise ConfigError(f"not a boolean: {shown(text)} (use true or false)")
 
 
-def _backend(text: str) -> str:
-    if text not in BACKENDS:
-        raise ConfigError(f"unknown backend {shown(text)}; choose one of: {', '.join(BACKENDS)}")
-    return text
+def _choice(what: str, choices: Callable[[], tuple[str, ...]]) -> Callable[[str], str]:
+    """A validator for one of a fixed set of words; ``choices`` is read when called (the proxy profiles live in
+    config/matrix.py, which imports this module)."""
+
+    def check(text: str) -> str:
+        known = choices()
+        if text not in known:
+            raise ConfigError(f"unknown {what} {shown(text)}; choose one of: {', '.join(known)}")
+        return text
+
+    return check
 
 
-def _isolation(text: str) -> str:
-    if text not in ISOLATION_MODES:
-        raise ConfigError(f"unknown isolation {shown(text)}; choose one of: {', '.join(ISOLATION_MODES)}")
-    return text
-
-
-def _proxy_profile(text: str) -> str:
+def _proxy_profiles() -> tuple[str, ...]:
     from pytest_wsgi502.config.matrix import PROXY_PROFILES  # pure, stdlib only
 
-    if text not in PROXY_PROFILES:
-        raise ConfigError(f"unknown proxy profile {shown(text)}; choose one of: {', '.join(PROXY_PROFILES)}")
-    return text
-
-
-def _distributed(text: str) -> str:
-    if text not in DISTRIBUTED:
-        raise ConfigError(f"unknown distributed runtime {shown(text)}; choose one of: {', '.join(DISTRIBUTED)}")
-    return text
+    return tuple(PROXY_PROFILES)
 
 
 def _hostport(text: str) -> str:
@@ -185,6 +178,10 @@ BACKENDS = ("local", "containers", "auto")  # auto: containers when a Docker-com
 # CPU isolation of the load engine and proxy from the servers under test (services/isolation.py, which uses these)
 ISOLATION_MODES = ("auto", "cgroup", "affinity", "nice", "off")
 DISTRIBUTED = ("none", "locust")  # where the load runs: this process's engine, or generators on Locust's runtime
+_backend = _choice("backend", lambda: BACKENDS)
+_isolation = _choice("isolation", lambda: ISOLATION_MODES)
+_proxy_profile = _choice("proxy profile", _proxy_profiles)
+_distributed = _choice("distributed runtime", lambda: DISTRIBUTED)
 MAX_GENERATORS = 1000
 
 
