@@ -231,7 +231,8 @@ NUMBER_BOUNDS = {  # setting -> (lo, hi, lo_open, integer)
     "timeout": (1, DAY, False, False), "idle_timeout": (1, DAY, False, True),
     "requests": (1, MAX_COUNT, False, True), "concurrency": (1, MAX_CONCURRENCY, False, True),
     "processes": (1, MAX_CONCURRENCY, False, True), "rate": (0, MAX_RATE, True, False),
-    "start_rate": (0, MAX_RATE, True, False),
+    "start_rate": (0, MAX_RATE, True, False), "warmup": (0, DAY, False, False),
+    "generators": (1, 1000, False, True), "expect_generators": (1, 1000, False, True),
 }
 
 
@@ -444,3 +445,25 @@ def test_matrix_files(content: bytes) -> None:
             check_cell(cell)
     finally:
         os.unlink(name)
+
+
+# --- the Locust master's address (--wsgi-locust-master, wsgi_load(locust_master=)) ------------------------------
+
+MASTER_TEXT = st.one_of(
+    st.builds(lambda h, p: f"{h}:{p}", st.sampled_from(["127.0.0.1", "localhost", "[::1]", "::1", "", "a b"]),
+              st.one_of(st.integers(-5, 70000), NUMERIC_TEXT)),
+    TEXT, ANY,
+)
+
+
+@given(MASTER_TEXT)
+@fuzz(800)
+def test_locust_master_address(text: Any) -> None:
+    from pytest_wsgi502.load.distributed import parse_master
+
+    out = accepted(parse_master, text)
+    if out is REFUSED:
+        return
+    host, port = out
+    assert isinstance(host, str) and host and "\n" not in host and " " not in host, out
+    assert isinstance(port, int) and 1 <= port <= 65535, out
