@@ -64,11 +64,11 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502 import nginxlog
-from pytest_wsgi502.events import EXITS, HEADER_TOO_LARGE, KILLS, LIFECYCLE, REQUEST_ERROR
+from pytest_wsgi502.events import CRASHED, EXITS, HEADER_TOO_LARGE, KILLS, LIFECYCLE, REQUEST_ERROR
 from pytest_wsgi502.nginxlog import Failure, Reason
 
 CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "listener_closed", "inflight_cut",
-          "queue_reset", "header_too_large", "passive_health", "timeout", "db", "unknown")
+          "queue_reset", "header_too_large", "passive_health", "crashed", "timeout", "db", "unknown")
 LIFECYCLE_CAUSES = ("listener_closed", "inflight_cut", "queue_reset")  # proven by an action or a server line
 # a request that started this long after a lifecycle action can still be cut by it: uWSGI buries the workers of a
 # brutal reload within about 2 s (measured on 2.0.31: "worker 2 buried after 2 seconds")
@@ -86,10 +86,13 @@ _NO_REASON = nginxlog.classify_reason("")
 
 
 def _worker_cause(events: Iterable[dict[str, Any]], lo: float, hi: float) -> str | None:
-    """``worker_killed`` or ``recycle`` when a worker was killed or exited between ``lo`` and ``hi``."""
+    """``worker_killed``, ``crashed`` or ``recycle`` when a worker was killed, crashed or exited between ``lo`` and
+    ``hi`` (a kill first: gunicorn's timeout kill starts with SIGABRT, which is also a crash signal)."""
     near = [e for e in events if e.get("t") is not None and lo <= e["t"] <= hi]
     if any(e["kind"] in KILLS for e in near):
         return "worker_killed"
+    if any(e["kind"] == CRASHED for e in near):
+        return "crashed"
     if any(e["kind"] in EXITS for e in near):
         return "recycle"
     return None

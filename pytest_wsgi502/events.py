@@ -16,7 +16,11 @@ LIFETIME = "lifetime"  # uWSGI max-worker-lifetime reached
 NO_MERCY = "no_mercy"  # uWSGI reload-mercy ran out: the master SIGKILLs the worker
 HARAKIRI = "harakiri"  # uWSGI harakiri: a request ran too long, the worker is SIGKILLed
 DIED_SIGNAL = "died_signal"  # a worker died of SIGKILL (signal 9)
-DIED_OTHER_SIGNAL = "died_other_signal"  # a worker died of another signal
+DIED_OTHER_SIGNAL = "died_other_signal"  # a worker died of another signal (not a crash: e.g. SIGTERM, SIGINT)
+# a worker died of a fatal signal its own code raised: SIGSEGV, SIGBUS, SIGILL, SIGFPE or SIGABRT (a native crash,
+# e.g. a C extension after fork: uWSGI "DAMN ! worker 1 (pid: N) died, killed by signal 11", gunicorn "Worker
+# (pid:N) was sent SIGSEGV!")
+CRASHED = "crashed"
 DIED = "died"  # uWSGI: a worker died without a signal
 DIED_CODE = "died_code"  # gunicorn: a worker exited with a code
 EXIT = "exit"  # gunicorn "Worker exiting"
@@ -47,7 +51,7 @@ WORKER_ABORT = "worker_abort"  # gunicorn's timeout kill
 KINDS = frozenset({SPAWN, RESPAWN, RECYCLE, LIFETIME, NO_MERCY, HARAKIRI, DIED_SIGNAL, DIED_OTHER_SIGNAL, DIED,
                    DIED_CODE, EXIT, TIMEOUT, LISTEN_QUEUE_FULL, RESPAWNING_TOO_FAST, DB_ERROR, REQUEST_ERROR,
                    WORKER_EXIT, WORKER_ABORT, RELOAD, SHUTDOWN, ACTION, ACTION_PHASE,
-                   HEADER_TOO_LARGE})
+                   HEADER_TOO_LARGE, CRASHED})
 
 SPAWNS = frozenset({SPAWN, RESPAWN})  # a worker started (the initial set included)
 RESPAWNS = frozenset({RESPAWN})  # a worker started to replace one that left
@@ -57,3 +61,5 @@ KILLS = SIGKILLED | {TIMEOUT, WORKER_ABORT}  # the server killed a worker mid-re
 EXITS = frozenset({RECYCLE, LIFETIME, EXIT, DIED, DIED_CODE, WORKER_EXIT, DIED_OTHER_SIGNAL})
 # the server was told to reload or stop (by the harness or by its own log): what cuts requests and closes listeners
 LIFECYCLE = frozenset({ACTION, RELOAD, SHUTDOWN})
+# the signals of a crash (``CRASHED``), by number (uWSGI logs numbers) and name (gunicorn logs names): Linux values
+CRASH_SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 11: "SIGSEGV"}

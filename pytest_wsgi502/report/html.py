@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.events import ACTION, ACTION_PHASE, KILLS, RESPAWNS
+from pytest_wsgi502.events import ACTION, ACTION_PHASE, CRASHED, KILLS, RESPAWNS
 
 RESPAWN_COLOR = "#00b050"  # green: used for nothing else, so a picture test can look for it
 KILL_COLOR = "#e00000"
@@ -33,7 +33,7 @@ def _pyplot() -> Any:
 def event_offsets(cell: dict[str, Any]) -> dict[str, list[float]]:
     """Worker events as seconds since the load started, within the load (not the initial forks or our stop)."""
     started, end = cell.get("started_at"), cell.get("duration_s") or 0
-    out: dict[str, list[float]] = {"respawn": [], "kill": [], "action": [], "phase": []}
+    out: dict[str, list[float]] = {"respawn": [], "kill": [], "crash": [], "action": [], "phase": []}
     if started is None:
         return out
     for e in (cell.get("telemetry") or {}).get("events", []):
@@ -43,6 +43,8 @@ def event_offsets(cell: dict[str, Any]) -> dict[str, list[float]]:
             out["respawn"].append(e["t"] - started)
         elif e["kind"] in KILLS:
             out["kill"].append(e["t"] - started)
+        elif e["kind"] == CRASHED:  # a worker died of SIGSEGV or another fatal signal of its own
+            out["crash"].append(e["t"] - started)
         elif e["kind"] == ACTION:  # a lifecycle action the harness sent (reload, term)
             out["action"].append(e["t"] - started)
         elif e["kind"] == ACTION_PHASE:  # a phase of it seen in the server's processes (new workers ready, ...)
@@ -109,6 +111,8 @@ def timeline_figure(cell: dict[str, Any]) -> Any:
             ax.axvline(x, color=RESPAWN_COLOR, ls="--", lw=1.6)
         for x in events["kill"]:
             ax.axvline(x, color=KILL_COLOR, ls="-", lw=2.0)
+        for x in events["crash"]:
+            ax.axvline(x, color=KILL_COLOR, ls="-.", lw=2.0)
         for x in events["action"]:
             ax.axvline(x, color="#000000", ls=":", lw=1.8)
         for x in events["phase"]:
@@ -118,6 +122,8 @@ def timeline_figure(cell: dict[str, Any]) -> Any:
         ax_rps.annotate(label, (x, top), xytext=(2, -8 - 9 * (i % 3)), textcoords="offset points", fontsize=6,
                         rotation=0, va="top", color="#333333")
     counts = f"{len(events['respawn'])} respawns (green dashed), {len(events['kill'])} kills (red)"
+    if events["crash"]:
+        counts += f", {len(events['crash'])} crashes (red dash-dot)"
     if events["action"]:
         counts += f", {len(events['action'])} actions (black dotted)"
     if events["phase"]:

@@ -29,6 +29,9 @@ UWSGI_PATTERNS: dict[str, re.Pattern[str]] = {
         r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died, killed by signal (?P<signal>\d+)"
     ),
     ev.DIED: re.compile(r"DAMN ! worker (?P<worker>\d+) \(pid: (?P<pid>\d+)\) died(?!, killed)"),
+    # uWSGI 2.0's own SIGSEGV/SIGFPE handlers log the crash and exit (measured on 2.0.31: the master then says
+    # "died :(" without a signal); without them the master says "killed by signal 11" (DIED_SIGNAL -> CRASHED)
+    ev.CRASHED: re.compile(r"!!! uWSGI process (?P<pid>\d+) got (?:Segmentation Fault|Floating Point Exception)"),
     ev.LISTEN_QUEUE_FULL: re.compile(r"listen queue of socket .* full"),
     ev.RESPAWNING_TOO_FAST: re.compile(r"worker respawning too fast"),
     ev.DB_ERROR: re.compile(r"django\.db\.utils\.OperationalError: \((?P<code>\d+)"),
@@ -78,14 +81,23 @@ def parse_events(text: str, patterns: dict[str, re.Pattern[str]]) -> list[Event]
             if m is None:
                 continue
             g = m.groupdict()
-            if kind == ev.DIED_SIGNAL and "signal" in g and g["signal"] != "9":
-                kind = ev.DIED_OTHER_SIGNAL
-            if kind == ev.DIED_SIGNAL and g.get("signame") not in (None, "SIGKILL"):
-                kind = ev.DIED_OTHER_SIGNAL
+            if kind == ev.DIED_SIGNAL:
+                kind = _died_kind(g.get("signal"), g.get("signame"))
             events.append(Event(kind, t, int(g["pid"]) if g.get("pid") else None,
                                 int(g["worker"]) if g.get("worker") else None, line.strip()[:300]))
             break
     return events
+
+
+def _died_kind(number: str | None, name: str | None) -> str:
+    """A worker's death by signal: SIGKILL (``DIED_SIGNAL``, a kill), a crash (``CRASHED``: SIGSEGV and the other
+    fatal signals a process raises itself) or another signal (``DIED_OTHER_SIGNAL``)."""
+    if number is not None:
+        return ev.DIED_SIGNAL if number == "9" else ev.CRASHED if int(number) in ev.CRASH_SIGNALS \
+            else ev.DIED_OTHER_SIGNAL
+    if name is None or name == "SIGKILL":
+        return ev.DIED_SIGNAL
+    return ev.CRASHED if name in ev.CRASH_SIGNALS.values() else ev.DIED_OTHER_SIGNAL
 
 
 def _gunicorn_time(line: str) -> float | None:

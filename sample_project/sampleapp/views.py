@@ -53,6 +53,19 @@ def die(request):
 
 
 @require_GET
+def segv(request):
+    """Fault injection (only with WSGI502_FAULTS=1): the worker crashes in native code, a NULL read through ctypes
+    (a real SIGSEGV, as a C extension used after fork crashes), so the proxy gets a closed connection and answers
+    502 and the server logs the worker's death by signal 11. Tests compare the crashes with these requests."""
+    if os.environ.get("WSGI502_FAULTS") != "1":
+        return JsonResponse({"error": "fault injection is off (WSGI502_FAULTS=1 turns it on)"}, status=404)
+    import ctypes
+
+    ctypes.string_at(0)
+    return JsonResponse({"error": "unreachable"}, status=500)  # pragma: no cover
+
+
+@require_GET
 def alloc(request):
     """Fault injection (only with WSGI502_FAULTS=1): touch ``mb`` MiB of memory for ``ms`` ms, then free it. In a
     container with a low memory limit the kernel's OOM killer SIGKILLs the worker (the oom-kill scenario)."""

@@ -208,7 +208,7 @@ def test_html_is_self_contained_and_places_events():
              telemetry={"events": [{"kind": "respawn", "t": 1001.5}, {"kind": "no_mercy", "t": 1002.0},
                                    {"kind": "respawn", "t": 990.0}, {"kind": "recycle", "t": 1001.4}]},
              slo={"passed": False, "failures": ["p99<1ms: measured 5ms, limit < 1ms"], "checks": []})
-    assert event_offsets(c) == {"respawn": [1.25], "kill": [1.75], "action": [], "phase": []}
+    assert event_offsets(c) == {"respawn": [1.25], "kill": [1.75], "crash": [], "action": [], "phase": []}
     page = render_html({"environment": {"versions": {"nginx": "1.22.1"}}, "cells": [c]})
     assert page.count("<svg") == 2 and "p99&lt;1ms: measured 5ms" in page
     for fetched in ("<script", "<link", " src=", "url(http"):

@@ -159,14 +159,41 @@ def test_telemetry_attribution_and_report_read_one_vocabulary():
     for kind in ev.KINDS:
         events = [{"kind": kind, "t": 100.5}]
         cause = classify(closed, 502, 100.0, 100.2, events)
-        assert cause == ("worker_killed" if kind in ev.KILLS else "recycle" if kind in ev.EXITS else "unknown"), kind
+        assert cause == ("crashed" if kind == ev.CRASHED else "worker_killed" if kind in ev.KILLS
+                         else "recycle" if kind in ev.EXITS else "unknown"), kind
         drawn = event_offsets({"started_at": 100.0, "duration_s": 10, "telemetry": {"events": events}})
         assert drawn == {"respawn": [0.5] if kind in ev.RESPAWNS else [], "kill": [0.5] if kind in ev.KILLS else [],
+                         "crash": [0.5] if kind == ev.CRASHED else [],
                          "action": [0.5] if kind == ev.ACTION else [],
                          "phase": [0.5] if kind == ev.ACTION_PHASE else []}
         summary = summarize([Event(kind, 100.5, 7, 1, "")], initial_workers=0)
         assert summary["kills"] == (1 if kind in ev.SIGKILLED else 0)
         assert summary["respawns"] == (1 if kind in ev.SPAWNS else 0)
+
+
+@pytest.mark.parametrize(("line", "kind"), [
+    # uWSGI 2.0.31's own SIGSEGV handler (measured: the master's "died :(" that follows has no signal)
+    ("1796136283.090146 !!! uWSGI process 3381 got Segmentation Fault !!!", "crashed"),
+    ("1796136283.571191 DAMN ! worker 1 (pid: 3380) died :( trying respawn ...", "died"),
+    # without its handler the master reports the signal: 11 a crash, 9 a kill, 15 neither
+    ("1.0 DAMN ! worker 1 (pid: 5) died, killed by signal 11 :( trying respawn ...", "crashed"),
+    ("1.0 DAMN ! worker 1 (pid: 5) died, killed by signal 7 :( trying respawn ...", "crashed"),
+    ("1.0 DAMN ! worker 1 (pid: 5) died, killed by signal 9 :( trying respawn ...", "died_signal"),
+    ("1.0 DAMN ! worker 1 (pid: 5) died, killed by signal 15 :( trying respawn ...", "died_other_signal"),
+])
+def test_uwsgi_crash_lines(line: str, kind: str) -> None:
+    from pytest_wsgi502.servers.telemetry import UWSGI_PATTERNS, parse_events
+
+    assert [e.kind for e in parse_events(line, UWSGI_PATTERNS)] == [kind]
+
+
+@pytest.mark.parametrize(("signame", "kind"), [("SIGSEGV", "crashed"), ("SIGABRT", "crashed"),
+                                               ("SIGKILL", "died_signal"), ("SIGTERM", "died_other_signal")])
+def test_gunicorn_worker_signal_lines(signame: str, kind: str) -> None:
+    from pytest_wsgi502.servers.telemetry import GUNICORN_PATTERNS, parse_events
+
+    line = f"[2026-12-01 14:44:50 +0000] [3282] [ERROR] Worker (pid:3300) was sent {signame}!"
+    assert [e.kind for e in parse_events(line, GUNICORN_PATTERNS)] == [kind]
 
 
 # --- load modes -----------------------------------------------------------------------------------------------
