@@ -9,6 +9,10 @@
 - The **error log** keeps nginx's reason for each failed request, tagged with the same connection number
   (``*N``). ``read_error_log`` parses it once and ``classify_reason`` names each reason once; the counts in a
   cell's result (``proxy.error_reasons``) and the attribution of each 502 (``attribution.py``) both use them.
+- **HAProxy** (``haproxy.py``, cells with several targets) writes the same access log shape
+  (``HAPROXY_LOG_FORMAT``, plus ``server`` and ``termination``) and has no error log: the reason of each failure
+  is its termination state, named in the same vocabulary by ``termination_reason``; ``haproxy_reasons`` gives
+  them keyed like ``reasons_by_connection``, so attribution treats both proxies alike.
 """
 
 from __future__ import annotations
@@ -32,6 +36,20 @@ ACCESS_LOG_FORMAT = (
     # whether nginx could keep the upstream connection after this response (``reusable``)
     '"upstream_connection":"$upstream_http_connection","upstream_content_length":"$upstream_http_content_length",'
     '"upstream_transfer_encoding":"$upstream_http_transfer_encoding"}'
+)
+# HAProxy's access log in the same shape (haproxy.py renders it single-quoted: no "'" in it). Numbers HAProxy
+# logs in ms are written with an exponent (``%Ta`` then ``e-3``: 15e-3 is 0.015 s), so t and the times are
+# seconds like nginx's; ``t`` is the log time (``date`` in ms), like $msec. ``conn`` is HAProxy's request counter
+# (unique per request: there are no retries to pair), ``client_port`` the client connection. ``upstream_status``
+# and the three upstream headers are set only from a server's response (``http-response`` rules), so a response
+# HAProxy made itself logs "-"/"" there. ``upstream_time`` is the time to the response headers (-0.001: none).
+HAPROXY_LOG_FORMAT = (
+    '{"t":%[date(0,ms)]e-3,"status":%ST,"conn":%rt,"client_port":%cp,"server":"%s","termination":"%tsc",'
+    '"upstream_status":"%[var(txn.upstream_status,-)]","upstream_addr":"%si:%sp",'
+    '"request_time":%Ta%[str(e-3)],"upstream_time":%Tr%[str(e-3)],"connect_time":%Tc%[str(e-3)],"retries":%rc,'
+    '"uri":"%[capture.req.uri,json(utf8ps)]","upstream_connection":"%[var(txn.upstream_connection,),json(utf8ps)]",'
+    '"upstream_content_length":"%[var(txn.upstream_content_length,),json(utf8ps)]",'
+    '"upstream_transfer_encoding":"%[var(txn.upstream_transfer_encoding,),json(utf8ps)]","lb":"haproxy"}'
 )
 FAILED = (502, 503, 504)  # statuses the proxy answers itself when the upstream fails
 
@@ -223,4 +241,47 @@ def reasons_by_connection(lines: Iterable[ErrorLine]) -> dict[int, deque[Reason]
     for line in lines:
         if line.conn is not None:
             by_conn[line.conn].append(line.reason)
+    return by_conn
+
+
+# --- HAProxy: the reason of a failure is its termination state (configuration manual 8.5) ---------------------
+
+# first character: who or what ended the session; second: in which phase. Only the pairs a failed request can end
+# with are named; anything else is ``other`` with the state in the text.
+_HAPROXY_PHASES = {"C": "connecting", "Q": "connecting", "H": "reading", "D": "reading", "L": "reading"}
+_HAPROXY_REASONS = {
+    "S": ("upstream_refused", "the server refused the connection"),  # with phase C; H/D: it closed or reset
+    "s": ("upstream_timeout", "server-side timeout expired"),
+    "K": ("upstream_closed", "the session was killed by an administrative action (shutdown sessions)"),
+    "D": ("upstream_closed", "the session was killed because its server went down"),
+}
+
+
+def termination_reason(state: str, server: str = "") -> Reason:
+    """HAProxy's termination state (``SC--``, ``SH--``, ``sH--``...) as a ``Reason`` of nginx's vocabulary:
+    ``SC`` refused (``no_live_upstreams`` when no server was picked: ``<NOSRV>``), ``SH``/``SD`` the server
+    closed or reset it mid-request (HAProxy does not tell the two apart: ``upstream_closed``), ``sC``/``sH`` a
+    timeout, ``K`` cut by ``shutdown sessions`` (``upstream_closed``), anything else ``other``."""
+    text = f"HAProxy termination state {state or '?'}"
+    first, second = (state + "--")[0], (state + "--")[1]
+    phase = _HAPROXY_PHASES.get(second, "")
+    if first == "S" and server == "<NOSRV>":
+        return Reason("no_live_upstreams", phase, f"{text}: no server available")
+    named = _HAPROXY_REASONS.get(first)
+    if named is None:
+        return Reason(OTHER, phase, text)
+    name, why = named
+    if first == "S" and second != "C":
+        name, why = "upstream_closed", "the server closed or reset the connection before the response was complete"
+    return Reason(name, phase, f"{text}: {why}")
+
+
+def haproxy_reasons(records: Iterable[dict[str, Any]]) -> dict[int, deque[Reason]]:
+    """Connection number (``conn``) -> the reason of each failed request on it, from HAProxy's access-log records:
+    the same shape ``reasons_by_connection`` gives for nginx's error log, so ``failures`` pair with them alike."""
+    by_conn: dict[int, deque[Reason]] = defaultdict(deque)
+    for rec in records:
+        if rec.get("status") in FAILED:
+            by_conn[int(rec.get("conn", 0))].append(
+                termination_reason(str(rec.get("termination", "")), str(rec.get("server", ""))))
     return by_conn

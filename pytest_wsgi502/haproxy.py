@@ -1,0 +1,215 @@
+"""The load balancer in front of a cell with several server instances (rolling deploys): HAProxy 2.6.
+
+Why HAProxy and not nginx here (see ``proxy.py``): a rolling deploy takes one target out of the rotation while
+the others keep serving, then cuts what is still in flight on it. Open-source nginx 1.22 has no runtime API and
+its reload closes idle client keep-alive connections; HAProxy 2.6 (Debian) drains one server over its runtime
+API (``set server be/sN state drain``) and cuts its streams (``shutdown sessions server be/sN``).
+
+AWS ALB behaviours rendered (sources as in ``proxy.py``: the ALB troubleshooting, quotas and attributes pages):
+
+- no retries, no redispatch (``retries 0``): a failed connect or a cut request is the client's error;
+- 10 s connect timeout; the idle timeout for the client, the server, keep-alive and a client that stops sending
+  (``timeout http-request``: HAProxy answers 408 like the ALB);
+- no passive health: servers have no ``check``, so HAProxy never marks one down on errors;
+- each request load-balanced on its own (``balance roundrobin``, no ``prefer-last-server``);
+- 502 when a target refuses the connection: HAProxy answers 503 (termination ``SC``) there; an
+  ``http-after-response`` rule turns a 503 that had a server into 502, logged 502. A 503 without a server (every
+  target drained or in maintenance, ``<NOSRV>``) stays 503, as an ALB with no registered targets answers;
+- 502 when the target closes or resets with a request outstanding (HAProxy's own 502, ``SH``).
+
+The access log is JSON per line in the shape ``nginxlog.read_access_log`` reads (see ``HAPROXY_LOG_FORMAT``),
+written by HAProxy to its stdout (``log stdout format raw``), which is the file ``proxy-access.log``; HAProxy's
+own notices land in the same file and are skipped by the reader (not JSON). ``nginxlog.haproxy_reasons`` names
+each failure's reason from its termination state, as nginx's error log does for the nginx proxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from pytest_wsgi502.config.values import ConfigError, number, shown
+from pytest_wsgi502.nginxlog import ACCESS_LOG, HAPROXY_LOG_FORMAT
+from pytest_wsgi502.proxy import upstream_target, whole_seconds
+from pytest_wsgi502.services.process import (
+    CpuPlace,
+    LocalProcess,
+    ServiceError,
+    find_binary,
+    free_port,
+    private_tmpdir,
+)
+
+STATES = ("ready", "drain", "maint")
+BACKEND = "be"
+CONFIG = "haproxy.cfg"
+SOCKET = "haproxy-admin.sock"
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with its NUL
+
+# Inside HAProxy's single quotes ("strong quoting", configuration manual 2.2) nothing is interpreted; a single
+# quote cannot be written there at all, and CR/LF have no representation. Control characters are refused too.
+_HAPROXY_UNSAFE = re.compile(r"[\x00-\x1f\x7f']")
+
+
+def haproxy_quoted(value: Any, what: str) -> str:
+    """``value`` as one single-quoted HAProxy word, or ConfigError when HAProxy could not read it back as is."""
+    text = str(value)
+    bad = _HAPROXY_UNSAFE.search(text)
+    if bad or not text:
+        why = f"contains {bad.group()!r}" if bad else "is empty"
+        raise ConfigError(f"HAProxy {what} {shown(text)} {why}, which cannot be written in an HAProxy config "
+                          "(use a run directory without quotes or control characters)")
+    return f"'{text}'"
+
+
+def server_address(upstream: Any) -> str:
+    """An upstream as HAProxy's ``server`` address: ``HOST:PORT`` as is, ``unix:PATH`` as ``unix@PATH``; quoted."""
+    text = upstream_target(upstream)
+    if text.startswith("unix:"):
+        return haproxy_quoted("unix@" + text[5:], "upstream")
+    return haproxy_quoted(text, "upstream")
+
+
+def server_name(index: int) -> str:
+    return f"s{index}"
+
+
+def render_haproxy(workdir: Path, upstreams: list[str], port: int, idle_timeout: float,
+                   admin_socket: Path, connect_timeout: float = 10.0) -> str:
+    """HAProxy's config: every path quoted, every number validated, timeouts in whole seconds rounded up."""
+    if not upstreams:
+        raise ConfigError("HAProxy needs at least one upstream")
+    port = number(port, "proxy port", 1, 65535, integer=True)
+    idle = whole_seconds(idle_timeout, "idle timeout")
+    connect = whole_seconds(connect_timeout, "connect timeout")
+    sock = haproxy_quoted(admin_socket, "admin socket path")
+    if len(os.fsencode(str(admin_socket))) > SUN_PATH_MAX:
+        raise ConfigError(f"HAProxy admin socket path {shown(str(admin_socket))} is longer than {SUN_PATH_MAX} bytes")
+    servers = "\n".join(f"    server {server_name(i)} {server_address(u)}" for i, u in enumerate(upstreams))
+    fmt = haproxy_quoted(HAPROXY_LOG_FORMAT, "log format")
+    return f"""# rendered by pytest-wsgi502: HAProxy for several targets (see pytest_wsgi502/haproxy.py)
+global
+    nbthread 1
+    noreuseport
+    hard-stop-after 5s
+    log stdout format raw local0
+    stats socket {sock} mode 600 level admin
+defaults alb
+    mode http
+    log global
+    option http-keep-alive
+    retries 0
+    no option redispatch
+    timeout connect {connect}
+    timeout client {idle}
+    timeout server {idle}
+    timeout http-keep-alive {idle}
+    timeout http-request {idle}
+frontend fe from alb
+    bind 127.0.0.1:{port}
+    log-format {fmt}
+    default_backend {BACKEND}
+    # a refused connect is HAProxy's 503 (SC); the ALB answers 502. A 503 with no server stays 503 (<NOSRV>)
+    http-after-response set-status 502 if {{ status 503 }} {{ srv_id -m found }}
+backend {BACKEND} from alb
+    balance roundrobin
+    # what the server answered, for the log (http-response rules see server responses only)
+    http-response set-var(txn.upstream_status) status
+    http-response set-var(txn.upstream_connection) res.hdr(connection)
+    http-response set-var(txn.upstream_content_length) res.hdr(content-length)
+    http-response set-var(txn.upstream_transfer_encoding) res.hdr(transfer-encoding)
+{servers}
+"""
+
+
+class HAProxyLB:
+    """HAProxy in front of ``upstreams`` (server ``s0`` is ``upstreams[0]``...), with a runtime API to drain them."""
+
+    def __init__(self, workdir: Path, upstreams: list[str], idle_timeout: float, binary: str,
+                 ledger: Path | None = None, port: int = 0, place: CpuPlace | None = None) -> None:
+        self.dir = workdir
+        self.upstreams = list(upstreams)
+        self.idle_timeout = idle_timeout
+        self.binary, self.ledger, self.place = binary, ledger, place
+        self.port = port or free_port()
+        self.process: LocalProcess | None = None
+        self._sockdir: Path | None = None  # a short private dir when workdir is too deep for a unix socket path
+        self.admin_socket = workdir / SOCKET
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def server_name(self, index: int) -> str:
+        number(index, "server index", 0, len(self.upstreams) - 1, integer=True)
+        return server_name(index)
+
+    def start(self, ready_path: str, timeout: float = 20.0) -> HAProxyLB:
+        import httpx
+
+        if len(os.fsencode(str(self.admin_socket))) > SUN_PATH_MAX:
+            self._sockdir = private_tmpdir(self.ledger, prefix="hap")
+            self.admin_socket = self._sockdir / SOCKET
+        text = render_haproxy(self.dir, self.upstreams, self.port, self.idle_timeout, self.admin_socket)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / CONFIG
+        conf.write_text(text, encoding="utf-8")
+        argv = [self.binary, "-db", "-f", str(conf)]
+        # SIGUSR1: soft stop (stop listening, let streams finish; hard-stop-after bounds it). Each log line is
+        # written as it happens, so nothing is left to flush.
+        self.process = LocalProcess("haproxy", argv, self.dir / ACCESS_LOG, stop_signal=signal.SIGUSR1,
+                                    ledger=self.ledger, place=self.place).start()
+        pid = self.process.pid
+
+        def ready() -> bool:  # our HAProxy answers the admin socket, and the target answers through it
+            if f"Pid: {pid}\n" not in self.command("show info"):
+                return False
+            return httpx.get(self.url + ready_path, timeout=2).status_code < 500
+
+        self.process.wait_ready(ready, timeout, f"answering GET {ready_path} through HAProxy")
+        return self
+
+    def command(self, line: str, timeout: float = 5.0) -> str:
+        """One runtime API command over the admin socket; its answer."""
+        if "\n" in line or ";" in line:
+            raise ConfigError(f"HAProxy runtime command must be one command, got {shown(line)}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.admin_socket))
+            s.sendall(line.encode() + b"\n")
+            chunks = []
+            while data := s.recv(65536):
+                chunks.append(data)
+        return b"".join(chunks).decode(errors="replace")
+
+    def _checked(self, line: str) -> None:
+        out = self.command(line).strip()
+        if out:  # success is an empty answer
+            raise ServiceError(f"HAProxy refused {line!r}: {out.splitlines()[0]}")
+
+    def set_state(self, index: int, state: str) -> None:
+        if state not in STATES:
+            raise ConfigError(f"server state must be one of {', '.join(STATES)}, got {shown(state)}")
+        self._checked(f"set server {BACKEND}/{self.server_name(index)} state {state}")
+
+    def shutdown_sessions(self, index: int) -> None:
+        self._checked(f"shutdown sessions server {BACKEND}/{self.server_name(index)}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        if self._sockdir is not None:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None
+        with contextlib.suppress(OSError):
+            self.admin_socket.unlink()
+
+
+def find_haproxy(explicit: str | None) -> str | None:
+    return find_binary("haproxy", explicit)
