@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import threading
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +101,28 @@ def pytest_configure(config: pytest.Config) -> None:
             check(state.settings, state.cells, state.path("chdir"), backend=choice.name)
     _check_reports(state)
     config.pluginmanager.register(MatrixReporter(config, state), "wsgi502-reporter")
+    if state.enabled:
+        _term_as_interrupt(config)
+
+
+_TERM_HANDLER = pytest.StashKey[Any]()
+
+
+def _interrupted_by_term(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt("SIGTERM: stopping as for Ctrl-C (services, cgroups and private directories released)")
+
+
+def _term_as_interrupt(config: pytest.Config) -> None:
+    """SIGTERM (``timeout``, a CI runner cancelling a job, ``kill``) releases what the run started as Ctrl-C does:
+    Python's default for SIGTERM ends the process without fixture teardown or ``atexit``, so the services died
+    with their parent (PR_SET_PDEATHSIG) but the private MariaDB directory and the CPU split's cgroups stayed.
+    Only when nobody else handles SIGTERM (a handler the user or another plugin installed is left alone), and
+    only from the main thread (the only one that may set a handler)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+    signal.signal(signal.SIGTERM, _interrupted_by_term)
+    config.stash[_TERM_HANDLER] = _interrupted_by_term
 
 
 def _check_target(state: State) -> None:
@@ -403,6 +427,8 @@ def pytest_runtest_makereport(
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_TERM_HANDLER, None) is not None and signal.getsignal(signal.SIGTERM) is _interrupted_by_term:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pytester runs many sessions in one process
     from pytest_wsgi502.services.process import stop_all
 
     stop_all()  # anything a fixture could not tear down (Ctrl-C, internal errors)

@@ -77,11 +77,12 @@ class Matrix:
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         # SIGINT handled as from a terminal even when this suite runs as a background job of a non-interactive
         # shell: such jobs inherit SIG_IGN for SIGINT, and Python then never raises KeyboardInterrupt
         return subprocess.Popen(self.argv(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                                env=None if env is None else {**os.environ, **env})
 
     def wait_for_load(self, proc: subprocess.Popen[str], cell: str = "uwsgi-2w", timeout: float = 120) -> None:
         """Wait until ``cell``'s services are up and load flows through its proxy (a non-empty access log)."""

@@ -1,8 +1,11 @@
 """End to end: pytest --wsgi-matrix on the sample project with real services."""
 
 import re
+import shutil
 import signal
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -92,9 +95,14 @@ def test_port_in_use_is_reported_by_the_server(matrix, tmp_path):
     assert "Address already in use" in out, out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
-def test_interrupted_run_leaves_nothing_running(matrix, sig):
-    proc = matrix.popen("--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "killed"])
+def test_interrupted_run_leaves_nothing_running(matrix, sig, request):
+    # where the private MariaDB directory goes (tempfile.gettempdir()): under /tmp, as pytest's own tmp_path is 0700
+    # and the mysql user must reach its directory inside
+    tmp = Path(tempfile.mkdtemp(prefix="wsgi502-test-tmp-"))
+    tmp.chmod(0o711)
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    proc = matrix.popen("--wsgi-cells=uwsgi-2w", "--wsgi-duration=60s", env={"TMPDIR": str(tmp)})
     try:
         matrix.wait_for_load(proc, timeout=120)  # services up, load flowing
         assert len(processes_under(matrix.keep)) >= 4  # mariadbd, uwsgi master + workers, nginx
@@ -103,9 +111,10 @@ def test_interrupted_run_leaves_nothing_running(matrix, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    if sig == signal.SIGINT:
+    if sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM (timeout, a cancelled CI job) is released as Ctrl-C is
         assert proc.returncode == 2  # pytest's "interrupted"
         assert not wait_gone(matrix.keep, 10)
+        assert not list(tmp.glob("wsgi502-mysql-*"))  # the private MariaDB directory is removed
     else:
         # the kernel (PR_SET_PDEATHSIG) stops the services; uWSGI workers follow their master (no-orphans)
         left = wait_gone(matrix.keep, 15)
