@@ -30,6 +30,7 @@ from typing import Any
 from pytest_wsgi502.config import values
 from pytest_wsgi502.config.duration import Auto
 from pytest_wsgi502.config.duration import parse as parse_duration
+from pytest_wsgi502.config.duration import parse_duration as seconds_of
 from pytest_wsgi502.config.modes import load_mode
 from pytest_wsgi502.config.values import DAY, MAX_CONCURRENCY, MAX_COUNT, MAX_RATE, ConfigError, shown
 
@@ -43,11 +44,21 @@ SERVERS = ("uwsgi", "gunicorn")
 # (uWSGI 2.0 without die-on-term: a brutal reload; gunicorn and uWSGI with die-on-term: a graceful stop, and the
 # server does not come back), upgrade = gunicorn's binary upgrade (USR2, then WINCH + QUIT to the old master once
 # the new one's workers are up), upgrade-graceful = the same with TERM to the old master (its workers finish what
-# they accepted), chain-reload = uWSGI's worker-by-worker reload (master FIFO ``c``)
-ACTIONS = ("reload", "hup", "term", "upgrade", "upgrade-graceful", "chain-reload")
+# they accepted), chain-reload = uWSGI's worker-by-worker reload (master FIFO ``c``), rolling = a rolling deploy of
+# the cell's ``instances`` behind the load balancer (servers/fleet.py; only with instances > 1, the only action there)
+ACTIONS = ("reload", "hup", "term", "upgrade", "upgrade-graceful", "chain-reload", "rolling")
+# each server's own actions (a signal or a FIFO command to its master); ``rolling`` is the fleet's, for both
 SERVER_ACTIONS = {"uwsgi": ("reload", "hup", "term", "chain-reload"),
                   "gunicorn": ("reload", "hup", "term", "upgrade", "upgrade-graceful")}
 _ACTION_KEYS = {"at", "do"}
+# a rolling deploy's own keys (durations) and their defaults: ``lag`` = how long the load balancer keeps routing to
+# an instance after it is deregistered (an LB's or Kubernetes endpoints' propagation lag), ``prestop`` = the
+# instance's preStop sleep before its stop signal (counted from the deregistration, in parallel with the lag),
+# ``deregistration_delay`` = how long the LB lets requests in flight on a draining instance finish before it cuts
+# them (AWS target groups: 0-3600 s, 300 s by default)
+ROLLING_KEYS = {"lag": 0.0, "prestop": 0.0, "deregistration_delay": 300.0}
+MAX_ROLLING_SECONDS = 3600.0  # AWS's bound for the deregistration delay; the lag and preStop sleep get the same
+MAX_INSTANCES = 64
 WORKER_CLASSES = {"uwsgi": ("prefork", "gevent"), "gunicorn": ("sync", "gthread", "gevent")}
 DRIVERS = ("mysqlclient", "pymysql")
 POOLS = ("none", "sqlalchemy")
@@ -92,6 +103,9 @@ class Cell:
     headers: Mapping[str, str] = field(default_factory=dict)  # request headers sent with every request of the load
     # how the proxy in front of this cell behaves: alb | nginx (None: the session's --wsgi-proxy-profile)
     proxy_profile: str | None = None
+    # server instances of this cell behind one load balancer (HAProxy when > 1: it drains one at runtime), each
+    # with its own port and directory; a rolling deploy replaces them one at a time (action ``rolling``)
+    instances: int = 1
     # lifecycle actions sent to the server during the load: [{"at": seconds since the load started, "do": ACTIONS}]
     actions: tuple[Mapping[str, Any], ...] = ()
     path: str | None = None  # request path, {n}: a random integer in 1..n_max (None: the session's --wsgi-path)
@@ -138,7 +152,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "max_requests": (0, MAX_COUNT), "max_requests_delta": (0, MAX_COUNT), "max_requests_jitter": (0, MAX_COUNT),
     "keepalive": (0, DAY), "listen": (0, MAX_CONCURRENCY), "pool_size": (0, MAX_CONCURRENCY),
     "max_overflow": (0, MAX_CONCURRENCY), "conn_max_age": (0, DAY), "mysql_max_connections": (1, MAX_CONCURRENCY),
-    "concurrency": (1, MAX_CONCURRENCY), "n_max": (1, MAX_COUNT),
+    "concurrency": (1, MAX_CONCURRENCY), "n_max": (1, MAX_COUNT), "instances": (1, MAX_INSTANCES),
     "start_rate": (0, MAX_RATE), "think_time": (0, DAY), "warmup": (0, DAY),
 }
 _OPEN_BOUNDS: dict[str, tuple[float, float]] = {"rate": (0, MAX_RATE), "cpus": (0, 1024)}  # > lo, <= hi
@@ -366,7 +380,9 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
             parse_statuses(m["verify_status"], f"{at}: mix[{i}].verify_status")
         if "verify_content_type" in m:
             content_type(m["verify_content_type"], f"{at}: mix[{i}].verify_content_type")
-    actions = _actions(raw.get("actions", []), at, raw.get("duration"), server)
+    actions = _actions(raw.get("actions", []), at, raw.get("duration"), server, raw.get("instances", 1))
+    if raw.get("instances", 1) > 1:
+        _fleet(raw, at)
     headers = _headers(raw.get("headers", {}), at)
     slo = raw.get("slo", ())
     if isinstance(slo, str):
@@ -388,10 +404,41 @@ def _make_cell(name: str, raw: dict[str, Any], where: str) -> Cell:
     return Cell(**values_)
 
 
-def _actions(value: Any, at: str, duration: Any, server: str = "uwsgi") -> tuple[dict[str, Any], ...]:
+def _fleet(raw: Mapping[str, Any], at: str) -> None:
+    """What instances > 1 needs: a load balancer that drains one instance at runtime (HAProxy; nginx 1.22 has none)
+    and a TCP port per instance that its replacement takes over."""
+    n = raw["instances"]
+    if raw.get("proxy_profile") == "nginx":
+        raise ConfigError(f"{at}: instances = {n} needs a load balancer that drains one instance at runtime (HAProxy); "
+                          "proxy_profile nginx has no runtime drain: drop proxy_profile or use instances = 1")
+    if raw.get("socket", "tcp") != "tcp":
+        raise ConfigError(f"{at}: instances = {n} needs socket = \"tcp\" (a replacement instance listens on its "
+                          "predecessor's port)")
+
+
+def _rolling(a: Mapping[str, Any], where: str) -> dict[str, float]:
+    """A rolling action's own keys (``ROLLING_KEYS``), each a duration of 0 to ``MAX_ROLLING_SECONDS``."""
+    out = {}
+    for key, default in ROLLING_KEYS.items():
+        if key not in a:
+            out[key] = default
+            continue
+        seconds = a[key]
+        if isinstance(seconds, str):
+            try:
+                seconds = seconds_of(seconds)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.{key}: {exc}") from None
+        out[key] = float(values.number(seconds, f"{where}.{key}", 0, MAX_ROLLING_SECONDS))
+    return out
+
+
+def _actions(value: Any, at: str, duration: Any, server: str = "uwsgi",
+             instances: int = 1) -> tuple[dict[str, Any], ...]:
     """``actions = [{at = "5s", do = "reload"}]``: each ``at`` a duration within the cell's own duration (when it
     has one; the run checks it against the session's), each ``do`` one of the server's ``SERVER_ACTIONS``; sorted
-    by time."""
+    by time. ``rolling`` takes its own keys (``ROLLING_KEYS``) and needs instances > 1, where it is the only
+    action (the others signal one server)."""
     if not isinstance(value, list | tuple) or not all(isinstance(a, Mapping) for a in value):
         raise ConfigError(f"{at}: actions must be a list of tables, e.g. actions = [{{at = \"5s\", do = \"reload\"}}]")
     length: float | None = None
@@ -400,7 +447,11 @@ def _actions(value: Any, at: str, duration: Any, server: str = "uwsgi") -> tuple
         length = parsed.cap if isinstance(parsed, Auto) else parsed
     out = []
     for i, a in enumerate(value):
-        if set(a) != _ACTION_KEYS:
+        rolling = a.get("do") == "rolling"
+        if rolling and (not set(a) >= _ACTION_KEYS or set(a) - _ACTION_KEYS - set(ROLLING_KEYS)):
+            raise ConfigError(f"{at}: actions[{i}] (rolling) needs at and do and may have "
+                              f"{', '.join(ROLLING_KEYS)} (durations like \"1s\"); got {shown(dict(a))}")
+        if not rolling and set(a) != _ACTION_KEYS:
             raise ConfigError(f"{at}: actions[{i}] needs exactly at (a duration like \"5s\") and do (one of "
                               f"{', '.join(ACTIONS)}); got {shown(dict(a))}")
         when = parse_duration(a["at"], f"{at}: actions[{i}].at")
@@ -410,10 +461,16 @@ def _actions(value: Any, at: str, duration: Any, server: str = "uwsgi") -> tuple
             raise ConfigError(f"{at}: actions[{i}].at = {when:g}s is not within the cell's duration ({length:g}s)")
         if a["do"] not in ACTIONS:
             raise ConfigError(f"{at}: actions[{i}].do {shown(a['do'])} unknown; choose one of {', '.join(ACTIONS)}")
-        if a["do"] not in SERVER_ACTIONS[server]:
+        if not rolling and a["do"] not in SERVER_ACTIONS[server]:
             raise ConfigError(f"{at}: actions[{i}].do {shown(a['do'])} is not a {server} action; choose one of "
                               f"{', '.join(SERVER_ACTIONS[server])}")
-        out.append({"at": when, "do": a["do"]})
+        if rolling and instances < 2:
+            raise ConfigError(f"{at}: actions[{i}].do rolling replaces instances one at a time: set instances >= 2 "
+                              f"(got {instances})")
+        if not rolling and instances > 1:
+            raise ConfigError(f"{at}: actions[{i}].do {shown(a['do'])} signals one server; with instances = "
+                              f"{instances} the only action is rolling")
+        out.append({"at": when, "do": a["do"], **(_rolling(a, f"{at}: actions[{i}]") if rolling else {})})
     return tuple(sorted(out, key=lambda a: a["at"]))
 
 

@@ -404,6 +404,16 @@ class Server:
         sig = self.action_signals[do]
         return sig, self.runner.signal(sig)
 
+    def graceful_stop(self) -> tuple[str, int | None]:
+        """Stop the server gracefully (a rolling deploy's stop of one instance): its listener closes, the requests
+        it serves finish within ``stop_grace``. gunicorn: SIGTERM (uWSGI overrides: its SIGTERM is no graceful
+        stop). Returns (what was sent, the master's pid)."""
+        return signal.SIGTERM.name, self.runner.signal(signal.SIGTERM)
+
+    def stop_grace(self) -> float:
+        """The longest a graceful stop may take (the server's own bound, e.g. gunicorn's graceful_timeout)."""
+        return 30.0
+
     def watch(self, do: str) -> Watch | None:
         """The phases of action ``do``, to be polled after ``act``: None when the master's pid is unknown (a
         container: its processes are in another pid namespace). Made *before* ``act``: it notes the old workers."""

@@ -186,6 +186,11 @@ class Gunicorn(Server):
             return signal.SIGUSR2, self.runner.signal(signal.SIGUSR2)
         return super().act(do)
 
+    def stop_grace(self) -> float:
+        """How long a graceful stop may take: graceful_timeout (gunicorn's default 30 s)."""
+        grace = self.settings().get("graceful_timeout", 30)
+        return float(grace) if isinstance(grace, int | float) and not isinstance(grace, bool) else 30.0
+
     def phases(self, do: str) -> tuple[str, ...]:
         if do in ("upgrade", "upgrade-graceful"):
             return ("new_master", "workers_ready", "old_told", "old_gone", "master_gone")

@@ -125,8 +125,9 @@ def settings_for(cell: Cell, app: str, where: Placement) -> dict[str, Any]:
         s["gevent-early-monkey-patch"] = True
     if cell.listen is not None:
         s["listen"] = cell.listen
-    if any(a["do"] == "chain-reload" for a in cell.actions):
-        # the chain-reload action writes "c" to it (the touch-chain-reload file waits for the master's next check)
+    if any(a["do"] in ("chain-reload", "rolling") for a in cell.actions):
+        # the chain-reload action writes "c" to it (the touch-chain-reload file waits for the master's next check);
+        # a rolling deploy's graceful stop writes "q" (see graceful_stop)
         s["master-fifo"] = f"{where.config_dir}/{FIFO_NAME}"
     loopback_listeners(cell.name, "uwsgi", cell.options)
     s.update(cell.options)  # raw options win
@@ -162,15 +163,32 @@ class UWSGI(Server):
         previous one is up); the others are signals (``Server.action_signals``)."""
         if do != "chain-reload":
             return super().act(do)
+        self._fifo(b"c")
+        return "'c' via the master FIFO", getattr(self.runner, "master_pid", lambda: None)()
+
+    def _fifo(self, command: bytes) -> None:
+        """Write ``command`` to the master FIFO (ENXIO when nobody reads it: the master is gone)."""
         fifo = self.spec.workdir / FIFO_NAME
         if not self.placement.fixed and "master-fifo" in self.spec.cell.options:
             fifo = Path(str(self.spec.cell.options["master-fifo"]))
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO when nobody reads it: the master is gone
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         try:
-            os.write(fd, b"c")
+            os.write(fd, command)
         finally:
             os.close(fd)
-        return "'c' via the master FIFO", getattr(self.runner, "master_pid", lambda: None)()
+
+    def graceful_stop(self) -> tuple[str, int | None]:
+        """``q`` to the master FIFO: uWSGI's graceful shutdown (workers finish their requests within
+        worker-reload-mercy, then the master exits). Not SIGTERM: uWSGI 2.0 without die-on-term reloads on it
+        (brutally), and with die-on-term (the harness sets it) it kills the workers at once, cutting what they
+        serve; SIGINT and SIGQUIT are immediate kills too."""
+        self._fifo(b"q")
+        return "'q' via the master FIFO (graceful shutdown)", getattr(self.runner, "master_pid", lambda: None)()
+
+    def stop_grace(self) -> float:
+        """How long a graceful stop may take: worker-reload-mercy (uWSGI's default 60 s)."""
+        mercy = self.settings().get("worker-reload-mercy", 60)
+        return float(mercy) if isinstance(mercy, int | float) and not isinstance(mercy, bool) else 60.0
 
     def phases(self, do: str) -> tuple[str, ...]:
         """uWSGI stops its old workers before the new ones start (reload: graceful, term without die-on-term:
