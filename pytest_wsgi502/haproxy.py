@@ -34,7 +34,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.config.values import ConfigError, number, shown
+from pytest_wsgi502.config.values import DAY, ConfigError, number, shown
 from pytest_wsgi502.nginxlog import ACCESS_LOG, HAPROXY_LOG_FORMAT
 from pytest_wsgi502.proxy import upstream_target, whole_seconds
 from pytest_wsgi502.services.process import (
@@ -50,6 +50,7 @@ STATES = ("ready", "drain", "maint")
 BACKEND = "be"
 CONFIG = "haproxy.cfg"
 SOCKET = "haproxy-admin.sock"
+RELAY = "haproxy-relay.sock"
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with its NUL
 
 # Inside HAProxy's single quotes ("strong quoting", configuration manual 2.2) nothing is interpreted; a single
@@ -81,16 +82,28 @@ def server_name(index: int) -> str:
 
 
 def render_haproxy(workdir: Path, upstreams: list[str], port: int, idle_timeout: float,
-                   admin_socket: Path, connect_timeout: float = 10.0) -> str:
-    """HAProxy's config: every path quoted, every number validated, timeouts in whole seconds rounded up."""
+                   admin_socket: Path, relay_socket: Path, connect_timeout: float = 10.0) -> str:
+    """HAProxy's config: every path quoted, every number validated, timeouts in whole seconds rounded up.
+
+    Two tiers in one process. The client-facing ``front`` keeps the client's keep-alive connection and relays each
+    request over its own new unix-socket connection (``option http-server-close``, PROXY protocol for the client's
+    address) to ``lb``, which balances over the targets and logs. Without the relay, HAProxy 2.6 answers a request
+    that is not the first on its client connection with a silent close and no log line when the server closes,
+    resets or is cut (``abort_keep_alive`` in http_ana.c: "the client is required to retry"); measured: the
+    client got no answer where the ALB answers 502. For ``lb`` every request is the first of its connection, so
+    it answers 502 and logs it."""
     if not upstreams:
         raise ConfigError("HAProxy needs at least one upstream")
     port = number(port, "proxy port", 1, 65535, integer=True)
     idle = whole_seconds(idle_timeout, "idle timeout")
+    # the relay waits longer than lb, so lb's own 504 (timeout) reaches the client, not the relay's
+    relay_wait = whole_seconds(number(idle_timeout, "idle timeout", 0, DAY, lo_open=True) + 5, "relay timeout")
     connect = whole_seconds(connect_timeout, "connect timeout")
+    for path, what in ((admin_socket, "admin socket path"), (relay_socket, "relay socket path")):
+        if len(os.fsencode(str(path))) > SUN_PATH_MAX:
+            raise ConfigError(f"HAProxy {what} {shown(str(path))} is longer than {SUN_PATH_MAX} bytes")
     sock = haproxy_quoted(admin_socket, "admin socket path")
-    if len(os.fsencode(str(admin_socket))) > SUN_PATH_MAX:
-        raise ConfigError(f"HAProxy admin socket path {shown(str(admin_socket))} is longer than {SUN_PATH_MAX} bytes")
+    relay = haproxy_quoted("unix@" + str(relay_socket), "relay socket path")
     servers = "\n".join(f"    server {server_name(i)} {server_address(u)}" for i, u in enumerate(upstreams))
     fmt = haproxy_quoted(HAPROXY_LOG_FORMAT, "log format")
     return f"""# rendered by pytest-wsgi502: HAProxy for several targets (see pytest_wsgi502/haproxy.py)
@@ -111,14 +124,29 @@ defaults alb
     timeout server {idle}
     timeout http-keep-alive {idle}
     timeout http-request {idle}
-frontend fe from alb
+# the client side: keep-alive with the client, one relay connection per request (see render_haproxy)
+frontend front from alb
     bind 127.0.0.1:{port}
+    no log
+    default_backend relay
+backend relay from alb
+    option http-server-close
+    http-reuse never
+    timeout server {relay_wait}
+    server lb {relay} send-proxy-v2
+# the load balancer proper: the targets, the log, the runtime API's backend
+frontend lb from alb
+    bind {relay} mode 600 accept-proxy
+    timeout client {relay_wait}
     log-format {fmt}
     default_backend {BACKEND}
     # a refused connect is HAProxy's 503 (SC); the ALB answers 502. A 503 with no server stays 503 (<NOSRV>)
     http-after-response set-status 502 if {{ status 503 }} {{ srv_id -m found }}
 backend {BACKEND} from alb
     balance roundrobin
+    # reuse idle target connections across clients, first requests included (every request is the first of
+    # its relay connection here): the ALB keeps target connections open and reuses them
+    http-reuse always
     # what the server answered, for the log (http-response rules see server responses only)
     http-response set-var(txn.upstream_status) status
     http-response set-var(txn.upstream_connection) res.hdr(connection)
@@ -141,6 +169,7 @@ class HAProxyLB:
         self.process: LocalProcess | None = None
         self._sockdir: Path | None = None  # a short private dir when workdir is too deep for a unix socket path
         self.admin_socket = workdir / SOCKET
+        self.relay_socket = workdir / RELAY
 
     @property
     def url(self) -> str:
@@ -153,10 +182,11 @@ class HAProxyLB:
     def start(self, ready_path: str, timeout: float = 20.0) -> HAProxyLB:
         import httpx
 
-        if len(os.fsencode(str(self.admin_socket))) > SUN_PATH_MAX:
+        if len(os.fsencode(str(self.relay_socket))) > SUN_PATH_MAX:  # a deep run dir: sockets in a short one
             self._sockdir = private_tmpdir(self.ledger, prefix="hap")
-            self.admin_socket = self._sockdir / SOCKET
-        text = render_haproxy(self.dir, self.upstreams, self.port, self.idle_timeout, self.admin_socket)
+            self.admin_socket, self.relay_socket = self._sockdir / SOCKET, self._sockdir / RELAY
+        text = render_haproxy(self.dir, self.upstreams, self.port, self.idle_timeout, self.admin_socket,
+                              self.relay_socket)
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / CONFIG
         conf.write_text(text, encoding="utf-8")
@@ -207,8 +237,9 @@ class HAProxyLB:
         if self._sockdir is not None:
             shutil.rmtree(self._sockdir, ignore_errors=True)
             self._sockdir = None
-        with contextlib.suppress(OSError):
-            self.admin_socket.unlink()
+        for path in (self.admin_socket, self.relay_socket):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def find_haproxy(explicit: str | None) -> str | None:
