@@ -11,6 +11,7 @@ import contextlib
 import functools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,16 @@ from pytest_wsgi502.config.duration import split as split_duration
 from pytest_wsgi502.config.layers import merge_keyed, pick
 from pytest_wsgi502.config.matrix import Cell
 from pytest_wsgi502.events import ACTION, ACTION_PHASE
+from pytest_wsgi502.haproxy import HAProxyLB, find_haproxy
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
 from pytest_wsgi502.metrics.sequential import AutoStop, horizon
 from pytest_wsgi502.metrics.sequential import apply as apply_sequential
-from pytest_wsgi502.nginxlog import parse_access_log, parse_error_log
+from pytest_wsgi502.nginxlog import haproxy_reasons, parse_access_log, parse_error_log, read_access_log
 from pytest_wsgi502.proxy import LocalProxy
 from pytest_wsgi502.servers import Server, ServerFactory, ServerSpec, make_server
 from pytest_wsgi502.servers.base import Readiness
+from pytest_wsgi502.servers.fleet import Fleet, merged_telemetry, rolling
 from pytest_wsgi502.servers.local import placed_runner
 from pytest_wsgi502.services.django import overlay_env, write_overlay
 from pytest_wsgi502.services.isolation import Isolation
@@ -81,6 +84,7 @@ class CellContext:
     generators: int = 2
     locust_master: str | None = None
     expect_generators: int | None = None
+    haproxy: str | None = None  # the load balancer of a cell with instances > 1 (None: found on PATH when needed)
 
     def note(self, message: str) -> None:
         """A line for the terminal, once per session (run directory): notices that hold for every cell."""
@@ -115,30 +119,39 @@ REPORT_GRACE = {"uwsgi": 1.5, "gunicorn": 1.2}
 
 
 class _Sampler(threading.Thread):
-    """Polls the server's telemetry channel about once a second while the load runs."""
+    """Polls the servers' telemetry channels about once a second while the load runs (``servers``: the current
+    ones: a rolling deploy replaces them)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, servers: Callable[[], list[Server]]) -> None:
         super().__init__(daemon=True, name="wsgi502-sampler")
-        self.server, self.stopped = server, threading.Event()
+        self.servers, self.stopped = servers, threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            with contextlib.suppress(Exception):
-                self.server.sample()
+            for server in self.servers():
+                with contextlib.suppress(Exception):
+                    server.sample()
             self.stopped.wait(1.0)
+
+
+# a rolling deploy, run by the actions thread: (action, emit(phase, line, pid, instance index), stopped)
+Rolling = Callable[[Mapping[str, Any], Callable[[str, str, "int | None", int, str], None], threading.Event], None]
 
 
 class _Actions(threading.Thread):
     """Sends the cell's lifecycle actions to the server at their times, counted from the start of the load, on
     its own thread (the load engine is never blocked), and records each as an event with the time it was sent;
     then polls the action's phases (new workers ready, old ones gone, ...: ``servers.base.Watch``) until they are
-    all seen, the next action is due or the load ends, each an ``action_phase`` event with the time it was seen."""
+    all seen, the next action is due or the load ends, each an ``action_phase`` event with the time it was seen.
+    A rolling deploy (``rolling``, the cell's fleet: servers/fleet.py) runs its steps here too, each step an
+    ``action_phase`` event with the instance it concerns."""
 
     POLL = 0.05  # seconds between phase checks (a /proc scan of the server's process tree)
 
-    def __init__(self, server: Server, actions: Iterable[Mapping[str, Any]], t0: float) -> None:
+    def __init__(self, server: Server, actions: Iterable[Mapping[str, Any]], t0: float,
+                 rolling: Rolling | None = None) -> None:
         super().__init__(daemon=True, name="wsgi502-actions")
-        self.server, self.actions, self.t0 = server, list(actions), t0
+        self.server, self.actions, self.t0, self.rolling = server, list(actions), t0, rolling
         self.stopped = threading.Event()
         self.events: list[dict[str, Any]] = []
         self.pending: list[str] = []  # phases of the last action not seen when the thread stopped
@@ -148,6 +161,9 @@ class _Actions(threading.Thread):
             if self.stopped.wait(max(0.0, self.t0 + float(action["at"]) - time.time())):
                 return  # the load ended first: the rest are not sent
             do = str(action["do"])
+            if do == "rolling":
+                self.roll(action)
+                continue
             t = time.time()
             watch = None
             try:
@@ -166,6 +182,28 @@ class _Actions(threading.Thread):
             if watch is not None:
                 due = self.t0 + float(self.actions[i + 1]["at"]) if i + 1 < len(self.actions) else float("inf")
                 self.follow(watch, do, float(action["at"]), due)
+
+    def roll(self, action: Mapping[str, Any]) -> None:
+        """The rolling deploy: its ``action`` event, then one ``action_phase`` per step as it happens (a failed
+        step is a ``failed`` phase, never raised into the load)."""
+        at = float(action["at"])
+        self.events.append({"kind": ACTION, "t": time.time(), "pid": None, "worker": None, "action": "rolling",
+                            "at": at, "line": f"wsgi502: rolling at {at:g}s: lag {action['lag']:g}s, prestop "
+                            f"{action['prestop']:g}s, deregistration delay {action['deregistration_delay']:g}s"})
+
+        def emit(phase: str, line: str, pid: int | None, index: int, server: str) -> None:
+            self.events.append({"kind": ACTION_PHASE, "t": time.time(), "pid": pid, "worker": None,
+                                "line": f"wsgi502: {line}", "action": "rolling", "at": at, "phase": phase,
+                                "instance": index + 1, "server": server})
+
+        try:
+            if self.rolling is None:
+                raise RuntimeError("rolling needs instances > 1 (a fleet behind HAProxy)")
+            self.rolling(action, emit, self.stopped)
+        except Exception as exc:  # recorded, never raised into the load
+            self.events.append({"kind": ACTION_PHASE, "t": time.time(), "pid": None, "worker": None,
+                                "line": f"wsgi502: rolling at {at:g}s failed: {type(exc).__name__}: {exc}",
+                                "action": "rolling", "at": at, "phase": "failed"})
 
     def follow(self, watch: Any, do: str, at: float, due: float) -> None:
         """Poll ``watch`` until its phases are all seen, ``due`` (the next action's time) or the load's end."""
@@ -321,7 +359,9 @@ class Target:
             n += 1
             self.dir = ctx.run_dir / "cells" / f"{cell.name}-{n}"
         self.dir.mkdir(parents=True)
-        port, stats_port, proxy_port = free_ports(3)
+        n = cell.instances
+        ports = free_ports(2 * n + 1)
+        port, stats_port, proxy_port = ports[0], ports[1], ports[-1]
         self.env = cell_env(cell, ctx, base_env)
         overlay = write_overlay(ctx.run_dir, ctx.django_settings) if ctx.django_settings else None
         if overlay is not None:
@@ -340,19 +380,62 @@ class Target:
         place = self._quota_side or (iso.inside if iso is not None else None)
         factory = ctx.server_factory or (functools.partial(make_server, runner=placed_runner(place)) if place
                                          else make_server)
-        self.server = factory(
-            ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port, settings_overlay=overlay),
-            ctx.server_binary(cell), ctx.ledger)
         self.proxy_profile = str(layered(cell, ctx, "proxy_profile")[0] or "alb")
-        self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger, proxy_port,
-                                place=iso.outside if iso and ctx.server_factory is None else None,
-                                profile=self.proxy_profile)
+        outside = iso.outside if iso and ctx.server_factory is None else None
+        self.fleet: Fleet | None = None
+        self.proxy: LocalProxy | HAProxyLB
+        if n == 1:
+            self.server = factory(
+                ServerSpec(cell, self.dir, ctx.app, ctx.chdir, port=port, stats_port=stats_port,
+                           settings_overlay=overlay),
+                ctx.server_binary(cell), ctx.ledger)
+            self.proxy = LocalProxy(self.dir, self.server.upstream, ctx.idle_timeout, ctx.nginx, ctx.ledger,
+                                    proxy_port, place=outside, profile=self.proxy_profile)
+        else:
+            haproxy = self._fleet_checks(cell, ctx)
+            binary = ctx.server_binary(cell)
+
+            def make(index: int, generation: int) -> Server:  # instance-K; its replacements instance-K.2, ...
+                where = self.dir / (f"instance-{index + 1}" + (f".{generation}" if generation > 1 else ""))
+                return factory(ServerSpec(cell, where, ctx.app, ctx.chdir, port=ports[2 * index],
+                                          stats_port=ports[2 * index + 1], settings_overlay=overlay),
+                               binary, ctx.ledger)
+
+            self.fleet = Fleet(make, n)
+            self.server = self.fleet.current[0]  # lint, the rendered config: every instance renders the same
+            self.proxy = HAProxyLB(self.dir, [s.upstream for s in self.fleet.current], ctx.idle_timeout, haproxy,
+                                   ctx.ledger, proxy_port, place=outside)
         self._sampler: _Sampler | None = None
         self.readiness: dict[str, Any] | None = None
         self._restore_max_connections: int | None = None
         self.stopped = False
         self.stop_sent_at: float | None = None
         self.actions: list[dict[str, Any]] = []  # the lifecycle actions sent during the load (events)
+
+    def _fleet_checks(self, cell: Cell, ctx: CellContext) -> str:
+        """What a cell with instances > 1 needs from the session (the matrix checked the cell's own keys): the
+        local backend, no nginx profile from the session, HAProxy. Returns HAProxy's binary."""
+        what = f"cell {cell.name}: instances = {cell.instances}"
+        if ctx.server_factory is not None:
+            raise ServiceError(f"{what} runs on the local backend only (--wsgi-backend=local)")
+        if self.proxy_profile == "nginx":
+            raise ServiceError(f"{what} needs a load balancer that drains one instance at runtime (HAProxy); the "
+                               "session's proxy profile nginx has none: use --wsgi-proxy-profile=alb or instances = 1")
+        haproxy = ctx.haproxy or find_haproxy(None)
+        if not haproxy:
+            raise ServiceError(f"{what} needs HAProxy (2.6 or later) on PATH: apt-get install haproxy")
+        return haproxy
+
+    def servers(self) -> list[Server]:
+        """The servers running now: the cell's one server, or each instance's current one."""
+        return list(self.fleet.current) if self.fleet is not None else [self.server]
+
+    def rolling(self, action: Mapping[str, Any], emit: Any, stopped: threading.Event) -> None:
+        """The cell's rolling deploy (servers/fleet.py) through its HAProxy, on the actions thread."""
+        if self.fleet is None or not isinstance(self.proxy, HAProxyLB):
+            raise RuntimeError("rolling needs instances > 1")
+        rolling(self.fleet, self.proxy, action, emit, stopped, self.env,
+                lambda server: Readiness(server, self.ctx.ready_path))
 
     def settle(self) -> None:
         """Give the server the time it needs to log what happened at the end of the load (``REPORT_GRACE``)."""
@@ -371,6 +454,10 @@ class Target:
             t0 = time.monotonic()
             self.server.start(self.env, ready)
             self.readiness = {"path": ready.path, "status": ready.status, "seconds": round(time.monotonic() - t0, 2)}
+            if self.fleet is not None:  # instance 1 is up: the others, each with its own probe
+                for server in self.fleet.current[1:]:
+                    server.start(self.env, Readiness(server, self.ctx.ready_path))
+                self.readiness["instances"] = len(self.fleet)
             if ready.status is not None and ready.status >= 400:
                 self.ctx.note(f"readiness: GET {ready.path} answered {ready.status}, counted as up (set "
                               "wsgi_ready_path to a page of your app that answers 200)")
@@ -378,7 +465,7 @@ class Target:
         except BaseException:
             self.stop()
             raise
-        self._sampler = _Sampler(self.server)
+        self._sampler = _Sampler(self.servers)
         self._sampler.start()
         return self
 
@@ -391,7 +478,10 @@ class Target:
             self._sampler.join(5)
         self.proxy.stop()  # graceful: flushes the access log
         self.stop_sent_at = time.time()  # server events logged after this are the harness's own stop
-        self.server.stop()
+        if self.fleet is not None:
+            self.fleet.stop()  # every instance, replaced ones included (a deploy still running starts no more)
+        else:
+            self.server.stop()
         if self._quota_side is not None and self.ctx.isolation is not None:
             self.ctx.isolation.release_quota(self._quota_side)  # if it cannot yet, the session's release() will
             self._quota_side = None
@@ -434,7 +524,7 @@ class Target:
         if actions and actions[-1]["at"] >= spec.duration:
             raise ValueError(f"cell {self.cell.name}: action {actions[-1]['do']} at {actions[-1]['at']:g}s is not "
                              f"within the load's duration ({spec.duration:g}s)")
-        timer = _Actions(self.server, actions, time.time()) if actions else None
+        timer = _Actions(self.server, actions, time.time(), self.rolling if self.fleet else None) if actions else None
         if timer is not None:
             timer.start()
         try:
@@ -453,8 +543,12 @@ class Target:
         subst = [(str(self.ctx.run_dir), "${RUN_DIR}"), (f":{self.server.spec.port}", ":${PORT}"),
                  (f":{self.server.spec.stats_port}", ":${STATS_PORT}"), (f" {self.proxy.port}", " ${PROXY_PORT}"),
                  (f":{self.proxy.port}", ":${PROXY_PORT}")]
+        for k, server in enumerate(self.fleet.current[1:] if self.fleet else [], start=2):  # the other instances
+            subst += [(f":{server.spec.port}", f":${{PORT_{k}}}"),
+                      (f":{server.spec.stats_port}", f":${{STATS_PORT_{k}}}")]
+        proxy_conf = self.dir / ("haproxy.cfg" if self.fleet else "nginx.conf")
         out: dict[str, Any] = {}
-        for role, path in (("server", self.server.config_path), ("proxy", self.dir / "nginx.conf")):
+        for role, path in (("server", self.server.config_path), ("proxy", proxy_conf)):
             if path.is_file():
                 text = path.read_text()
                 for old, new in subst:
@@ -480,7 +574,10 @@ class Target:
         result["aborted"] = load["aborted"]
         # every event the server logged before the harness's own stop signal (or until now, while it still runs)
         until = self.stop_sent_at or time.time()
-        telemetry = self.server.telemetry(until=until)
+        if self.fleet is not None:  # every instance's, replaced ones included, on one timeline
+            telemetry = merged_telemetry([(i, g, s.telemetry(until=until)) for i, g, s in self.fleet.every])
+        else:
+            telemetry = self.server.telemetry(until=until)
         telemetry["until"] = until
         if self.actions:  # the harness's own lifecycle actions, on the same timeline as the server's events
             telemetry["events"] = sorted([*telemetry.get("events", []), *self.actions], key=lambda e: e.get("t") or 0)
@@ -490,6 +587,11 @@ class Target:
         result["telemetry"] = telemetry
         result["proxy"] = {"profile": self.proxy_profile, **parse_access_log(self.dir / "proxy-access.log", since),
                            "error_reasons": parse_error_log(self.dir / "proxy-error.log")}
+        if self.fleet is not None:  # HAProxy: no error log; each failure's reason is its termination state
+            records = read_access_log(self.dir / "proxy-access.log", since)
+            result["proxy"].update(balancer="haproxy", instances=len(self.fleet),
+                                   error_reasons=dict(Counter(r.name for reasons in haproxy_reasons(records).values()
+                                                              for r in reasons)))
         attributed = attribute_cell(self.dir, telemetry.get("events", []), since,
                                     http_500=int(result["status_counts"].get("500", 0)))
         result["attribution"], result["attribution_matches"] = attributed["counts"], attributed["matches"]
@@ -497,6 +599,8 @@ class Target:
         result["files"] = sorted(p.name for p in self.dir.iterdir() if p.is_file())
         result["services"] = {"mysql": self.ctx.db_version or None, "nginx": program_version(self.ctx.nginx),
                               cell.server: program_version(self.server.binary)}
+        if isinstance(self.proxy, HAProxyLB):
+            result["services"]["haproxy"] = program_version(self.proxy.binary)
         result["isolation"] = self.ctx.isolation.describe() if self.ctx.isolation is not None else None
         if self.quota is not None and result["isolation"] is not None:
             result["isolation"]["quota"] = self.quota
@@ -504,6 +608,8 @@ class Target:
         result["rendered"] = self.rendered()
         result["ports"] = {"server": self.server.spec.port, "stats": self.server.spec.stats_port,
                            "proxy": self.proxy.port}
+        if self.fleet is not None:
+            result["ports"]["instances"] = [s.spec.port for s in self.fleet.current]
         result.update(self.server.describe())  # where it ran: {} locally; containers: image, limits, engine
         result["slo"] = slo_mod.verdict(slos, result)
         if auto is not None:  # duration=auto: the sequential decisions replace the fixed-n checks they made

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from pytest_wsgi502.servers.base import Server, alive
@@ -47,7 +48,10 @@ class Fleet:
     """The instances of one cell: ``make(index, generation)`` builds the (unstarted) server of a slot; a rolling
     deploy adds generation 2, 3, ... of a slot on the same port. ``stop`` releases every instance ever started and
     refuses new ones from then on (the load ended, a failure, Ctrl-C), so a deploy still running on the actions
-    thread cannot start a server nobody will stop."""
+    thread cannot start a server nobody will stop. A successor is started by the fleet's own spawner thread, which
+    lives until ``stop``: a service process gets its death signal when the *thread* that started it exits
+    (services/process.py), and the actions thread ends with the deploy (measured: the last new instance of a deploy
+    started from it was killed 0.3 s after it answered, as the thread returned)."""
 
     def __init__(self, make: Callable[[int, int], Server], n: int) -> None:
         self.make = make
@@ -56,6 +60,7 @@ class Fleet:
         self.every: list[tuple[int, int, Server]] = [(i, 1, s) for i, s in enumerate(self.current)]
         self._lock = threading.Lock()
         self.closed = False
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="wsgi502-spawner")
 
     def __len__(self) -> int:
         return len(self.current)
@@ -75,12 +80,17 @@ class Fleet:
             self.current[index] = server
             return server
 
+    def launch(self, server: Server, env: dict[str, str], ready: Callable[[], bool]) -> None:
+        """Start ``server`` from the spawner thread and wait for it (its errors raised here)."""
+        self._spawner.submit(server.start, env, ready).result()
+
     def stop(self) -> None:
         with self._lock:
             self.closed = True
             servers = [s for _, _, s in self.every]
         for server in servers:
             server.stop()
+        self._spawner.shutdown(wait=False)
 
 
 def _master(server: Server) -> int | None:
@@ -108,17 +118,29 @@ def _wait_until(when: float, stopped: threading.Event, clock: Callable[[], float
 def _replace(fleet: Fleet, lb: Balancer, index: int, lag: float, prestop: float, delay: float, emit: Emit,
              stopped: threading.Event, env: dict[str, str], ready: Callable[[Server], Callable[[], bool]],
              clock: Callable[[], float], running: Callable[[int], bool]) -> bool:
+    """One instance's deregister, stop and drain, exit, successor; False when the deploy must end here."""
     old, name, k = fleet.current[index], lb.server_name(index), index + 1
     t0 = clock()
     emit("deregister", f"instance {k} ({name}) deregistered: the load balancer routes to it for {lag:g}s more "
          f"(propagation lag); its preStop sleep is {prestop:g}s", _master(old), index, name)
     master: int | None = None
-    t_drain = t0 + lag
+    t_drain, t_stop = t0 + lag, t0 + prestop
+    exited = False
+
+    def seen_exit() -> None:  # the stopped master is gone: reported when seen, also while the lag runs
+        nonlocal exited
+        if master is not None and not exited and not running(master):
+            exited = True
+            emit("exited", f"instance {k} ({name}): its {old.kind} master exited {clock() - t_stop:.1f}s after "
+                 "the stop", master, index, name)
+
     # the stop and the drain run in parallel from the deregistration: whichever is due first goes first (a drain
     # due at the same time as the stop goes first: the LB has then already stopped routing)
     for when, step in sorted([(t0 + lag, "drain"), (t0 + prestop, "stop")]):
-        if not _wait_until(when, stopped, clock):
-            return False
+        while clock() < when:
+            seen_exit()
+            if stopped.wait(min(POLL, max(0.0, when - clock()))):
+                return False
         if step == "drain":
             lb.set_state(index, "drain")
             t_drain = clock()
@@ -126,12 +148,15 @@ def _replace(fleet: Fleet, lb: Balancer, index: int, lag: float, prestop: float,
                  f"flight get the deregistration delay, {delay:g}s)", None, index, name)
         else:
             what, master = old.graceful_stop()
+            t_stop = clock()
             emit("stop", f"instance {k} ({name}): {what} to its {old.kind} master" +
                  (f" (pid {master})" if master is not None else ""), master, index, name)
-    t_stop = clock()
     give_up = max(t_drain + delay, t_stop) + old.stop_grace() + 5.0  # the server's own bound, then it is killed
     cut = False
-    while master is not None and running(master):
+    while master is not None and not exited:
+        seen_exit()
+        if exited:
+            break
         now = clock()
         if not cut and now >= t_drain + delay:
             lb.shutdown_sessions(index)
@@ -145,13 +170,14 @@ def _replace(fleet: Fleet, lb: Balancer, index: int, lag: float, prestop: float,
         if stopped.wait(POLL):
             return False
     old.stop()  # reaps it (and kills its group when it did not exit: the ``killed`` step)
-    emit("exited", f"instance {k} ({name}): its {old.kind} master exited {clock() - t_stop:.1f}s after the stop",
-         master, index, name)
+    if not exited:
+        emit("exited", f"instance {k} ({name}): its {old.kind} master is gone ({clock() - t_stop:.1f}s after the "
+             "stop)", master, index, name)
     new = fleet.successor(index)
     if new is None or stopped.is_set():
         return False
     t_start = clock()
-    new.start(env, ready(new))
+    fleet.launch(new, env, ready(new))
     emit("started", f"instance {k} ({name}): the new {new.kind} instance answers on the same port "
          f"({clock() - t_start:.1f}s to start)", _master(new), index, name)
     lb.set_state(index, "ready")

@@ -97,6 +97,7 @@ class FakeServer:
 
     def start(self, env: dict[str, str], ready: Any) -> None:
         self.log.append(f"start {self.index}.{self.generation}")
+        self.thread = threading.current_thread()
 
     def graceful_stop(self) -> tuple[str, int]:
         self.log.append(f"SIGTERM {self.index}.{self.generation}")
@@ -129,12 +130,17 @@ def deploy(lag: float, prestop: float, delay: float = 30.0, running: Any = None,
 
 def test_a_stop_before_the_drain_is_the_no_drain_order() -> None:
     steps, lb, log, fleet = deploy(lag=0.1, prestop=0.0)
-    per = ["deregister", "stop", "drain", "exited", "started", "ready"]
+    per = ["deregister", "stop", "exited", "drain", "started", "ready"]  # the exit is seen during the lag
     assert steps == [(p, i, f"s{i}") for i in (0, 1) for p in per]
     assert lb.calls == [("drain", 0), ("ready", 0), ("drain", 1), ("ready", 1)]
     # one instance at a time: the next is stopped only once the previous one's successor is back
     assert log == ["SIGTERM 0.1", "stop 0.1", "start 0.2", "SIGTERM 1.1", "stop 1.1", "start 1.2"]
     assert [(i, g) for i, g, _ in fleet.every] == [(0, 1), (1, 1), (0, 2), (1, 2)]
+    # successors start on the fleet's spawner thread, alive after the deploy (a service dies with its thread)
+    spawner = fleet.current[0].thread  # type: ignore[attr-defined]
+    assert spawner is fleet.current[1].thread and spawner.name.startswith("wsgi502-spawner")  # type: ignore
+    assert spawner is not threading.current_thread() and spawner.is_alive()
+    fleet.stop()
 
 
 def test_a_prestop_sleep_longer_than_the_lag_drains_first() -> None:
