@@ -47,6 +47,16 @@ class WsgiServerFactory(Protocol):
     def __call__(self, config: Cell | str | Mapping[str, Any] | None = None, *, name: str | None = None,
                  **overrides: Any) -> Target: ...
 
+    def rolling(self, config: Cell | str | Mapping[str, Any] | None = None, *, at: str | float = "2s",
+                instances: int = 2, lag: str | float = "1s", prestop: str | float = "2s",
+                deregistration_delay: str | float | None = None, name: str | None = None,
+                **overrides: Any) -> Target:
+        """Start ``instances`` servers of ``config`` behind HAProxy, with a rolling deploy ``at`` into the next
+        load: each instance in turn deregistered (the LB routes to it ``lag`` more), stopped gracefully after its
+        ``prestop`` sleep, drained, replaced on its port and put back (config/matrix.ROLLING_KEYS: the defaults
+        are a safe deploy, preStop sleep longer than the lag; the deregistration delay is AWS's 300 s)."""
+        ...
+
 
 class WsgiLoadFactory(Protocol):
     """What ``wsgi_load`` gives a test: drive load through a started ``Target`` and get its ``Result``."""
@@ -661,8 +671,8 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo | None,
 
     taken = request.config.stash.setdefault(_AD_HOC_NAMES, set())
 
-    def start(config: Cell | str | Mapping[str, Any] | None = None, *, name: str | None = None,
-              **overrides: Any) -> Target:
+    def _start(config: Cell | str | Mapping[str, Any] | None = None, *, name: str | None = None,
+               **overrides: Any) -> Target:
         try:
             cell = _as_cell(config, state, overrides, name, taken)
         except (ValueError, TypeError) as exc:  # ConfigError: a bad key or value, one line
@@ -679,9 +689,35 @@ def wsgi_server(request: pytest.FixtureRequest, wsgi_database: MySQLInfo | None,
             _fail(exc)
             raise  # unreachable: pytest.fail raises
 
-    yield start
+    yield _ServerFactory(_start)
     for target in reversed(started):
         target.stop()
+
+
+class _ServerFactory:
+    """``wsgi_server``'s value: a call starts a target (``WsgiServerFactory``), ``rolling`` one with a deploy."""
+
+    def __init__(self, start: Callable[..., Target]) -> None:
+        self._start = start
+
+    def __call__(self, config: Cell | str | Mapping[str, Any] | None = None, *, name: str | None = None,
+                 **overrides: Any) -> Target:
+        return self._start(config, name=name, **overrides)
+
+    def rolling(self, config: Cell | str | Mapping[str, Any] | None = None, *, at: str | float = "2s",
+                instances: int = 2, lag: str | float = "1s", prestop: str | float = "2s",
+                deregistration_delay: str | float | None = None, name: str | None = None,
+                **overrides: Any) -> Target:
+        from pytest_wsgi502.config.matrix import expand
+
+        action = {"at": at, "do": "rolling", "lag": lag, "prestop": prestop,
+                  **({"deregistration_delay": deregistration_delay} if deregistration_delay is not None else {})}
+        try:  # checked and put in its matrix form like a matrix cell's, so a Cell given as config takes it too
+            actions = expand({"cells": {"rolling": {"server": "gunicorn", "instances": instances,
+                                                    "actions": [action]}}}, "wsgi_server.rolling()")[0].actions
+        except (ValueError, TypeError) as exc:  # ConfigError: one line
+            _fail(exc)
+        return self._start(config, name=name, instances=instances, actions=actions, **overrides)
 
 
 # What a test may set through ``wsgi_load(...)``: the load profile. Not the target (``base_url``: load goes to the
