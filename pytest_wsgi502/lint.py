@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,22 @@ def header_block_size(cell: Cell, default_path: str = "/") -> int:
     return line + sum(len(f"{k}: {v}\r\n".encode()) for k, v in cell.headers.items()) + _HEADER_OVERHEAD
 
 
+def _rolling(action: Mapping[str, Any], slowest_ms: int, add: Any) -> None:
+    """A rolling deploy's timings: an instance that stops before its load balancer stops routing to it, or a
+    deregistration delay shorter than the slowest request."""
+    lag, prestop, delay = (float(action.get(k, 0.0)) for k in ("lag", "prestop", "deregistration_delay"))
+    if prestop < lag:
+        add("rolling-stop-before-drain",
+            f"the rolling deploy at {action['at']:g}s stops each instance {prestop:g}s after deregistering it while "
+            f"the load balancer keeps routing to it for {lag:g}s (propagation lag): requests sent in between are "
+            "refused (502); sleep longer than the lag before the stop (a preStop hook)")
+    if slowest_ms and delay * 1000 < slowest_ms:
+        add("deregistration-below-slowest",
+            f"deregistration_delay {delay:g}s is below the slowest request ({slowest_ms} ms): the load balancer "
+            "cuts requests still in flight on a deregistered instance when it ends (502); raise it above the "
+            "slowest request")
+
+
 def _lifecycle(cell: Cell, settings: dict[str, Any], slowest_ms: int, uwsgi_version: str,
                add: Any) -> None:
     """The traps behind the lifecycle pairs (issue 16): SIGTERM semantics, header size, grace periods, drains."""
@@ -238,6 +254,9 @@ def _lifecycle(cell: Cell, settings: dict[str, Any], slowest_ms: int, uwsgi_vers
                 "QUIT that follows is a quick shutdown: requests in flight on the old workers end as 500 "
                 "(sync) or 502 (gthread: accepted, unread connections reset), measured on 27.0.1; after USR2, send "
                 "TERM to the old master instead (action upgrade-graceful)")
+    for a in cell.actions:
+        if a["do"] == "rolling":
+            _rolling(a, slowest_ms, add)
     for when, do in ((a["at"], str(a["do"])) for a in cell.actions):
         if do == "term":
             add("stop-without-drain",

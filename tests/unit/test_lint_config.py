@@ -159,6 +159,10 @@ SLOW = [{"path": "/api/slow?ms=40000"}]
     ({"server": "gunicorn", "actions": [{"at": "1s", "do": "upgrade"}]}, "", "upgrade-quits-old-workers"),
     ({"server": "gunicorn", "actions": [{"at": "1s", "do": "term"}]}, "", "stop-without-drain"),
     ({"server": "uwsgi", "actions": [{"at": "1s", "do": "term"}]}, "2.0.31", "stop-without-drain"),
+    ({"server": "gunicorn", "instances": 2, "actions": [{"at": "1s", "do": "rolling", "lag": "1s"}]}, "",
+     "rolling-stop-before-drain"),
+    ({"server": "gunicorn", "instances": 2, "mix": [{"path": "/api/slow?ms=3000"}],
+      "actions": [{"at": "1s", "do": "rolling", "deregistration_delay": "2s"}]}, "", "deregistration-below-slowest"),
 ])
 def test_each_lifecycle_trap_is_flagged(table, version, code):
     assert code in findings(table, version=version)
@@ -179,6 +183,10 @@ def test_each_lifecycle_trap_is_flagged(table, version, code):
     ({"server": "uwsgi", "actions": [{"at": "1s", "do": "chain-reload"}], "options": {"lazy-apps": True}}, "",
      "chain-reload-without-lazy-apps"),
     ({"server": "gunicorn", "actions": [{"at": "1s", "do": "hup"}]}, "", "stop-without-drain"),
+    ({"server": "gunicorn", "instances": 2, "actions": [{"at": "1s", "do": "rolling", "lag": "1s",
+                                                          "prestop": "2s"}]}, "", "rolling-stop-before-drain"),
+    ({"server": "gunicorn", "instances": 2, "mix": [{"path": "/api/slow?ms=3000"}],
+      "actions": [{"at": "1s", "do": "rolling"}]}, "", "deregistration-below-slowest"),  # AWS's default 300 s
 ])
 def test_lifecycle_fixes_silence_their_findings(table, version, code):
     assert code not in findings(table, version=version)
