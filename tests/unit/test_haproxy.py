@@ -112,11 +112,23 @@ def test_strong_quoting_keeps_everything_else_as_is(fine: str) -> None:
     assert haproxy_quoted(fine, "path") == f"'{fine}'"
 
 
-def test_a_workdir_with_a_quote_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    lb = HAProxyLB(tmp_path / "it's", UPSTREAMS, 60, HAPROXY)
-    with pytest.raises(ConfigError, match="cannot be written"):
+@pytest.mark.parametrize("name,message", [("it's", "cannot be written"), ("a$b", "expands in an address")])
+def test_a_workdir_haproxy_cannot_read_back_is_refused_before_anything_starts(tmp_path: Path, name: str,
+                                                                             message: str) -> None:
+    lb = HAProxyLB(tmp_path / name, UPSTREAMS, 60, HAPROXY)
+    with pytest.raises(ConfigError, match=message):
         lb.start("/")
-    assert lb.process is None and not (tmp_path / "it's").exists()
+    assert lb.process is None and not (tmp_path / name).exists()
+
+
+def test_dollar_is_refused_in_addresses_only() -> None:
+    """HAProxy expands $NAME in addresses even single-quoted (measured: '/x/a$b' bound /x/a); elsewhere a
+    single-quoted $ is kept."""
+    assert haproxy_quoted("/tmp/a$b", "path") == "'/tmp/a$b'"
+    with pytest.raises(ConfigError, match=r"contains '\$'"):  # upstream_target (proxy.py) refuses it first
+        server_address("unix:/tmp/a$b.sock")
+    with pytest.raises(ConfigError, match="expands in an address"):
+        render_haproxy(Path("/tmp/w"), UPSTREAMS, 8080, 60, Path("/tmp/$HOME/a"), Path("/tmp/r"))
 
 
 def test_socket_paths_longer_than_sun_path_are_refused() -> None:
