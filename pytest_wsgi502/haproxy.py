@@ -123,12 +123,16 @@ global
     noreuseport
     hard-stop-after 5s
     log stdout format raw local0
+    # request line and headers up to 64 KiB in all (tune.maxrewrite's 1024 bytes are kept back): the ALB's total
+    tune.bufsize 66560
     stats socket {sock} mode 600 level admin
 defaults alb
     mode http
     log global
     option http-keep-alive
     retries 0
+    # a client that closes first aborts its request on the target too (logged 460, see nginxlog)
+    option abortonclose
     no option redispatch
     timeout connect {connect}
     timeout client {idle}
@@ -138,7 +142,11 @@ defaults alb
 # the client side: keep-alive with the client, one relay connection per request (see render_haproxy)
 frontend front from alb
     bind 127.0.0.1:{port}
-    no log
+    # only what never became a request is logged here (a malformed or too large head: 400, a client that stopped
+    # sending: 408); every request is logged once, by lb
+    log-format {fmt}
+    option dontlognull
+    http-request set-log-level silent
     default_backend relay
 backend relay from alb
     option http-server-close
@@ -150,6 +158,8 @@ frontend lb from alb
     bind {relay} mode 600 accept-proxy
     timeout client {relay_wait}
     log-format {fmt}
+    # a header line over 16K (16,384 bytes with its CRLF, as measured for the nginx alb profile) is refused
+    http-request deny deny_status 400 if {{ req.hdrs -m reg '[^\\r\\n]{{16383}}' }}
     default_backend {BACKEND}
     # a refused connect is HAProxy's 503 (SC); the ALB answers 502. A 503 with no server stays 503 (<NOSRV>)
     http-after-response set-status 502 if {{ status 503 }} {{ srv_id -m found }}

@@ -10,7 +10,8 @@
   (``*N``). ``read_error_log`` parses it once and ``classify_reason`` names each reason once; the counts in a
   cell's result (``proxy.error_reasons``) and the attribution of each 502 (``attribution.py``) both use them.
 - **HAProxy** (``haproxy.py``, cells with several targets) writes the same access log shape
-  (``HAPROXY_LOG_FORMAT``, plus ``server`` and ``termination``) and has no error log: the reason of each failure
+  (``HAPROXY_LOG_FORMAT``, plus ``server`` and ``termination``; a client that closed first is read as 460) and has
+  no error log: the reason of each failure
   is its termination state, named in the same vocabulary by ``termination_reason``; ``haproxy_reasons`` gives
   them keyed like ``reasons_by_connection``, so attribution treats both proxies alike.
 """
@@ -99,8 +100,18 @@ def read_access_log(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(rec, dict) and rec.get("t", 0) >= since:
-            records.append(rec)
+            records.append(_lb_status(rec) if rec.get("lb") == "haproxy" else rec)
     return records
+
+
+def _lb_status(rec: dict[str, Any]) -> dict[str, Any]:
+    """An HAProxy record's ``status`` as the ALB logs it: a client that closed before the response (termination
+    ``C`` before the response phase; HAProxy logs 400 with ``option abortonclose``, or -1) is 460, like the nginx
+    alb profile's 499; HAProxy's own value stays in ``haproxy_status``."""
+    state = str(rec.get("termination", ""))
+    if state[:1] == "C" and state[1:2] in ("R", "Q", "C", "H") and rec.get("status") in (400, -1):
+        return {**rec, "status": 460, "haproxy_status": rec["status"]}
+    return rec
 
 
 def access_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:

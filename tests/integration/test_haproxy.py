@@ -154,7 +154,7 @@ def records(lb: HAProxyLB) -> list[dict[str, object]]:
     return logged[1:]
 
 
-def test_round_robin_over_both_targets(lb: HAProxyLB) -> None:
+def test_round_robin_over_both_targets(lb: HAProxyLB, targets: list[Target]) -> None:
     client = Client(lb.port)
     names = [client.get("/ok")[1] for _ in range(8)]
     client.close()
@@ -172,6 +172,8 @@ def test_round_robin_over_both_targets(lb: HAProxyLB) -> None:
     assert all(r["upstream_status"] == "200" and isinstance(r["t"], float) for r in logged)
     assert abs(float(str(logged[-1]["t"])) - time.time()) < 30  # epoch seconds with ms, like nginx's $msec
     assert len({r["client_port"] for r in logged[:8]}) == 1  # the client's own connection, through the relay
+    # one target connection each, reused across clients (http-reuse always), as the ALB keeps target connections
+    assert [len(t.conns) for t in targets] == [1, 1]
 
 
 @pytest.mark.parametrize("state", ["drain", "maint"])
@@ -309,3 +311,51 @@ def test_special_characters_in_the_run_dir_and_a_deep_one(tmp_path: Path, target
     import shutil
 
     shutil.rmtree(odd)
+
+
+@pytest.fixture
+def quick_lb(tmp_path: Path, targets: list[Target]) -> Iterator[HAProxyLB]:
+    """An LB with a 1 s idle timeout."""
+    balancer = HAProxyLB(tmp_path / "lb", [f"127.0.0.1:{t.port}" for t in targets], 1.0, HAPROXY)
+    balancer.start("/ok")
+    yield balancer
+    balancer.stop()
+
+
+def test_idle_timeout_is_504_and_a_client_closing_first_is_logged_460(quick_lb: HAProxyLB,
+                                                                      targets: list[Target]) -> None:
+    quick_lb.set_state(1, "maint")
+    client = Client(quick_lb.port)
+    t0 = time.monotonic()
+    assert client.get("/slow?s=2")[0] == 504  # the target's answer did not come within the idle timeout
+    assert 0.9 < time.monotonic() - t0 < 1.9  # lb's timeout, not the relay's (6 s)
+    with socket.create_connection(("127.0.0.1", quick_lb.port)) as gone:
+        gone.sendall(b"GET /slow?s=0.5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+    time.sleep(0.6)
+    client.close()
+    logged = records(quick_lb)
+    assert [(r["status"], r["termination"]) for r in logged] == [(504, "sH--"), (460, "CH--")]
+    assert logged[1]["haproxy_status"] == 400 and targets[0].seen["/slow"] == 2
+    reason = nginxlog.haproxy_reasons(logged)[int(str(logged[0]["conn"]))][0]
+    assert (reason.name, reason.phase) == ("upstream_timeout", "reading")
+    assert [f.status for f in nginxlog.failures(logged)] == [504]  # 460 is not a failure of the target
+
+
+def head(port: int, headers: list[tuple[str, str]]) -> int:
+    with socket.create_connection(("127.0.0.1", port), 5) as c:
+        c.sendall(("GET /ok HTTP/1.1\r\nHost: t\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+                   + "\r\n").encode())
+        return int(c.recv(100).split(b" ")[1])
+
+
+def test_header_limits_are_the_albs(lb: HAProxyLB) -> None:
+    """16K per header line, 64K in all, answered 400 (the same boundaries as measured for the nginx alb profile:
+    a line of 16,384 bytes with its CRLF is served, one more byte is not; 64 headers of 1,000 bytes pass, 65 not)."""
+    line = 16_384 - len("X-Big: ") - 2
+    assert head(lb.port, [("X-Big", "a" * line)]) == 200
+    assert head(lb.port, [("X-Big", "a" * (line + 1))]) == 400
+    assert head(lb.port, [(f"X-H{i:02d}", "a" * 1000) for i in range(64)]) == 200
+    assert head(lb.port, [(f"X-H{i:02d}", "a" * 1000) for i in range(65)]) == 400
+    statuses = [r["status"] for r in records(lb)]
+    assert statuses == [200, 400, 200, 400]  # each logged once, whichever tier answered

@@ -282,3 +282,28 @@ def test_haproxy_accepts_the_rendered_config(tmp_path: Path) -> None:
     out = subprocess.run([HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "WARNING" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("state,status,read", [
+    ("CH--", 400, 460),  # closed while waiting for the response (option abortonclose): the ALB's 460
+    ("CR--", -1, 460),
+    ("CQ--", 400, 460),
+    ("CD--", 200, 200),  # the response had started: the client saw its status
+    ("PR--", 400, 400),  # a bad or too large request: HAProxy's own 400
+    ("cR--", 408, 408),
+    ("----", 400, 400),  # the target's 400
+])
+def test_a_client_closing_first_reads_as_460(tmp_path: Path, state: str, status: int, read: int) -> None:
+    log = tmp_path / nginxlog.ACCESS_LOG
+    rec = {"t": 1.0, "status": status, "conn": 1, "termination": state, "server": "s0", "lb": "haproxy"}
+    log.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "lb": None, "conn": 2}) + "\n")
+    first, nginx = nginxlog.read_access_log(log)
+    assert first["status"] == read and first.get("haproxy_status") == (status if read == 460 else None)
+    assert nginx["status"] == status  # only HAProxy's records are read so
+
+
+def test_the_client_facing_tier_logs_only_what_never_became_a_request() -> None:
+    front = section(render(), "frontend front")
+    assert "log-format" in front and "option dontlognull" in front and "http-request set-log-level silent" in front
+    assert "option abortonclose" in section(render(), "defaults alb")
+    assert "tune.bufsize 66560" in render()
