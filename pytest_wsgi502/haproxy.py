@@ -230,13 +230,17 @@ class HAProxyLB:
         """One runtime API command over the admin socket; its answer."""
         if "\n" in line or ";" in line:
             raise ConfigError(f"HAProxy runtime command must be one command, got {shown(line)}")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(self.admin_socket))
-            s.sendall(line.encode() + b"\n")
-            chunks = []
-            while data := s.recv(65536):
-                chunks.append(data)
+        chunks = []
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(str(self.admin_socket))
+                s.sendall(line.encode() + b"\n")
+                while data := s.recv(65536):
+                    chunks.append(data)
+        except OSError as exc:
+            raise ServiceError(f"HAProxy runtime API ({self.admin_socket}) did not answer {line!r}: "
+                               f"{exc.strerror or exc}") from None
         return b"".join(chunks).decode(errors="replace")
 
     def _checked(self, line: str) -> None:

@@ -31,10 +31,11 @@ class Target:
     without an answer, ``/reset`` resets (SO_LINGER 0), ``/slow?s=N`` answers after N s. ``stop()`` closes the
     listener and every connection, like a server process exiting."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, port: int = 0) -> None:
         self.name = name
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a successor binds its predecessor's port
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.seen: Counter[str] = Counter()
@@ -359,3 +360,46 @@ def test_header_limits_are_the_albs(lb: HAProxyLB) -> None:
     assert head(lb.port, [(f"X-H{i:02d}", "a" * 1000) for i in range(65)]) == 400
     statuses = [r["status"] for r in records(lb)]
     assert statuses == [200, 400, 200, 400]  # each logged once, whichever tier answered
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_replacing_a_target_under_load(lb: HAProxyLB, targets: list[Target], drain: bool) -> None:
+    """A rolling deploy of one target on its port under keep-alive load: drained first, nothing is lost; stopped
+    while still routed, its requests are refused (502, SC--) until the successor listens."""
+    stop = threading.Event()
+    statuses: Counter[int] = Counter()
+
+    def load() -> None:
+        c = Client(lb.port)
+        while not stop.is_set():
+            statuses[c.get("/ok")[0]] += 1
+            time.sleep(0.002)
+        c.close()
+
+    loaders = [threading.Thread(target=load) for _ in range(4)]
+    for t in loaders:
+        t.start()
+    time.sleep(0.3)
+    if drain:
+        lb.set_state(0, "drain")
+        time.sleep(0.2)  # the propagation lag
+    targets[0].stop()
+    time.sleep(0.3)
+    successor = Target("s0-new", targets[0].port)
+    try:
+        lb.set_state(0, "ready")
+        time.sleep(0.3)
+        stop.set()
+        for t in loaders:
+            t.join(10)
+        logged = records(lb)
+    finally:
+        successor.stop()
+    assert successor.seen["/ok"] > 0 and statuses[200] > 100
+    refused = [r for r in logged if r["status"] == 502]
+    if drain:
+        assert set(statuses) == {200} and not refused
+    else:
+        assert statuses[502] > 0 and set(statuses) <= {200, 502} and len(refused) == statuses[502]
+        assert {(r["server"], r["termination"]) for r in refused} <= {("s0", "SC--"), ("s0", "SH--")}
+        assert ("s0", "SC--") in {(r["server"], r["termination"]) for r in refused}
