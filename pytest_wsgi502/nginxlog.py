@@ -100,18 +100,24 @@ def read_access_log(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(rec, dict) and rec.get("t", 0) >= since:
-            records.append(_lb_status(rec) if rec.get("lb") == "haproxy" else rec)
+            records.append(_haproxy_record(rec) if rec.get("lb") == "haproxy" else rec)
     return records
 
 
-def _lb_status(rec: dict[str, Any]) -> dict[str, Any]:
-    """An HAProxy record's ``status`` as the ALB logs it: a client that closed before the response (termination
-    ``C`` before the response phase; HAProxy logs 400 with ``option abortonclose``, or -1) is 460, like the nginx
-    alb profile's 499; HAProxy's own value stays in ``haproxy_status``."""
+_UPSTREAM_HEADERS = ("upstream_connection", "upstream_content_length", "upstream_transfer_encoding")
+
+
+def _haproxy_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """An HAProxy record as nginx's are read. HAProxy writes an empty value as ``-``: an absent upstream header
+    is "" again (``reusable`` reads a Content-Length of "-" as present). ``status`` as the ALB logs it: a client
+    that closed before the response (termination ``C`` before the response phase; HAProxy logs 400 with ``option
+    abortonclose``, or -1) is 460, like the nginx alb profile's 499; HAProxy's own value stays in
+    ``haproxy_status``."""
+    out = {**rec, **{k: "" for k in _UPSTREAM_HEADERS if rec.get(k) == "-"}}
     state = str(rec.get("termination", ""))
     if state[:1] == "C" and state[1:2] in ("R", "Q", "C", "H") and rec.get("status") in (400, -1):
-        return {**rec, "status": 460, "haproxy_status": rec["status"]}
-    return rec
+        out.update(status=460, haproxy_status=rec["status"])
+    return out
 
 
 def access_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:

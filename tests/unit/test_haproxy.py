@@ -186,21 +186,21 @@ def test_log_format_is_writable_single_quoted() -> None:
 LINES = [  # as HAProxy 2.6.12 wrote them (measured: tests/integration/test_haproxy.py)
     '{"t":1796136800563e-3,"status":502,"conn":20,"client_port":50422,"server":"s1","termination":"SH--",'
     '"upstream_status":"-","upstream_addr":"127.0.0.1:45473","request_time":0e-3,"upstream_time":-1e-3,'
-    '"connect_time":0e-3,"retries":0,"uri":"\\/close","upstream_connection":"","upstream_content_length":"",'
-    '"upstream_transfer_encoding":"","lb":"haproxy"}',
+    '"connect_time":0e-3,"retries":0,"uri":"\\/close","upstream_connection":"-","upstream_content_length":"-",'
+    '"upstream_transfer_encoding":"-","lb":"haproxy"}',
     '{"t":1796136800564e-3,"status":502,"conn":24,"client_port":50422,"server":"s1","termination":"SC--",'
     '"upstream_status":"-","upstream_addr":"127.0.0.1:45473","request_time":1e-3,"upstream_time":-1e-3,'
-    '"connect_time":-1e-3,"retries":0,"uri":"\\/a?b=\\"x","upstream_connection":"","upstream_content_length":"",'
-    '"upstream_transfer_encoding":"","lb":"haproxy"}',
+    '"connect_time":-1e-3,"retries":0,"uri":"\\/a?b=\\"x","upstream_connection":"-","upstream_content_length":"-",'
+    '"upstream_transfer_encoding":"-","lb":"haproxy"}',
     "[WARNING]  (8888) : Server be/s0 is going DOWN for maintenance. 1 active and 0 backup servers left.",
     '{"t":1796136800566e-3,"status":503,"conn":30,"client_port":50422,"server":"<NOSRV>","termination":"SC--",'
     '"upstream_status":"-","upstream_addr":"-:-","request_time":0e-3,"upstream_time":-1e-3,"connect_time":-1e-3,'
-    '"retries":0,"uri":"\\/x","upstream_connection":"","upstream_content_length":"",'
-    '"upstream_transfer_encoding":"","lb":"haproxy"}',
+    '"retries":0,"uri":"\\/x","upstream_connection":"-","upstream_content_length":"-",'
+    '"upstream_transfer_encoding":"-","lb":"haproxy"}',
     '{"t":1796136800570e-3,"status":200,"conn":32,"client_port":50430,"server":"s0","termination":"----",'
     '"upstream_status":"200","upstream_addr":"127.0.0.1:34931","request_time":2000e-3,"upstream_time":2000e-3,'
-    '"connect_time":0e-3,"retries":0,"uri":"\\/slow","upstream_connection":"","upstream_content_length":"2",'
-    '"upstream_transfer_encoding":"","lb":"haproxy"}',
+    '"connect_time":0e-3,"retries":0,"uri":"\\/slow","upstream_connection":"-","upstream_content_length":"2",'
+    '"upstream_transfer_encoding":"-","lb":"haproxy"}',
 ]
 
 
@@ -219,6 +219,11 @@ def test_haproxy_lines_read_like_nginx_ones(tmp_path: Path) -> None:
     assert {conn: [r.name for r in q] for conn, q in reasons.items()} == {
         20: ["upstream_closed"], 24: ["upstream_refused"], 30: ["no_live_upstreams"]}
     assert nginxlog.keepalive_reuse_possible(records)  # a Content-Length response: reusable
+    assert records[3]["upstream_connection"] == "" and records[3]["upstream_content_length"] == "2"
+    # HAProxy's "-" for an absent header is no header: a response without a length is not reusable
+    no_length = {**records[3], "upstream_content_length": "-"}
+    log.write_text(json.dumps(no_length) + "\n")
+    assert not nginxlog.keepalive_reuse_possible(nginxlog.read_access_log(log))
 
 
 @pytest.mark.parametrize("state,server,name,phase", [
