@@ -15,7 +15,27 @@ AWS ALB behaviours rendered (sources as in ``proxy.py``: the ALB troubleshooting
 - 502 when a target refuses the connection: HAProxy answers 503 (termination ``SC``) there; an
   ``http-after-response`` rule turns a 503 that had a server into 502, logged 502. A 503 without a server (every
   target drained or in maintenance, ``<NOSRV>``) stays 503, as an ALB with no registered targets answers;
-- 502 when the target closes or resets with a request outstanding (HAProxy's own 502, ``SH``).
+- 502 when the target closes or resets with a request outstanding (HAProxy's own 502, ``SH``), on any request of
+  a keep-alive client connection: HAProxy alone closes a connection's later requests silently, unlogged; the
+  relay tier (``render_haproxy``) makes each one the first of its own connection;
+- 504 when the target does not answer within the idle timeout (``sH``);
+- 502 when the deregistration delay ends with a request in flight: ``shutdown sessions server be/sN`` answers
+  the request it cuts 502 (``KH``), through the relay;
+- 460 logged when the client closes first (``option abortonclose``: HAProxy aborts the target's request and logs
+  400 ``CH``; ``nginxlog.read_access_log`` reads it 460), never a failure of the target;
+- request headers: 16K per header line (an ``http-request deny`` on ``req.hdrs``) and 64K in all
+  (``tune.bufsize 66560``), answered 400; measured at nginx alb's boundaries (16,384-byte line with its CRLF
+  served, one byte more 400; 64 headers of 1,000 bytes served, 65 400); HAProxy's default buffer took ~15 KB;
+- target connections kept and reused across clients (``http-reuse always``), as the ALB does.
+
+Drain vs maint (measured on 2.6.12): both stop new requests at once and let those in flight finish; ``maint``
+also closes the server's idle keep-alive connections at once, ``drain`` keeps them (they are never picked:
+the server is chosen before a connection). ``drain`` is the ALB's deregistration.
+
+Run as the invoking user, root included, like ``LocalProxy`` (no ``user`` line): the run directory is private
+to that user, the death signal (``setpriv --pdeathsig``) is cleared by a uid change, and the reaper only kills
+processes of the recorded uid, so an HAProxy that dropped to ``nobody`` would outlive a killed session. It binds
+127.0.0.1 and two unix sockets (mode 600) only.
 
 The access log is JSON per line in the shape ``nginxlog.read_access_log`` reads (see ``HAPROXY_LOG_FORMAT``),
 written by HAProxy to its stdout (``log stdout format raw``), which is the file ``proxy-access.log``; HAProxy's
