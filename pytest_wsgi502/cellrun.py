@@ -678,10 +678,11 @@ def spec_dict(spec: LoadSpec) -> dict[str, Any]:
 
 def run_cell(
     cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = (), progress: Any = None,
-    baseline_counts: tuple[int, int] | None = None,
+    baseline_counts: tuple[int, int] | tuple[int, int, float | None] | None = None,
 ) -> dict[str, Any]:
-    """``baseline_counts``: (errors, requests) of the finished runs of the cell's baseline cell: with duration=auto
-    the load also runs until the error-rate comparison with it is decided (``metrics.sequential.BaselineStop``)."""
+    """``baseline_counts``: (errors, requests[, dispersion]) of the finished runs of the cell's baseline cell:
+    with duration=auto the load also runs until the error-rate comparison with it is decided
+    (``metrics.sequential.BaselineStop``)."""
     if ctx.distributed == "locust" and stop_rule(cell, ctx)[0] == "auto":
         raise ValueError(f"cell {cell.name}: duration=auto does not go with --wsgi-distributed=locust (auto decides "
                          "from one engine's live stats, which generators do not send): give a fixed duration")

@@ -544,13 +544,18 @@ def schedule_names(cells: Iterable[str], baselines: Mapping[str, str]) -> list[s
     return names
 
 
-def baseline_counts(runs: Iterable[Mapping[str, Any]]) -> tuple[int, int] | None:
-    """(errors, requests) over the baseline's finished runs (a fixed sample once the candidate starts), or None:
-    none finished yet (with repeats the schedule runs some candidates before the baseline's later runs)."""
+def baseline_counts(runs: Iterable[Mapping[str, Any]]) -> tuple[int, int, float | None] | None:
+    """(errors, requests, dispersion) over the baseline's finished runs (a fixed sample once the candidate
+    starts), or None: none finished yet (with repeats the schedule runs some candidates before the baseline's
+    later runs). The dispersion is that of the runs' per-second error counts (bursts: see
+    ``metrics.sequential.BaselineStop``), None when they show nothing."""
+    from pytest_wsgi502.metrics.comparison import window_dispersion
+
     runs = [r for r in runs if r.get("requests")]
     if not runs:
         return None
-    return sum(int(r.get("error_count") or 0) for r in runs), sum(int(r["requests"]) for r in runs)
+    return (sum(int(r.get("error_count") or 0) for r in runs), sum(int(r["requests"]) for r in runs),
+            window_dispersion({"repeats": runs}))
 
 
 def _scheduled(request: pytest.FixtureRequest, cell: Cell, ctx: CellContext, baseline: str | None) -> Result:

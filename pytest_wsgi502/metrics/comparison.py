@@ -5,11 +5,14 @@ word per metric — ``better``, ``worse`` or ``same`` (no difference detectable 
   count, the candidate's share is binomial; Clopper-Pearson on that share, mapped to the rate ratio). It assumes
   independent errors; 502s that come in bursts (one joint recycle, hundreds of 502s) make it too confident, which
   is why the docs ask for repeats before trusting a ``better`` on bursty errors.
-  With repeats on both sides the test is made burst-aware (quasi-Poisson): the dispersion
-  phi = Pearson chi-square / degrees of freedom of each cell's per-repeat error counts around its own pooled
-  rate (cells with no error give no information and are left out), at least 1, and the exact test runs on the
-  effective counts x / phi over n / phi (McCullagh & Nelder, Generalized Linear Models, 2nd ed., sec. 4.5). Three
-  30 s repeats of seed-unix's uwsgi-2w gave 378 / 135 / 198 502s: phi ~ 70, so 711 errors weigh like 10.
+  The test is made burst-aware (quasi-Poisson): the dispersion phi = Pearson chi-square / degrees of freedom
+  of each cell's error counts around its own rate (cells with no error give no information and are left out),
+  at least 1, and the exact test runs on the effective counts x / phi over n / phi (McCullagh & Nelder,
+  Generalized Linear Models, 2nd ed., sec. 4.5). The counts are the repeats' when both sides have 2 or more,
+  else each run's per-second windows (``timeline``). Three 30 s repeats of seed-unix's uwsgi-2w gave 378 / 135 /
+  198 502s: phi ~ 70, so 711 errors weigh like 10. Within one run: a 10 s uwsgi-2w run of seed-unix had 199
+  502s in two one-second bursts; counted as independent, 167 502s of another cell were "better" at p = 0.007,
+  and the same pair came out "worse" in a 30 s run (session-9 pilot, issue 14).
 - req/s and latency percentiles: the difference of the means over the repeats with Welch's t interval. Repeats
   are independent runs; the per-second windows of one run are not (the 5-14 % run-to-run spread measured on the
   seed matrix is invisible inside one run), so with fewer than 2 repeats a side these metrics get no word.
@@ -18,10 +21,10 @@ word per metric — ``better``, ``worse`` or ``same`` (no difference detectable 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pytest_wsgi502.metrics.inference import mean_diff, rate_ratio, verdict_word
+from pytest_wsgi502.metrics.inference import mean_diff, quasi_poisson_dispersion, rate_ratio, verdict_word
 from pytest_wsgi502.metrics.repeats import INTERVAL_METRICS
 
 LOWER_IS_BETTER = {"error_rate": True, "rps": False, "p50": True, "p95": True, "p99": True, "max": True}
@@ -39,32 +42,48 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
 def dispersion(*cells: Mapping[str, Any]) -> float | None:
     """Quasi-Poisson dispersion of the error counts over the cells' repeats (>= 1), or None when it cannot be
     estimated (fewer than 2 repeats on a cell, or no cell with an error)."""
-    chi2, df = 0.0, 0
+    groups: list[list[tuple[int, int]]] = []
     for cell in cells:
         pts = [(int(r.get("error_count") or 0), int(r.get("requests") or 0)) for r in cell.get("repeats") or []
                if r.get("requests")]
         if len(pts) < 2:
             return None
-        x, n = sum(p[0] for p in pts), sum(p[1] for p in pts)
-        if x == 0:
-            continue
-        rate = x / n
-        chi2 += math.fsum((xi - ni * rate) ** 2 / (ni * rate) for xi, ni in pts)
-        df += len(pts) - 1
-    return max(1.0, chi2 / df) if df else None
+        groups.append(pts)
+    return quasi_poisson_dispersion(groups)
+
+
+def window_points(timeline: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(errors, requests) of each per-second window of a run's ``timeline``."""
+    return [(sum(int(v) for v in (w.get("errors") or {}).values()), int(w.get("requests") or 0)) for w in timeline]
+
+
+def window_dispersion(*cells: Mapping[str, Any]) -> float | None:
+    """Quasi-Poisson dispersion of the error counts over the per-second windows of every run of the cells (each
+    run a group: its own rate), or None when no run has an error in two windows' worth of data."""
+    groups: list[list[tuple[int, int]]] = []
+    for cell in cells:
+        runs = cell.get("repeats") or [cell]
+        groups.extend(window_points(r.get("timeline") or []) for r in runs)
+    return quasi_poisson_dispersion(groups)
 
 
 def error_ratio(candidate: Mapping[str, Any], baseline: Mapping[str, Any], conf: float = 0.95) -> dict[str, Any]:
     """The error-rate ratio with its exact interval, on effective counts when the repeats show bursts."""
     x1, n1 = int(candidate.get("error_count") or 0), int(candidate.get("requests") or 0)
     x2, n2 = int(baseline.get("error_count") or 0), int(baseline.get("requests") or 0)
-    phi = dispersion(candidate, baseline) if n1 and n2 else None
+    phi, where = (dispersion(candidate, baseline), "between repeats") if n1 and n2 else (None, "")
+    if phi is None and n1 and n2 and not (_repeats(candidate) >= 2 and _repeats(baseline) >= 2):
+        phi, where = window_dispersion(candidate, baseline), "within the run (per-second windows)"
     if not phi or phi == 1.0:
         return {**rate_ratio(x1, n1, x2, n2, conf), "dispersion": phi}
     r = rate_ratio(round(x1 / phi), n1 / phi, round(x2 / phi), n2 / phi, conf)
     r["ratio"] = None if x2 == 0 or not (x1 or x2) else (x1 / n1) / (x2 / n2)
-    r["method"] += f" on counts / {phi:.3g} (quasi-Poisson: errors come in bursts between repeats)"
-    return {**r, "dispersion": phi}
+    r["method"] += f" on counts / {phi:.3g} (quasi-Poisson: errors come in bursts {where})"
+    return {**r, "dispersion": phi, "dispersion_from": where}
+
+
+def _repeats(cell: Mapping[str, Any]) -> int:
+    return len([r for r in cell.get("repeats") or [] if r.get("requests")])
 
 
 def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0.95) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -400,6 +400,39 @@ def rate_ratio(x1: int, n1: float, x2: int, n2: float, conf: float = 0.95) -> di
     hi = math.inf if l2 == 0.0 else _upper_bound(x1, m, half) / l2 * scale
     p = binom_test_two_sided(x1, m, n1 / (n1 + n2))
     return {"ratio": ratio, "lo": lo, "hi": hi, "p": p, "method": method}
+
+
+def quasi_poisson_dispersion(groups: Iterable[Sequence[tuple[int, int]]]) -> float | None:
+    """How much more the event counts vary than independent events would: Pearson chi-square over degrees of
+    freedom of each group's (events, trials) points around that group's own rate, pooled over the groups, at
+    least 1 (McCullagh & Nelder, Generalized Linear Models, 2nd ed., sec. 4.5). A group with no event or fewer
+    than 2 points with trials adds nothing; None when no group adds anything.
+
+    The points are repeats of a cell, or the per-second windows of one run: 502s that come in bursts (a joint
+    recycle: no error for 10 s, then a hundred in one second) give a dispersion near the burst size, and a test
+    on the counts divided by it weighs each burst about once instead of a hundred times."""
+    chi2, df = 0.0, 0
+    for group in groups:
+        pts = [(int(x), int(n)) for x, n in group if int(n) > 0]
+        x_sum, n_sum = sum(p[0] for p in pts), sum(p[1] for p in pts)
+        if len(pts) < 2 or x_sum == 0:
+            continue
+        rate = x_sum / n_sum
+        if rate >= 1.0:  # every trial an event: no spread to measure
+            continue
+        chi2 += math.fsum((x - n * rate) ** 2 / (n * rate) for x, n in pts)
+        df += len(pts) - 1
+    return max(1.0, chi2 / df) if df else None
+
+
+def effective_counts(events: int, trials: int, dispersion: float | None) -> tuple[int, int]:
+    """(events, trials) divided by the dispersion (quasi-Poisson effective counts), rounded, events <= trials;
+    unchanged for no dispersion or 1."""
+    events, trials = _counts(events, trials)
+    if not dispersion or dispersion <= 1.0:
+        return events, trials
+    n = max(1, round(trials / dispersion)) if trials else 0
+    return min(n, round(events / dispersion)), n
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -133,9 +133,9 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
                      "all requests pooled)")
     if len(header) > len(COLUMNS):
         lines.append("vs baseline: better / worse / same = a difference shown at 95 % or not (error rate: exact "
-                     "conditional binomial, its counts divided by the repeats' dispersion when both sides have "
-                     "repeats (quasi-Poisson: 502s come in bursts); req/s and p99: Welch t over the repeats, needs "
-                     "--wsgi-repeat >= 2)")
+                     "conditional binomial on counts divided by their dispersion (quasi-Poisson: 502s come in "
+                     "bursts), between repeats when both sides have them, else between the seconds of each run; "
+                     "req/s and p99: Welch t over the repeats, needs --wsgi-repeat >= 2)")
     if any(r.get("attribution_scope") == "client" for r in results):
         lines.append(REMOTE_NOTE)
     if any((r.get("comparison") or {}).get("side_by_side") is False for r in results):

@@ -218,6 +218,47 @@ def test_autostop_with_a_baseline_waits_for_the_comparison():
     assert why and "worse than the baseline's" in why
 
 
+def bursts(auto: AutoStop, seconds: int, rate: int = 300, every: int = 10, size: int = 100,
+           first: int = 3) -> tuple[str | None, int, Stats]:
+    """seed-unix's uwsgi-2w shape (measured in the session-9 pilot): clean, then ``size`` 502s in one second at
+    each joint recycle, every ``every`` s from ``first``. Fed a second at a time; (stop reason, second, stats)."""
+    stats = Stats()
+    for sec in range(seconds):
+        burst = sec >= first and (sec - first) % every == 0
+        for i in range(rate):
+            stats.record(502 if burst and i < size else 200, 0.002, 1000.0 + sec + i / rate)
+        if why := auto.update(stats):
+            return why, sec, stats
+    return None, seconds, stats
+
+
+def test_a_comparison_of_bursty_errors_weighs_bursts_not_requests():
+    """Two cells with the same burst shape (two bursts of ~100 502s in 10 s) against each other: per request the
+    difference 221 vs 167 is "proven"; per burst it is not, so the candidate runs on (to the cap here: 60 s) and
+    ends ``same``. Its own SLO breach (error_rate<1e-2) is proven early but does not stop it: the question of
+    the run is the comparison."""
+    from pytest_wsgi502.metrics.sequential import window_dispersion
+
+    _, _, base = bursts(AutoStop(parse_slos(["kills==0"]), baseline=(0, 1)), 10, size=111)
+    phi = window_dispersion(base)
+    assert phi is not None and phi > 50
+    auto = AutoStop(parse_slos(["error_rate<1e-2"]), baseline=(base.error_count, base.requests, phi))
+    why, sec, _ = bursts(auto, 60, size=84)
+    assert why is None and sec == 60  # neither better nor worse was proven: on to the cap
+    report = auto.report()
+    assert report["comparison"]["verdict"] == "same" and report["comparison"]["candidate_dispersion"] > 50
+    assert report["decisions"]["error_rate<1e-2"]["decision"] == "fail"
+    # the same counts taken as independent (no dispersion) decide "better" within 10 s: what the pilot saw
+    naive = AutoStop(parse_slos(["error_rate<1e-2"]), baseline=(base.error_count, base.requests))
+    naive.compare.update = lambda e, n, d=None, _u=naive.compare.update: _u(e, n, None)  # type: ignore[method-assign]
+    why, sec, _ = bursts(naive, 60, size=60)
+    assert why and "better than the baseline's" in why and sec < 20
+    # a clean cell is still proven better than the bursty baseline, quickly
+    clean = AutoStop(parse_slos(["error_rate<1e-2"]), baseline=(base.error_count, base.requests, phi))
+    why, sec, _ = bursts(clean, 60, size=0)
+    assert why and "better than the baseline's" in why and sec < 40  # ~10,000 clean requests against 2 bursts
+
+
 def test_the_baseline_runs_first_and_its_finished_counts_are_summed():
     """Issue 14 item 4, "comparisons can use the same rule": the schedule puts a baseline before the first cell
     that compares with it (it used to follow it: A's run had no baseline counts to stop on)."""
@@ -227,7 +268,7 @@ def test_the_baseline_runs_first_and_its_finished_counts_are_summed():
     assert schedule_names(["c", "a"], {"a": "c"}) == ["c", "a"]
     assert schedule_names(["a", "b"], {}) == ["a", "b"]
     assert baseline_counts([]) is None and baseline_counts([{"requests": 0, "error_count": 0}]) is None
-    assert baseline_counts([{"requests": 1000, "error_count": 7}, {"requests": 500, "error_count": 1}]) == (8, 1500)
+    assert baseline_counts([{"requests": 1000, "error_count": 7}, {"requests": 500, "error_count": 1}]) == (8, 1500, None)
 
 
 class _FakeTarget:

@@ -152,7 +152,7 @@ def test_bursty_errors_widen_the_error_rate_test_quasi_poisson():
     phi = dispersion(pool_cell, base)
     assert 60 < phi < 80
     naive = compare(pool_cell | {"repeats": []}, base | {"repeats": []})["metrics"]["error_rate"]
-    assert naive["verdict"] == "worse" and naive["dispersion"] is None
+    assert naive["verdict"] == "worse" and naive["dispersion"] == 1.0  # errors spread evenly over each second
     burst = compare(pool_cell, base)["metrics"]["error_rate"]
     assert burst["verdict"] == "same" and "quasi-Poisson" in burst["method"] and burst["lo"] < 1 < burst["hi"]
     assert burst["ratio"] == pytest.approx(1198 / 711)
@@ -161,3 +161,54 @@ def test_bursty_errors_widen_the_error_rate_test_quasi_poisson():
     calm = cell([100, 104, 98])
     assert dispersion(calm, cell([50, 49, 53])) == 1.0
     assert error_ratio(calm, cell([50, 49, 53]))["method"] == "conditional binomial (exact)"
+
+
+def bursty_run(name: str, ok: int, bursts: dict[int, int], seconds: int = 10):
+    """A run whose errors all fall in the given seconds (second -> 502s), as a joint recycle makes them."""
+    s = Stats()
+    for i in range(ok):
+        s.record(200, 0.01, 1000.0 + seconds * i / ok)
+    for sec, n in bursts.items():
+        for i in range(n):
+            s.record(502, 0.001, 1000.0 + sec + i / n / 2)
+    s.started, s.ended = 1000.0, 1000.0 + seconds
+    d = s.to_dict()
+    d.update(name=name, slo={"passed": True, "failures": [], "invalid": [], "outcome": "pass"},
+             generator_bound=False, generator_bound_reason=None, aborted=None, histogram=s.histogram.encode().decode())
+    return d
+
+
+def test_one_run_with_bursts_is_judged_on_its_bursts_not_its_502s():
+    """The session-9 pilot of seed-unix with duration=auto: the baseline had 221 errors in its bursts, another
+    cell 167 in two; counted as independent requests the second was "better" at p = 0.007 (and "worse" in a
+    30 s run). Per-second windows show the bursts: no difference is claimed from two bursts against two."""
+    from pytest_wsgi502.metrics.comparison import compare, window_dispersion
+
+    base = pool([bursty_run("base", 2951, {3: 111, 8: 110})])
+    other = pool([bursty_run("c", 3004, {4: 80, 9: 87})])
+    phi = window_dispersion(other, base)
+    assert phi > 50
+    r = compare(other, base)["metrics"]["error_rate"]
+    assert r["verdict"] == "same" and "within the run" in r["method"] and r["lo"] < 1 < r["hi"]
+    # the same counts spread evenly over the seconds are independent errors: the difference is shown
+    even = compare(pool([run("c", 3004, 167)]), pool([run("base", 2951, 221)]))["metrics"]["error_rate"]
+    assert even["dispersion"] == 1.0 and even["verdict"] == "better" and even["p"] < 0.01
+    # a clean cell against a bursty baseline is still better once the baseline has enough bursts
+    clean = pool([bursty_run("c", 6000, {})])
+    assert compare(clean, base)["metrics"]["error_rate"]["verdict"] == "same"  # 2 bursts: ~2 effective errors
+    base10 = pool([bursty_run("base", 29730, {s: 100 for s in range(1, 100, 10)}, seconds=100)])
+    clean100 = pool([bursty_run("c", 30000, {}, seconds=100)])  # the dispersion is common to both sides
+    assert compare(clean100, base10)["metrics"]["error_rate"]["verdict"] == "better"
+
+
+def test_quasi_poisson_dispersion_known_values():
+    from pytest_wsgi502.metrics.inference import effective_counts, quasi_poisson_dispersion
+
+    # rate 0.1 in both windows: no excess spread
+    assert quasi_poisson_dispersion([[(10, 100), (10, 100)]]) == 1.0
+    # all 20 events in one of two windows: chi2 = (20-10)^2/10 + (0-10)^2/10 = 20 over 1 df
+    assert quasi_poisson_dispersion([[(20, 100), (0, 100)]]) == pytest.approx(20.0)
+    assert quasi_poisson_dispersion([[(0, 100), (0, 100)]]) is None  # no event: no information
+    assert quasi_poisson_dispersion([[(5, 100)]]) is None  # one point: no spread to see
+    assert effective_counts(199, 3172, 100.0) == (2, 32)
+    assert effective_counts(199, 3172, None) == (199, 3172)
