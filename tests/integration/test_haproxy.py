@@ -188,12 +188,20 @@ def test_a_drained_target_takes_no_new_requests_and_finishes_its_own(lb: HAProxy
         slow[key] = c.get("/slow?s=1.5")
         c.close()
 
+    def seen_slow(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while sum(t.seen["/slow"] for t in targets) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    # one after the other, with one request between them, so round robin puts one slow request on each target
     slows = [threading.Thread(target=slow_request, args=(k,)) for k in ("a", "b")]
-    for t in slows:
-        t.start()
-    deadline = time.monotonic() + 5
-    while sum(t.seen["/slow"] for t in targets) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    slows[0].start()
+    seen_slow(1)
+    between = Client(lb.port)
+    assert between.get("/ok")[0] == 200
+    between.close()
+    slows[1].start()
+    seen_slow(2)
     assert targets[0].seen["/slow"] == 1 and targets[1].seen["/slow"] == 1  # one in flight on each
     stop = threading.Event()
     statuses: Counter[int] = Counter()
