@@ -339,8 +339,12 @@ def wsgi_cell_run(request: pytest.FixtureRequest, wsgi_cell: Cell, wsgi_database
                               request.getfixturevalue("wsgi_isolation")):
         pytest.skip(reason)
     ctx = _context(request, wsgi_run_dir, wsgi_database)
-    baseline = _baseline(wsgi_cell, ctx, _state(request.config))
-    if _state(request.config).settings.repeat > 1 or baseline:
+    state = _state(request.config)
+    baseline = _baseline(wsgi_cell, ctx, state)
+    # a baseline cell runs in the schedule too, once: its own item and the cells comparing with it share that run
+    # (run apart, it ran twice and the table showed one run while the comparisons used another)
+    compared = state.settings.baseline_cell is not None or any(c.baseline_cell for c in state.matrix)
+    if state.settings.repeat > 1 or baseline or compared:
         result = _scheduled(request, wsgi_cell, ctx, baseline)
     else:
         live = _progress(request, wsgi_cell.name)

@@ -35,3 +35,25 @@ baseline_cell = "base"
     assert "comparison" not in cells["base"]
     table = out[out.index("wsgi502 matrix"):]
     assert "vs baseline" in table and "±" in table and "95 % t interval over the 3 repeats" in table
+
+
+def test_a_baseline_without_repeats_runs_once_and_is_the_run_compared_with(matrix, tmp_path):
+    """--wsgi-baseline-cell without --wsgi-repeat: the baseline's own item ran it directly and the candidate's
+    comparison started it a second time, so the table showed one run and the comparison used another (seen in a
+    seed-unix pilot: 0 502s in the table's run, 23 in the compared one)."""
+    m = tmp_path / "m.toml"
+    m.write_text("""
+[defaults]
+slo = ["error_rate<=1"]
+[cells.base]
+server = "gunicorn"
+[cells.candidate]
+server = "uwsgi"
+""")
+    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-duration=2s", "--wsgi-concurrency=4", "--wsgi-baseline-cell=base",
+                   "--wsgi-cells=base,candidate")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in matrix.keep.glob("run-*/cells/*")) == ["base", "candidate"]  # each started once
+    cells = matrix.cells()
+    assert cells["candidate"]["comparison"]["baseline"] == "base"
+    assert cells["base"]["repeats"][0]["started_at"] == cells["base"]["started_at"]
