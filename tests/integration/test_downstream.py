@@ -25,7 +25,7 @@ def test_example_project_passes_its_slos(tmp_path):
     r = pytest_in(EXAMPLE, tmp_path, "--wsgi-matrix", "--wsgi-duration=2s")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    assert "4 passed" in out  # the 2 matrix cells, the open-loop test and the reload test
+    assert "5 passed" in out  # the 2 matrix cells, the open-loop test, the reload and the rolling deploy tests
     assert re.search(r"gunicorn-sync-4w\s+\d+\s+0\s+0", out) and re.search(r"uwsgi-4w\s+\d+\s+0\s+0", out), out
 
 
@@ -82,6 +82,7 @@ def test_getting_started_shows_the_example_tests_as_they_are():
     source = {line.split("  #")[0].strip() for line in (EXAMPLE / "tests" / "test_slo.py").read_text().splitlines()}
     shown = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
     assert "def test_graceful_reload_loses_no_request(wsgi_server, wsgi_load):" in shown
+    assert "def test_rolling_deploy_loses_no_request(wsgi_server, wsgi_load):" in shown
     assert [line for line in shown if line not in source] == []
 
 
