@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -302,24 +304,24 @@ def test_special_characters_in_the_run_dir_and_a_deep_one(tmp_path: Path, target
     admin and relay sockets are made there); one too deep for a unix socket path gets the sockets in a short
     private directory, removed at stop."""
     upstreams = [f"127.0.0.1:{t.port}" for t in targets]
-    odd = Path("/tmp") / f'wsgi502-h a#"c\\{os.getpid()}'
+    odd = Path(tempfile.mkdtemp(prefix='wsgi502-h a#"c\\'))  # short: its socket paths must fit in sun_path
     deep = tmp_path / ("d" * 90)
-    for workdir in (odd, deep):
-        balancer = HAProxyLB(workdir, upstreams, 60.0, HAPROXY, ledger=tmp_path / "pids")
-        try:
-            balancer.start("/ok")
-            assert balancer.admin_socket.is_socket() and balancer.relay_socket.is_socket()
-            assert (balancer.admin_socket.parent == workdir) == (workdir == odd)
-            balancer.set_state(0, "drain")
-            assert "s0" in balancer.command("show servers state be")
-        finally:
-            balancer.stop()
-        assert not balancer.admin_socket.exists() and not balancer.relay_socket.exists()
-        assert balancer.admin_socket.parent.exists() == (workdir == odd)  # the short private dir is removed
-        assert nginxlog.read_access_log(workdir / nginxlog.ACCESS_LOG)
-    import shutil
-
-    shutil.rmtree(odd)
+    try:
+        for workdir in (odd, deep):
+            balancer = HAProxyLB(workdir, upstreams, 60.0, HAPROXY, ledger=tmp_path / "pids")
+            try:
+                balancer.start("/ok")
+                assert balancer.admin_socket.is_socket() and balancer.relay_socket.is_socket()
+                assert (balancer.admin_socket.parent == workdir) == (workdir == odd)
+                balancer.set_state(0, "drain")
+                assert "s0" in balancer.command("show servers state be")
+            finally:
+                balancer.stop()
+            assert not balancer.admin_socket.exists() and not balancer.relay_socket.exists()
+            assert balancer.admin_socket.parent.exists() == (workdir == odd)  # the short private dir is removed
+            assert nginxlog.read_access_log(workdir / nginxlog.ACCESS_LOG)
+    finally:
+        shutil.rmtree(odd, ignore_errors=True)
 
 
 @pytest.fixture
