@@ -678,11 +678,12 @@ def spec_dict(spec: LoadSpec) -> dict[str, Any]:
 
 def run_cell(
     cell: Cell, ctx: CellContext, base_env: dict[str, str], extra_slos: tuple[str, ...] = (), progress: Any = None,
-    baseline_counts: tuple[int, int] | tuple[int, int, float | None] | None = None,
+    baseline_counts: tuple[int, int] | tuple[int, int, float | None] | None = None, reference: bool = False,
 ) -> dict[str, Any]:
     """``baseline_counts``: (errors, requests[, dispersion]) of the finished runs of the cell's baseline cell:
     with duration=auto the load also runs until the error-rate comparison with it is decided
-    (``metrics.sequential.BaselineStop``)."""
+    (``metrics.sequential.BaselineStop``). ``reference``: other cells compare with this one; with duration=auto
+    it runs until its errors are enough to compare with (``AutoStop.reference``)."""
     if ctx.distributed == "locust" and stop_rule(cell, ctx)[0] == "auto":
         raise ValueError(f"cell {cell.name}: duration=auto does not go with --wsgi-distributed=locust (auto decides "
                          "from one engine's live stats, which generators do not send): give a fixed duration")
@@ -702,7 +703,8 @@ def run_cell(
         hold = horizon(cell.server, cell.workers, cell.max_requests, cell.max_requests_jitter, cell.options,
                        cell.actions)
         baseline = baseline_counts if baseline_counts is not None and baseline_counts[1] > 0 else None
-        auto = AutoStop(slos, hold=hold, baseline=baseline) if stop_rule(cell, ctx)[0] == "auto" else None
+        auto = AutoStop(slos, hold=hold, baseline=baseline, reference=reference) \
+            if stop_rule(cell, ctx)[0] == "auto" else None
         spec = target.checked(load_spec(cell, ctx, target.url))
         since = time.time()
         load = target.drive(spec, progress=progress, stop=auto.update if auto else None)

@@ -527,7 +527,7 @@ def _schedule(request: pytest.FixtureRequest, ctx: CellContext) -> Schedule:
         done = state.schedule.done.get(base, []) if state.schedule is not None and base is not None else []
         try:
             return run_cell(_modified(request.config, by_name[name]), ctx, _base_env(), progress=live.callback,
-                            baseline_counts=baseline_counts(done))
+                            baseline_counts=baseline_counts(done), reference=name in baselines.values())
         finally:
             live.finish()
 

@@ -124,6 +124,10 @@ def horizon(server: str, workers: int, max_requests: int = 0, jitter: int = 0, o
     return Horizon(requests, seconds, ", ".join(why))
 
 
+# a baseline (``AutoStop.reference``) runs until its errors amount to this many independent ones: a Clopper-Pearson
+# bound at alpha/4 on 5 events is within a factor of about 4 of the rate, enough to prove a clean cell better
+REFERENCE_EVENTS = 5
+
 COMPARE_METHOD = ("the candidate's always-valid sequential test (mixture SPRT, Ville) against the baseline's "
                   "exact Clopper-Pearson bound, alpha/4 each, so better or worse errs with probability <= alpha; "
                   "on quasi-Poisson effective counts (errors and requests over the dispersion of each side's "
@@ -197,6 +201,11 @@ class AutoStop:
     """Fed the live stats every second (``update``); says when to stop and why; ``report()`` for the JSON.
 
     ``hold``: a pass stops the load only after this much of it (``horizon``); a breach stops it at once.
+    ``reference``: the cell is the baseline of others; it stops only once its own errors amount to
+    ``REFERENCE_EVENTS`` effective errors (bursts count about once: ``window_dispersion``) and its lifecycle
+    horizon has passed, besides its own decisions, or at the cap: the cells compared with it can prove nothing against a baseline that ran until its
+    first burst, or one stopped before its first (seed-unix's uwsgi-2w: 0 502s in its first 19 s in one run,
+    221 in 10 s in another).
     ``baseline``: the baseline cell's finished (errors, requests[, dispersion of its per-second error counts]):
     the load also waits until the error-rate comparison with it is decided (``BaselineStop``), a proven breach
     of the cell's own SLO included (the run's question is the comparison); undecided at the cap, it is
@@ -206,10 +215,12 @@ class AutoStop:
     alpha: float = 0.05
     hold: Horizon = Horizon()
     baseline: tuple[int, int] | tuple[int, int, float | None] | None = None
+    reference: bool = False
     compare: BaselineStop | None = field(default=None, init=False)
     tests: list[_Test] = field(default_factory=list, init=False)
     stopped: str | None = field(default=None, init=False)
     held: bool = field(default=False, init=False)  # a pass was proven and waited for the horizon
+    waiting: str | None = field(default=None, init=False)  # why a decided baseline still runs (``reference``)
 
     def __post_init__(self) -> None:
         self.slos = list(self.slos)
@@ -232,6 +243,20 @@ class AutoStop:
         """The reason to stop now, or None to go on."""
         if self.stopped:
             return self.stopped
+        why = self._update(stats)
+        if why and self.reference:
+            # bursts are seen only over many seconds: not before the lifecycle horizon (a joint recycle or two)
+            early = stats.requests < self.hold.requests or _elapsed(stats) < max(self.hold.seconds, 2.0)
+            events = effective_counts(stats.error_count, stats.requests, window_dispersion(stats))[0]
+            if early or events < REFERENCE_EVENTS:
+                self.waiting = (f"a baseline: {events} effective error(s) of the {REFERENCE_EVENTS} it runs for "
+                                "(or the cap)")
+                self.stopped = None
+                return None
+            self.stopped = f"{why}; a baseline: ran until {events} effective errors"
+        return self.stopped
+
+    def _update(self, stats: Stats) -> str | None:
         for t in self.tests:
             if t.latency_ms is None:
                 t.x, t.n = stats.error_count, stats.requests
@@ -264,7 +289,7 @@ class AutoStop:
 
     def report(self) -> dict[str, Any]:
         return {
-            "method": METHOD, "stopped": self.stopped,
+            "method": METHOD, "stopped": self.stopped or (f"at the cap; {self.waiting}" if self.waiting else None),
             "hold": {"requests": self.hold.requests, "seconds": self.hold.seconds, "why": self.hold.why},
             **({"comparison": self.compare.report()} if self.compare else {}),
             "decisions": {t.slo.text: {"decision": t.decision(), "at_requests": t.decided_at if t.decision() else None,

@@ -259,6 +259,27 @@ def test_a_comparison_of_bursty_errors_weighs_bursts_not_requests():
     assert why and "better than the baseline's" in why and sec < 40  # ~10,000 clean requests against 2 bursts
 
 
+def test_a_baseline_runs_until_its_bursts_are_enough_to_compare_with():
+    """A cell others compare with (``reference``) does not stop at its own decision: seed-unix's uwsgi-2w ran 19 s
+    with 0 502s in one pilot and 10 s with two bursts in another, neither enough to prove anything against it."""
+    from pytest_wsgi502.metrics.sequential import REFERENCE_EVENTS
+
+    alone = AutoStop(parse_slos(["error_rate<1e-2"]))
+    why, sec, _ = bursts(alone, 120, size=100, first=0)
+    assert why and "breached" in why and sec == 0  # its own breach: proven by the first burst
+    ref = AutoStop(parse_slos(["error_rate<1e-2"]), reference=True, hold=Horizon(0, 20.0, "uWSGI recycles"))
+    why, sec, stats = bursts(ref, 120, size=100, first=0)
+    assert why and "a baseline: ran until" in why and sec > 30  # about one effective error per burst
+    from pytest_wsgi502.metrics.inference import effective_counts
+    from pytest_wsgi502.metrics.sequential import window_dispersion
+
+    assert effective_counts(stats.error_count, stats.requests, window_dispersion(stats))[0] >= REFERENCE_EVENTS
+    clean = AutoStop(parse_slos(["error_rate<1e-2"]), reference=True)
+    why, sec, _ = bursts(clean, 60, size=0)
+    assert why is None and sec == 60  # never enough errors: it runs to the cap, and says why
+    assert "at the cap; a baseline: 0 effective error(s)" in clean.report()["stopped"]
+
+
 def test_the_baseline_runs_first_and_its_finished_counts_are_summed():
     """Issue 14 item 4, "comparisons can use the same rule": the schedule puts a baseline before the first cell
     that compares with it (it used to follow it: A's run had no baseline counts to stop on)."""
