@@ -31,11 +31,9 @@ by tests/integration/test_alb_profile.py.
 - no passive "backend down" state: ``max_fails=0`` (ALB routes by active health checks only; nginx counts every
   failed attempt against the server, even with ``proxy_next_upstream off``).
 
-Not covered here: the deregistration delay (502 for a request still in flight when it ends). It needs a
-runtime drain of one target among several (rolling deploys): open-source nginx 1.22 has no runtime API, and its
-reload (SIGHUP) starts new workers and closes the old ones' idle client keep-alive connections; HAProxy 2.6
-(Debian) drains over its runtime API (``set server be/s state drain``) and can cut what is still in flight after a
-timeout (``shutdown sessions server``). A profile doing that is HAProxy's, not nginx's.
+The deregistration delay (502 for a request still in flight when it ends) is covered for cells with several
+instances by ``haproxy.py`` (HAProxy 2.6: runtime drain, ``shutdown sessions``), because nginx 1.22 has no runtime
+drain and its reload (SIGHUP) closes the old workers' idle client keep-alive connections.
 
 ``nginx``: nginx's own defaults in front, for teams that run nginx before their app: ``proxy_next_upstream error
 timeout`` (a failed attempt is retried on the next server), ``max_fails=1 fail_timeout=10s`` (passive health),
