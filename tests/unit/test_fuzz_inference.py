@@ -122,3 +122,30 @@ def test_sequential_evidence_moves_the_right_way(kn, limit):
         assert seq.evidence(k + 1, n)[1] >= above
     if seq.decide(k, n) == "pass" and k:
         assert seq.decide(k - 1, n) == "pass"
+
+
+_point = st.integers(0, 10_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n)))
+
+
+@FUZZ
+@given(st.lists(st.lists(_point, max_size=30), max_size=5))
+def test_quasi_poisson_dispersion_is_none_or_at_least_one(groups):
+    from pytest_wsgi502.metrics.inference import quasi_poisson_dispersion
+
+    phi = quasi_poisson_dispersion(groups)
+    assert phi is None or (math.isfinite(phi) and phi >= 1.0)
+    informative = [g for g in groups if len([p for p in g if p[1]]) >= 2 and 0 < sum(x for x, _ in g)
+                   < sum(n for _, n in g)]
+    assert (phi is None) == (not informative)
+
+
+@FUZZ
+@given(st.integers(0, 10**6).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),
+       st.one_of(st.none(), st.floats(0.0, 1e6, allow_nan=False)))
+def test_effective_counts_stay_counts(point, phi):
+    from pytest_wsgi502.metrics.inference import effective_counts
+
+    x, n = effective_counts(*point, phi)
+    assert 0 <= x <= n <= point[1] and (n > 0) == (point[1] > 0)
+    if not phi or phi <= 1.0:
+        assert (x, n) == point
