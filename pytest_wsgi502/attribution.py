@@ -50,6 +50,15 @@ reason and the server events around the request:
   the ``nginx`` proxy profile). A request nginx retried carries one error line per failed attempt: its cause is
   that of its first failed attempt on the app (a failed connect to another address that nginx then retried, such
   as ::1 refused, is not why it failed), ``passive_health`` when no attempt reached a server.
+- ``routed_to_removed``: a rolling deploy (``do = "rolling"``, several instances behind HAProxy) stopped an instance
+  before the load balancer drained it, and the request failed on that instance in between: the LB's access log names
+  the server (``s0``...), the deploy's ``stop`` and ``drain`` phases name the same one and bound the time (the
+  request was sent before the drain and failed after the stop). The propagation lag of an LB or of Kubernetes
+  endpoints: the instance's listener is closed (refused: HAProxy ``SC``, answered 502 like an ALB) or its queued
+  connections reset as it closes (``SH``), while the LB still routes to it.
+- ``deregistration``: a request still in flight on a draining instance when the deregistration delay ended: the LB
+  cut it (HAProxy ``shutdown sessions``, termination ``K``; an ALB answers 502), on the server the deploy's ``cut``
+  phase names, at that time.
 - ``timeout``: a 504 after the proxy's read timeout.
 - ``db``: not a 502 but a 500 the app answered because the database refused or failed (max_connections, a
   pool's limit): counted from the server's own log, one ``django.db.utils.OperationalError`` line per error.
@@ -64,12 +73,17 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502 import nginxlog
-from pytest_wsgi502.events import CRASHED, EXITS, HEADER_TOO_LARGE, KILLS, LIFECYCLE, REQUEST_ERROR
+from pytest_wsgi502.events import ACTION_PHASE, CRASHED, EXITS, HEADER_TOO_LARGE, KILLS, LIFECYCLE, REQUEST_ERROR
 from pytest_wsgi502.nginxlog import Failure, Reason
 
 CAUSES = ("keepalive_race", "worker_killed", "recycle", "backlog", "server_down", "listener_closed", "inflight_cut",
-          "queue_reset", "header_too_large", "passive_health", "crashed", "timeout", "db", "unknown")
+          "queue_reset", "routed_to_removed", "deregistration", "header_too_large", "passive_health", "crashed",
+          "timeout", "db", "unknown")
 LIFECYCLE_CAUSES = ("listener_closed", "inflight_cut", "queue_reset")  # proven by an action or a server line
+ROLLING_CAUSES = ("routed_to_removed", "deregistration")  # proven by the LB's server name and the deploy's phases
+# a request the LB cut at the end of the deregistration delay is logged this long after the deploy stamped its
+# ``cut`` phase at most (the runtime command returns once HAProxy has killed the streams)
+CUT_SLACK = 1.0
 # a request that started this long after a lifecycle action can still be cut by it: uWSGI buries the workers of a
 # brutal reload within about 2 s (measured on 2.0.31: "worker 2 buried after 2 seconds")
 ACTION_SLACK = 3.0
@@ -145,6 +159,40 @@ def classify(reason: Reason, status: int, start: float, end: float, events: Iter
     return "unknown"
 
 
+def rolling_windows(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per instance a rolling deploy replaced: the LB's name for it (``server``) and the ``stop``, ``drain`` and
+    ``cut`` phase events of its replacement (servers/fleet.py), from the cell's timeline."""
+    windows: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for e in events:
+        if e.get("kind") != ACTION_PHASE or e.get("action") != "rolling" or e.get("t") is None or not e.get("server"):
+            continue
+        w = windows.setdefault((e.get("at"), e.get("instance")), {"server": e["server"]})
+        if e.get("phase") in ("stop", "drain", "cut"):
+            w[e["phase"]] = e
+    return list(windows.values())
+
+
+def rolling_cause(server: str, termination: str, start: float, end: float,
+                  windows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """(cause, the phase event that proves it) for a failure on LB server ``server`` during a rolling deploy:
+    ``deregistration`` when the LB cut it (termination ``K``, or failed at the ``cut``) on the instance being cut;
+    ``routed_to_removed`` when it was sent before that instance's drain and failed after its stop, the stop having
+    come first (a stop after the drain leaves no such time)."""
+    for w in windows:
+        if not server or w["server"] != server:
+            continue
+        cut = w.get("cut")
+        if cut is not None and cut["t"] - _STAMP_SLACK <= end <= cut["t"] + CUT_SLACK and (
+                termination.startswith("K") or start <= cut["t"]):
+            return "deregistration", cut
+        stop, drain = w.get("stop"), w.get("drain")
+        drained = drain["t"] if drain is not None else float("inf")  # the load ended before the drain
+        if stop is not None and stop["t"] < drained and end >= stop["t"] - _STAMP_SLACK \
+                and start <= drained + _STAMP_SLACK:
+            return "routed_to_removed", stop
+    return None
+
+
 def deciding(attempts: list[Reason]) -> Reason:
     """The reason that decided a request's failure among its failed attempts' (in order): the first that is not a
     failed connect nginx retried elsewhere (refused on ::1, or any error while connecting) nor ``no live
@@ -157,18 +205,25 @@ def deciding(attempts: list[Reason]) -> Reason:
 
 
 def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
-              events: list[dict[str, Any]], keepalive_reuse: bool = True) -> dict[str, Any]:
-    """{"counts": {cause: n, ...}, "matches": [...first 50...]} for every 502/503/504 in ``failures``."""
+              events: list[dict[str, Any]], keepalive_reuse: bool = True,
+              servers: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """{"counts": {cause: n, ...}, "matches": [...first 50...]} for every 502/503/504 in ``failures``. ``servers``:
+    per failure, the LB's server name and termination state (HAProxy's log; nginx's has neither), which a rolling
+    deploy's causes need."""
     counts: Counter[str] = Counter({c: 0 for c in CAUSES})
     matches: list[dict[str, Any]] = []
     too_large = deque(sorted(e["t"] for e in events if e.get("kind") == HEADER_TOO_LARGE and e.get("t") is not None))
-    for f in failures:
+    windows = rolling_windows(events) if servers else []
+    for i, f in enumerate(failures):
         queue = reasons.get(f.conn) or deque()
         for _ in range(min(f.skip, len(queue))):  # lines of requests nginx retried into a success
             queue.popleft()
         reason = deciding([queue.popleft() for _ in range(min(f.attempts, len(queue)))])
-        cause = classify(reason, f.status, f.t - f.request_time, f.t, events, keepalive_reuse)
-        if cause not in LIFECYCLE_CAUSES and reason.name in ("upstream_closed", "upstream_reset"):
+        server, termination = servers[i] if servers and i < len(servers) else ("", "")
+        rolled = rolling_cause(server, termination, f.t - f.request_time, f.t, windows) if windows else None
+        cause = rolled[0] if rolled else classify(reason, f.status, f.t - f.request_time, f.t, events,
+                                                  keepalive_reuse)
+        if cause not in (*LIFECYCLE_CAUSES, *ROLLING_CAUSES) and reason.name in ("upstream_closed", "upstream_reset"):
             # the server refused this request's headers: one of its lines in the request's span (stamp slack)
             lo, hi = f.t - f.request_time - _STAMP_SLACK, f.t + REAP_SLACK
             while too_large and too_large[0] < lo - QUEUE_SLACK:  # failures come in log order: older lines are spent
@@ -183,6 +238,8 @@ def attribute(failures: list[Failure], reasons: dict[int, deque[Reason]],
             if cause in LIFECYCLE_CAUSES:  # the action or server line that proves it
                 found = _lifecycle_cause(reason, f.t - f.request_time, f.t, events)
                 match["event"] = str(((found or {}).get("event") or {}).get("line", ""))[:200]
+            if rolled:  # the deploy's phase that proves it, and the LB's server the request went to
+                match.update(event=str(rolled[1].get("line", ""))[:200], server=server, termination=termination)
             matches.append(match)
     return {"counts": dict(counts), "matches": matches}
 
@@ -218,8 +275,14 @@ def aborted_requests(errors: list[Failure], events: Iterable[dict[str, Any]]) ->
 def attribute_cell(workdir: Path, events: list[dict[str, Any]], since: float, http_500: int = 0) -> dict[str, Any]:
     records = nginxlog.read_access_log(workdir / nginxlog.ACCESS_LOG, since)
     reuse = nginxlog.keepalive_reuse_possible(records)
-    reasons = nginxlog.reasons_by_connection(nginxlog.read_error_log(workdir / nginxlog.ERROR_LOG))
-    out = attribute(nginxlog.failures(records), reasons, events, keepalive_reuse=reuse)
+    servers = None
+    if any(rec.get("lb") == "haproxy" for rec in records):  # no error log: the reasons are termination states
+        reasons = nginxlog.haproxy_reasons(records)
+        servers = [(str(rec.get("server", "")), str(rec.get("termination", ""))) for rec in records
+                   if rec.get("status") in nginxlog.FAILED]  # one per failure, in the order of ``failures``
+    else:
+        reasons = nginxlog.reasons_by_connection(nginxlog.read_error_log(workdir / nginxlog.ERROR_LOG))
+    out = attribute(nginxlog.failures(records), reasons, events, keepalive_reuse=reuse, servers=servers)
     out["keepalive_reuse"] = reuse
     # 500s a worker answered as the server aborted it mid-request (gunicorn's timeout): the kill's, like its 502s
     aborted = aborted_requests(nginxlog.app_errors(records), events)

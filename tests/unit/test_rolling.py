@@ -191,3 +191,120 @@ def test_fleet_telemetry_sums_counts_and_tags_events_by_instance() -> None:
     assert out["events"] == [{"kind": "died_signal", "t": 1.0, "instance": 1, "generation": 2},
                              {"kind": "exit", "t": 2.0, "instance": 1, "generation": 1}]
     assert [i["generation"] for i in out["instances"]] == [1, 2]
+
+
+# --- attribution of a deploy's failures on synthetic HAProxy logs ------------------------------------------------
+
+
+def haproxy_log(path: Any, rows: list[tuple[float, str, str, float]]) -> None:
+    """proxy-access.log with one 200 and then (t, server, termination, request_time) failures, HAProxy's shape."""
+    import json
+
+    recs = [{"t": 90.0, "status": 200, "conn": 1, "server": "s0", "termination": "----", "upstream_status": "200",
+             "request_time": 0.01, "uri": "/ok", "lb": "haproxy"}]
+    recs += [{"t": t, "status": 502, "conn": 2 + i, "server": server, "termination": term, "upstream_status": "-",
+              "request_time": rt, "uri": f"/r{i}", "lb": "haproxy"} for i, (t, server, term, rt) in enumerate(rows)]
+    (path / "proxy-access.log").write_text("[WARNING] a notice HAProxy writes there\n" +
+                                           "".join(json.dumps(r) + "\n" for r in recs))
+
+
+def phase(t: float, name: str, instance: int, server: str) -> dict[str, Any]:
+    return {"kind": "action_phase", "t": t, "pid": None, "worker": None, "action": "rolling", "at": 3.0,
+            "phase": name, "instance": instance, "server": server, "line": f"wsgi502: instance {instance} {name}"}
+
+
+# instance 1 (s0) stopped at 100 and drained at 101 (no preStop sleep, 1 s lag); instance 2 (s1) drained at 103 and
+# stopped at 104 (a preStop sleep longer than the lag), and the deregistration delay cut it at 110
+DEPLOY = [{"kind": "action", "t": 100.0, "pid": None, "worker": None, "action": "rolling", "at": 3.0,
+           "line": "wsgi502: rolling at 3s"},
+          phase(100.0, "deregister", 1, "s0"), phase(100.0, "stop", 1, "s0"), phase(101.0, "drain", 1, "s0"),
+          phase(102.0, "deregister", 2, "s1"), phase(103.0, "drain", 2, "s1"), phase(104.0, "stop", 2, "s1"),
+          phase(110.0, "cut", 2, "s1")]
+
+
+def test_a_deploy_s_failures_are_routed_to_removed_between_stop_and_drain_and_deregistration_at_the_cut(
+        tmp_path: Any) -> None:
+    from pytest_wsgi502.attribution import attribute_cell
+
+    haproxy_log(tmp_path, [
+        (100.5, "s0", "SC--", 0.0),  # refused by the stopped instance during the lag: routed_to_removed
+        (100.2, "s0", "SH--", 0.5),  # sent before the stop, reset as its backlog closed: routed_to_removed
+        (101.02, "s0", "SC--", 0.0),  # sent at the drain (scheduling slack): still the lag's
+        (100.5, "s1", "SC--", 0.0),  # the other instance, not being removed: not the deploy's doing
+        (101.5, "s0", "SC--", 0.0),  # sent after the drain: not routed to it by the lag
+        (104.5, "s1", "SH--", 0.2),  # s1 was drained before its stop: no time between
+        (104.2, "s1", "SH--", 1.3),  # sent before s1's drain, failed after its stop: but the drain came first
+        (110.1, "s1", "KH--", 8.0),  # in flight when the deregistration delay ended: cut
+        (110.3, "s1", "SH--", 9.0),  # the same, its termination not K: at the cut, in flight before it
+    ])
+    out = attribute_cell(tmp_path, DEPLOY, since=0.0)
+    causes = [m["cause"] for m in out["matches"]]
+    assert causes[:3] == ["routed_to_removed"] * 3
+    assert "routed_to_removed" not in causes[3:] and "deregistration" not in causes[3:7], causes
+    assert causes[7:] == ["deregistration", "deregistration"], causes
+    assert out["counts"]["routed_to_removed"] == 3 and out["counts"]["deregistration"] == 2, out["counts"]
+    first, cut = out["matches"][0], out["matches"][7]
+    assert first["server"] == "s0" and first["event"] == "wsgi502: instance 1 stop" and first["termination"] == "SC--"
+    assert cut["server"] == "s1" and cut["event"] == "wsgi502: instance 2 cut"
+
+
+def test_without_the_deploy_s_phases_or_an_lb_server_no_failure_is_the_deploy_s(tmp_path: Any) -> None:
+    from pytest_wsgi502.attribution import attribute_cell
+
+    haproxy_log(tmp_path, [(100.5, "s0", "SC--", 0.0), (110.1, "s1", "KH--", 8.0)])
+    for events in ([], [e for e in DEPLOY if e.get("phase") != "stop" and e.get("phase") != "cut"]):
+        out = attribute_cell(tmp_path, events, since=0.0)
+        assert out["counts"]["routed_to_removed"] == out["counts"]["deregistration"] == 0, out["counts"]
+    haproxy_log(tmp_path, [(100.5, "", "SC--", 0.0)])  # no server named (HAProxy's <NOSRV> aside)
+    assert attribute_cell(tmp_path, DEPLOY, since=0.0)["counts"]["routed_to_removed"] == 0
+
+
+# --- the Target of a fleet -----------------------------------------------------------------------------------------
+
+
+def test_a_fleet_target_has_an_instance_directory_and_port_each_behind_haproxy(monkeypatch: Any,
+                                                                              tmp_path: Any) -> None:
+    from pytest_wsgi502 import cellrun
+    from pytest_wsgi502.services.process import ServiceError
+
+    made: list[Any] = []
+
+    class LB:
+        def __init__(self, workdir: Any, upstreams: list[str], *args: Any, **kwargs: Any) -> None:
+            made.append((workdir, upstreams))
+
+    class Server:
+        def __init__(self, spec: Any, *args: Any) -> None:
+            self.spec, self.upstream = spec, f"127.0.0.1:{spec.port}"
+
+    monkeypatch.setattr(cellrun, "HAProxyLB", LB)
+    monkeypatch.setattr(cellrun, "find_haproxy", lambda explicit: "/usr/sbin/haproxy")
+    monkeypatch.setattr(cellrun, "make_server", Server)
+
+    def ctx(**kw: Any) -> Any:
+        return cellrun.CellContext(run_dir=tmp_path, ledger=tmp_path / "l", app="a:b", chdir=tmp_path,
+                                   server_binaries={}, nginx="nginx", db_env={}, duration=5.0, max_requests=10,
+                                   concurrency=2, timeout=65.0, idle_timeout=60.0, **kw)
+
+    c = cell(instances=3, actions=[ROLL])
+    target = cellrun.Target(c, ctx(), {})
+    assert target.fleet is not None and len(target.fleet) == 3 and target.server is target.fleet.current[0]
+    dirs = [s.spec.workdir.name for s in target.fleet.current]
+    ports = [s.spec.port for s in target.fleet.current]
+    assert dirs == ["instance-1", "instance-2", "instance-3"] and len(set(ports)) == 3
+    assert made == [(target.dir, [f"127.0.0.1:{p}" for p in ports])]
+    successor = target.fleet.successor(1)
+    assert successor is not None and successor.spec.workdir.name == "instance-2.2" and successor.spec.port == ports[1]
+    # what the session may add to a valid cell: the nginx profile, the containers backend, no HAProxy
+    for kw, message in (({"proxy_profile": "nginx"}, "the session's proxy profile nginx has none"),
+                        ({"server_factory": lambda *a: None}, "runs on the local backend only")):
+        with pytest.raises(ServiceError, match=message) as info:
+            cellrun.Target(c, ctx(**kw), {})
+        assert "\n" not in str(info.value) and str(info.value).startswith("cell c: instances = 3")
+    monkeypatch.setattr(cellrun, "find_haproxy", lambda explicit: None)
+    with pytest.raises(ServiceError, match=r"needs HAProxy .* on PATH: apt-get install haproxy"):
+        cellrun.Target(c, ctx(), {})
+    # one instance: nginx in front, as before
+    monkeypatch.setattr(cellrun, "LocalProxy", lambda *a, **k: made.append("nginx"))
+    single = cellrun.Target(expand({"cells": {"one": {"server": "gunicorn"}}})[0], ctx(), {})
+    assert single.fleet is None and made[-1] == "nginx"
