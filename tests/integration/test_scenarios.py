@@ -237,3 +237,64 @@ def test_passive_health_turns_one_error_into_seconds_of_no_live_upstreams_and_th
     assert sum(fixed["attribution"].values()) == injected  # nothing else failed
     assert fixed["slo"]["outcome"] == "pass", fixed["slo"]
     assert fixed["requests"] >= 0.5 * broken["requests"]  # the same load reached it
+
+
+# --- the rolling deploy pair (issue 16 item 3): its own run of just its two cells (``-k rolling``), 3 times ------
+
+ROLLING = ("rolling-no-drain", "rolling-drain")
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=lambda n: f"run{n}")
+def rolling_run(request, tmp_path_factory):
+    """One run of the rolling pair (about 40 s: two cells of 12 s, each starting 4 gunicorn instances)."""
+    from .conftest import Matrix, wait_gone
+
+    m = Matrix(tmp_path_factory.mktemp(f"rolling-run{request.param}"))
+    r = m.run("--wsgi-matrix-file=scenarios", f"--wsgi-cells={','.join(ROLLING)}", timeout=600)
+    assert not wait_gone(m.keep, 10)
+    assert m.json.exists(), r.stdout + r.stderr
+    return m, m.cells(), r.stdout
+
+
+def rolling_phases(cell: dict) -> dict[int, list[str]]:
+    """The deploy's steps per instance (1, 2), in the order they were seen."""
+    out: dict[int, list[str]] = {}
+    for e in cell["telemetry"]["action_phases"]:
+        out.setdefault(e["instance"], []).append(e["phase"])
+    return out
+
+
+def test_rolling_deploy_without_a_drain_routes_to_stopped_instances_and_the_drain_loses_nothing(rolling_run):
+    """Two gunicorn instances behind HAProxy, replaced one at a time at 3 s. Stopped as they are deregistered
+    (no preStop sleep) while the LB routes to each for 1 s more: the requests sent to the stopped instance in that
+    second fail (refused, or reset in its closing backlog), 502, each on that instance's LB server between its stop
+    and its drain (routed_to_removed). A 2 s preStop sleep (longer than the lag) under the same load: the LB has
+    drained each instance before its SIGTERM, gunicorn finishes what it has, nothing is lost. Every step of both
+    deploys is on the timeline, and the new instances serve to the end."""
+    _, cells, out = rolling_run
+    broken, fixed = cells["rolling-no-drain"], cells["rolling-drain"]
+    for cell in (broken, fixed):
+        assert cell["proxy"]["balancer"] == "haproxy" and cell["proxy"]["instances"] == 2, cell["proxy"]
+        (action,) = cell["telemetry"]["actions"]
+        assert action["action"] == "rolling" and abs(action["t"] - cell["started_at"] - 3) < 0.5, action
+        phases = rolling_phases(cell)
+        assert sorted(phases) == [1, 2], phases
+        for steps in phases.values():  # each instance: every step once, the successor last
+            assert sorted(steps) == sorted(["deregister", "stop", "drain", "exited", "started", "ready"]), phases
+            assert steps[0] == "deregister" and steps[-2:] == ["started", "ready"], phases
+        # a stop before the drain (no preStop sleep) / after it (the sleep is longer than the lag)
+        first = "stop" if cell is broken else "drain"
+        assert all(s.index(first) < s.index({"stop": "drain", "drain": "stop"}[first]) for s in phases.values())
+        ready = max(e["t"] for e in cell["telemetry"]["action_phases"] if e["phase"] == "ready")
+        assert ready - cell["started_at"] < cell["load"]["spec"]["duration"] - 2  # both replaced within the load
+    n502 = broken["status_counts"].get("502", 0)
+    assert n502 > 0, broken["status_counts"]
+    assert broken["attribution"]["routed_to_removed"] >= 0.8 * n502, broken["attribution"]
+    stops = {e["server"]: e for e in broken["telemetry"]["action_phases"] if e["phase"] == "stop"}
+    proofs = [m for m in broken["attribution_matches"] if m["cause"] == "routed_to_removed"]
+    assert proofs and all(m["event"] == stops[m["server"]]["line"][:200] for m in proofs), proofs
+    assert not broken["slo"]["passed"] and "rolling-no-drain: SLO breached: http_502==0" in out
+    assert fixed["status_counts"].get("502", 0) == 0 and fixed["error_count"] == 0, (
+        fixed["status_counts"], fixed["errors"])
+    assert fixed["slo"]["outcome"] == "pass", fixed["slo"]
+    assert fixed["requests"] >= 0.5 * (broken["requests"] - broken["error_count"])  # the same load reached it
