@@ -308,3 +308,41 @@ def test_a_fleet_target_has_an_instance_directory_and_port_each_behind_haproxy(m
     monkeypatch.setattr(cellrun, "LocalProxy", lambda *a, **k: made.append("nginx"))
     single = cellrun.Target(expand({"cells": {"one": {"server": "gunicorn"}}})[0], ctx(), {})
     assert single.fleet is None and made[-1] == "nginx"
+
+
+def test_the_graceful_stop_is_q_on_uwsgi_s_master_fifo_and_sigterm_on_gunicorn(tmp_path: Any) -> None:
+    """uWSGI 2.0's SIGTERM is no graceful stop (a brutal reload, or with die-on-term, which the harness sets, a
+    kill of the workers: measured on 2.0.31, the request in flight got no answer); ``q`` on the master FIFO is
+    (it was answered, then the master exited). gunicorn's SIGTERM is its graceful stop."""
+    import os
+    import signal
+
+    from pytest_wsgi502.servers import ServerSpec, make_server
+    from pytest_wsgi502.servers.local import LocalRunner
+    from pytest_wsgi502.servers.uwsgi import FIFO_NAME
+
+    u = expand({"cells": {"u": {"server": "uwsgi", "instances": 2, "actions": [ROLL]}}})[0]
+    server = make_server(ServerSpec(u, tmp_path, "a:b", tmp_path, port=1, stats_port=2), "uwsgi")
+    assert server.settings()["master-fifo"] == f"{tmp_path}/{FIFO_NAME}"  # rendered for the rolling action
+    os.mkfifo(tmp_path / FIFO_NAME)
+    reader = os.open(tmp_path / FIFO_NAME, os.O_RDONLY | os.O_NONBLOCK)  # the master's end
+    try:
+        what, _ = server.graceful_stop()
+        assert os.read(reader, 16) == b"q" and "'q' via the master FIFO" in what
+    finally:
+        os.close(reader)
+    assert server.stop_grace() == 60.0  # worker-reload-mercy's default
+
+    sent = []
+
+    class Runner(LocalRunner):  # starts nothing: only the signal is recorded
+        def signal(self, sig: signal.Signals) -> int:
+            sent.append(sig)
+            return 42
+
+    g = expand({"cells": {"g": {"server": "gunicorn", "instances": 2, "actions": [ROLL],
+                                "options": {"graceful_timeout": 7}}}})[0]
+    gunicorn = make_server(ServerSpec(g, tmp_path, "a:b", tmp_path, port=1, stats_port=2), "gunicorn",
+                           runner=Runner)
+    assert gunicorn.graceful_stop() == ("SIGTERM", 42) and sent == [signal.SIGTERM]
+    assert gunicorn.stop_grace() == 7.0
