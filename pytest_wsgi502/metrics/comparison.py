@@ -95,6 +95,12 @@ def compare(candidate: dict[str, Any], baseline: dict[str, Any], conf: float = 0
         "verdict": verdict_word(ratio["lo"], ratio["hi"], higher_is_better=False, null=1.0)
         if candidate.get("requests") and baseline.get("requests") else None,
     }
+    sequential = ((candidate.get("auto") or {}).get("comparison") or {}).get("verdict")
+    if sequential and _repeats(candidate) < 2:
+        # duration=auto stopped this run when its sequential comparison was decided: a fixed-n test on the counts
+        # it stopped at is not valid (optional stopping), so the word is the sequential one; the interval above
+        # stays for reading
+        out["metrics"]["error_rate"].update(verdict=sequential, decided_by="duration=auto's sequential comparison")
     paced = {(r.get("load") or {}).get("mode") for r in (candidate, baseline)} & {"open", "ramp"}
     for metric in INTERVAL_METRICS:
         a, b = _repeat_values(candidate, metric), _repeat_values(baseline, metric)

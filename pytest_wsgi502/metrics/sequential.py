@@ -145,12 +145,13 @@ class BaselineStop:
     requests); likewise ``worse``, so the two together err with probability <= alpha.
 
     Both tests assume errors independent from request to request. 502s are not: a joint recycle gives none for
-    10 s, then a hundred in one second. Each side's counts are therefore divided by its quasi-Poisson dispersion
-    (``inference.quasi_poisson_dispersion`` of its per-second windows; the baseline's is fixed, the candidate's
-    re-estimated at every look), so a burst weighs about one error. Measured in the session-9 pilot (seed-unix,
-    uwsgi-2w as baseline, 10 s of it): counted per request, 167 502s in two bursts were "better" than 221 in two
-    at p = 0.007, and the same pair was "worse" in a 30 s run; on effective counts neither is claimed. With a
-    dispersion estimated from the data the 5 % holds approximately, not exactly."""
+    10 s, then a hundred in one second. The counts are therefore divided by a quasi-Poisson dispersion
+    (``inference.quasi_poisson_dispersion`` of per-second windows), so a burst weighs about one error: the
+    baseline's by its own (fixed when it ends), the candidate's by the larger of its own (re-estimated at every
+    look) and the baseline's, since under "no difference" the candidate bursts like the baseline. Measured in the
+    session-9 pilots (seed-unix, uwsgi-2w as baseline): counted per request, 167 502s in two bursts were "better"
+    than 221 in two at p = 0.007, and the same pair was "worse" in a 30 s run; on effective counts neither is
+    claimed. With a dispersion estimated from the data the 5 % holds approximately, not exactly."""
 
     def __init__(self, baseline_errors: int, baseline_requests: int, alpha: float = 0.05,
                  dispersion: float | None = None) -> None:
@@ -175,7 +176,11 @@ class BaselineStop:
         self.last = (errors, n)
         self.candidate_dispersion = dispersion if dispersion and dispersion > 1.0 else None
         if self.decision is None and n:
-            x, m = effective_counts(errors, n, self.candidate_dispersion)
+            # under "no difference" both cells are the same process, bursts included: the candidate's counts are
+            # divided by the larger of the two dispersions (a clean candidate shows none of its own, yet 0
+            # errors in a minute is weak evidence against a baseline that bursts a few times a minute)
+            phi = max(self.candidate_dispersion or 1.0, self.dispersion or 1.0)
+            x, m = effective_counts(errors, n, phi)
             if self._below is not None and m and self._below.decide(x, m) == "pass":
                 self.decision = "better"
             elif self._above is not None and m and self._above.decide(x, m) == "fail":
@@ -203,9 +208,9 @@ class AutoStop:
     ``hold``: a pass stops the load only after this much of it (``horizon``); a breach stops it at once.
     ``reference``: the cell is the baseline of others; it stops only once its own errors amount to
     ``REFERENCE_EVENTS`` effective errors (bursts count about once: ``window_dispersion``) and its lifecycle
-    horizon has passed, besides its own decisions, or at the cap: the cells compared with it can prove nothing against a baseline that ran until its
-    first burst, or one stopped before its first (seed-unix's uwsgi-2w: 0 502s in its first 19 s in one run,
-    221 in 10 s in another).
+    horizon has passed, besides its own decisions, or at the cap: the cells compared with it can prove nothing
+    against a baseline that ran until its first burst, or one stopped before its first (seed-unix's uwsgi-2w: 0
+    502s in its first 19 s in one run, 221 in 10 s in another).
     ``baseline``: the baseline cell's finished (errors, requests[, dispersion of its per-second error counts]):
     the load also waits until the error-rate comparison with it is decided (``BaselineStop``), a proven breach
     of the cell's own SLO included (the run's question is the comparison); undecided at the cap, it is

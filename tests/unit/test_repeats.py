@@ -212,3 +212,21 @@ def test_quasi_poisson_dispersion_known_values():
     assert quasi_poisson_dispersion([[(5, 100)]]) is None  # one point: no spread to see
     assert effective_counts(199, 3172, 100.0) == (2, 32)
     assert effective_counts(199, 3172, None) == (199, 3172)
+
+
+def test_after_duration_auto_the_word_is_the_sequential_comparisons():
+    """seed-unix pilot 3: the sequential comparison stopped 5 clean cells as "better" while the fixed-n test on
+    the counts they stopped at said "same": two words for one question. A run that auto stopped on its comparison
+    is judged by that comparison (a fixed-n test after a data-dependent stop is not valid); the interval stays."""
+    from pytest_wsgi502.metrics.comparison import compare
+
+    base = pool([bursty_run("base", 57000, {s: 10 for s in range(5, 180, 50)}, seconds=180)])
+    cand = pool([bursty_run("c", 50000, {}, seconds=160)])
+    fixed = compare(cand, base)["metrics"]["error_rate"]
+    cand["auto"] = {"comparison": {"verdict": "better"}}
+    decided = compare(cand, base)["metrics"]["error_rate"]
+    assert decided["verdict"] == "better" and decided["decided_by"].startswith("duration=auto")
+    assert (decided["lo"], decided["hi"]) == (fixed["lo"], fixed["hi"])
+    repeated = pool([bursty_run("c", 500, {}), bursty_run("c", 500, {})])  # repeats: the repeats decide
+    repeated["auto"] = {"comparison": {"verdict": "better"}}
+    assert "decided_by" not in compare(repeated, base)["metrics"]["error_rate"]
