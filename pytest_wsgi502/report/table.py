@@ -94,6 +94,7 @@ def _bound(r: dict[str, Any]) -> str:
 SHORT = {"keepalive_race": "race", "worker_killed": "killed", "recycle": "recycle", "backlog": "backlog",
          "server_down": "down", "listener_closed": "closed", "inflight_cut": "cut", "queue_reset": "queued",
          "header_too_large": "header", "passive_health": "health", "crashed": "crash",
+         "routed_to_removed": "removed", "deregistration": "dereg",
          "timeout": "timeout", "db": "db", "unknown": "unknown"}
 
 
