@@ -125,7 +125,7 @@ def _replace(fleet: Fleet, lb: Balancer, index: int, lag: float, prestop: float,
          f"(propagation lag); its preStop sleep is {prestop:g}s", _master(old), index, name)
     master: int | None = None
     t_drain, t_stop = t0 + lag, t0 + prestop
-    exited = False
+    exited = drained = cut = False
 
     def seen_exit() -> None:  # the stopped master is gone: reported when seen, also while the lag runs
         nonlocal exited
@@ -134,16 +134,25 @@ def _replace(fleet: Fleet, lb: Balancer, index: int, lag: float, prestop: float,
             emit("exited", f"instance {k} ({name}): its {old.kind} master exited {clock() - t_stop:.1f}s after "
                  "the stop", master, index, name)
 
+    def delay_ended() -> None:  # the deregistration delay runs from the drain, in parallel with the preStop sleep
+        nonlocal cut
+        if drained and not cut and not exited and clock() >= t_drain + delay:
+            lb.shutdown_sessions(index)
+            cut = True
+            emit("cut", f"instance {k} ({name}): the deregistration delay ({delay:g}s) ended with it still running: "
+                 "the load balancer cuts the requests still in flight on it", master, index, name)
+
     # the stop and the drain run in parallel from the deregistration: whichever is due first goes first (a drain
     # due at the same time as the stop goes first: the LB has then already stopped routing)
     for when, step in sorted([(t0 + lag, "drain"), (t0 + prestop, "stop")]):
         while clock() < when:
             seen_exit()
+            delay_ended()
             if stopped.wait(min(POLL, max(0.0, when - clock()))):
                 return False
         if step == "drain":
             lb.set_state(index, "drain")
-            t_drain = clock()
+            t_drain, drained = clock(), True
             emit("drain", f"instance {k} ({name}): the load balancer drains it (no new requests; requests in "
                  f"flight get the deregistration delay, {delay:g}s)", None, index, name)
         else:
@@ -152,17 +161,12 @@ def _replace(fleet: Fleet, lb: Balancer, index: int, lag: float, prestop: float,
             emit("stop", f"instance {k} ({name}): {what} to its {old.kind} master" +
                  (f" (pid {master})" if master is not None else ""), master, index, name)
     give_up = max(t_drain + delay, t_stop) + old.stop_grace() + 5.0  # the server's own bound, then it is killed
-    cut = False
     while master is not None and not exited:
         seen_exit()
         if exited:
             break
+        delay_ended()
         now = clock()
-        if not cut and now >= t_drain + delay:
-            lb.shutdown_sessions(index)
-            cut = True
-            emit("cut", f"instance {k} ({name}): the deregistration delay ({delay:g}s) ended with it still running: "
-                 "the load balancer cuts the requests still in flight on it", master, index, name)
         if now >= give_up:
             emit("killed", f"instance {k} ({name}): still running {now - t_stop:.1f}s after its stop; killed",
                  master, index, name)

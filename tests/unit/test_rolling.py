@@ -155,6 +155,11 @@ def test_the_deregistration_delay_cuts_what_is_in_flight_then_the_instance_is_ki
                             running=lambda pid: pid == 1000 and ("shutdown", 0) not in lb.calls)
     assert [p for p, _, _ in steps] == ["deregister", "drain", "stop", "cut", "exited", "started", "ready"]
 
+    lb = FakeLB()  # a preStop sleep longer than lag + deregistration delay: the LB cuts before the stop
+    steps, _, _, _ = deploy(lag=0.0, prestop=0.4, delay=0.1, n=1, lb=lb,
+                            running=lambda pid: pid == 1000 and ("shutdown", 0) not in lb.calls)
+    assert [p for p, _, _ in steps] == ["deregister", "drain", "cut", "stop", "exited", "started", "ready"]
+
     hung = deploy(lag=0.0, prestop=0.0, delay=0.1, n=1, running=lambda pid: pid == 1000)  # never exits by itself
     assert [p for p, _, _ in hung[0]] == ["deregister", "drain", "stop", "cut", "killed", "exited", "started",
                                           "ready"]
