@@ -110,8 +110,9 @@ def _cpu_seconds(pid: int) -> float:
 def test_a_cells_cpus_is_a_cpu_quota_on_the_inside_cpus(tmp_path: Path) -> None:
     """The matrix key ``cpus`` on the local backend (issue 14 item 1): a server placed on ``iso.quota(0.25)`` gets
     about a quarter of a CPU of time however busy it is, on the inside CPUs, and its group is removed afterwards.
-    The bound is loose on purpose (0.05-0.45 of the wall time, against about 1.0 without the quota): this checks
-    that the kernel enforces the quota, not how precisely."""
+    Checked as the kernel reports it: the busy loop's group was throttled (cpu.stat nr_throttled) and got at most
+    0.45 of the wall time (about 1.0 without the quota). No lower bound on the share: on a machine busy with other
+    work the loop gets less than its quota (0.005 of a CPU was seen beside a newcomer check)."""
     from pytest_wsgi502.services import isolation, process
 
     base = process.private_base(tmp_path / "base")
@@ -135,7 +136,11 @@ def test_a_cells_cpus_is_a_cpu_quota_on_the_inside_cpus(tmp_path: Path) -> None:
             t0 = time.monotonic()
             time.sleep(2.0)
             share = (_cpu_seconds(busy.pid) - start_cpu) / (time.monotonic() - t0)
-            assert 0.05 <= share <= 0.45, share
+            assert share <= 0.45, share
+            stats = [g / "cpu.stat" for g in (*side.extra, side.cgroup) if g is not None and (g / "cpu.stat").is_file()]
+            throttled = [int(line.split()[1]) for f in stats for line in f.read_text().splitlines()
+                         if line.startswith("nr_throttled ")]
+            assert throttled and max(throttled) > 0, [f.read_text() for f in stats]
         finally:
             busy.kill()
             busy.wait()
