@@ -9,11 +9,8 @@ import dataclasses
 import os
 import signal
 import socket
-import struct
 import subprocess
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,60 +18,10 @@ import pytest
 
 from pytest_wsgi502 import nginxlog
 from pytest_wsgi502.proxy import LocalProxy, render_nginx
+from tests.scripted_target import Target
 
 NGINX = "/usr/sbin/nginx"
 pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
-
-
-class Target:
-    """A loopback HTTP/1.1 target: ``/ok`` answers 200 (keep-alive), ``/close`` closes without an answer,
-    ``/reset`` resets (SO_LINGER 0), ``/slow?s=N`` answers after N s. Counts the requests it read per path."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.seen: Counter[str] = Counter()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return conn.close()
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b" ")[1].decode()
-                self.seen[path.split("?")[0]] += 1
-                if path == "/close":
-                    return conn.close()
-                if path == "/reset":
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    return conn.close()
-                if path.startswith("/slow?s="):
-                    time.sleep(float(path.split("=")[1]))
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        except OSError:
-            return
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 class Proxy:

@@ -5,12 +5,10 @@ test starts and releases its own HAProxy (a few seconds each)."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -23,71 +21,10 @@ import pytest
 from pytest_wsgi502 import nginxlog
 from pytest_wsgi502.haproxy import HAProxyLB
 from pytest_wsgi502.services.process import port_open
+from tests.scripted_target import Target
 
 HAPROXY = "/usr/sbin/haproxy"
 pytestmark = pytest.mark.skipif(not os.access(HAPROXY, os.X_OK), reason="haproxy is not installed")
-
-
-class Target:
-    """A loopback HTTP/1.1 target named ``name``: ``/ok`` answers 200 with its name (keep-alive), ``/close`` closes
-    without an answer, ``/reset`` resets (SO_LINGER 0), ``/slow?s=N`` answers after N s. ``stop()`` closes the
-    listener and every connection, like a server process exiting."""
-
-    def __init__(self, name: str, port: int = 0) -> None:
-        self.name = name
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a successor binds its predecessor's port
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.seen: Counter[str] = Counter()
-        self.conns: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return conn.close()
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b" ")[1].decode()
-                self.seen[path.split("?")[0]] += 1
-                if path == "/close":
-                    return conn.close()
-                if path == "/reset":
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    return conn.close()
-                if path.startswith("/slow?s="):
-                    time.sleep(float(path.split("=")[1]))
-                body = self.name.encode()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        except OSError:
-            return
-
-    def stop(self) -> None:
-        # shutdown() wakes a thread blocked in accept()/recv(); close() alone leaves the listener listening
-        for s in (self.sock, *self.conns):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-        for t in self.threads:
-            t.join(5)
 
 
 class Client:

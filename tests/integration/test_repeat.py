@@ -1,17 +1,18 @@
 """--wsgi-repeat and baseline_cell end to end: two cells, three repeats each, interleaved, compared."""
 
-
-def test_two_cells_three_repeats_interleaved_and_compared(matrix, tmp_path):
-    m = tmp_path / "m.toml"
-    m.write_text("""
+TWO_CELLS = """
 [defaults]
 slo = ["error_rate<=1"]
 [cells.base]
 server = "gunicorn"
 [cells.candidate]
 server = "uwsgi"
-baseline_cell = "base"
-""")
+"""
+
+
+def test_two_cells_three_repeats_interleaved_and_compared(matrix, tmp_path):
+    m = tmp_path / "m.toml"
+    m.write_text(TWO_CELLS + 'baseline_cell = "base"\n')
     r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-duration=2s", "--wsgi-concurrency=4", "--wsgi-repeat=3",
                    "--wsgi-cells=candidate,base")
     out = r.stdout + r.stderr
@@ -42,14 +43,7 @@ def test_a_baseline_without_repeats_runs_once_and_is_the_run_compared_with(matri
     comparison started it a second time, so the table showed one run and the comparison used another (seen in a
     seed-unix pilot: 0 502s in the table's run, 23 in the compared one)."""
     m = tmp_path / "m.toml"
-    m.write_text("""
-[defaults]
-slo = ["error_rate<=1"]
-[cells.base]
-server = "gunicorn"
-[cells.candidate]
-server = "uwsgi"
-""")
+    m.write_text(TWO_CELLS)
     r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-duration=2s", "--wsgi-concurrency=4", "--wsgi-baseline-cell=base",
                    "--wsgi-cells=base,candidate")
     assert r.returncode == 0, r.stdout + r.stderr
