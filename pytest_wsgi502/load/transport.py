@@ -37,7 +37,8 @@ def serialize(request: httpx.Request) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("_body", "_headers", "_parser", "_timer", "closed", "keep_alive", "transport", "waiter")
+    __slots__ = ("_body", "_headers", "_headers_done", "_parser", "_timer", "closed", "keep_alive", "transport",
+                 "waiter")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -47,6 +48,7 @@ class _Protocol(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._headers_done = False
         self._timer: asyncio.TimerHandle | None = None
 
     # asyncio callbacks
@@ -62,6 +64,13 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None and self._headers_done and self.waiter is not None and self._close_delimited():
+            # a body without Content-Length or chunked encoding ends where the connection does (RFC 9112 6.3,
+            # point 8): uWSGI's http-socket answers so when the app sets no length; nginx re-frames such a
+            # response, HAProxy passes it on (httptools has no "finish" to say the EOF ended the message)
+            self.on_message_complete()
+            self.keep_alive = False
+            return
         if isinstance(exc, ConnectionResetError) or (isinstance(exc, OSError) and exc.errno == errno.ECONNRESET):
             self._fail(httpx.ReadError("connection reset by peer"))
         else:
@@ -71,10 +80,17 @@ class _Protocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
+    def _close_delimited(self) -> bool:
+        return not any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers)
+
     def on_message_complete(self) -> None:
+        self._headers_done = False
         self.keep_alive = self._parser.should_keep_alive()
         status = self._parser.get_status_code()
         waiter, headers, body = self.waiter, self._headers, b"".join(self._body)

@@ -64,8 +64,9 @@ def action_labels(cell: dict[str, Any]) -> list[tuple[float, str]]:
             continue
         if e["kind"] == ACTION:
             out.append((e["t"] - started, str(e.get("action") or "action")))
-        elif e["kind"] == ACTION_PHASE:
-            out.append((e["t"] - started, str(e.get("phase") or "phase")))
+        elif e["kind"] == ACTION_PHASE:  # a rolling deploy's steps name their instance: "stop 1", "drain 2"
+            label = str(e.get("phase") or "phase")
+            out.append((e["t"] - started, f"{label} {e['instance']}" if e.get("instance") else label))
     return out
 
 

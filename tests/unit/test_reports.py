@@ -195,6 +195,13 @@ def test_html_timeline_names_each_action_and_its_phases():
     assert action_labels(c) == [(1.0, "hup"), (pytest.approx(1.6), "new_workers_ready")]  # not the one after
     page = render_html({"environment": {}, "cells": [c]})
     assert "1 actions (black dotted), 1 phases (grey dotted)" in page
+    # a rolling deploy's steps name their instance
+    c["telemetry"]["events"] = [{"kind": "action", "t": 1000.5, "action": "rolling"},
+                                {"kind": "action_phase", "t": 1001.0, "action": "rolling", "phase": "stop",
+                                 "instance": 1},
+                                {"kind": "action_phase", "t": 1002.0, "action": "rolling", "phase": "drain",
+                                 "instance": 2}]
+    assert [label for _, label in action_labels(c)] == ["rolling", "stop 1", "drain 2"]
     assert page.count("new_workers_ready") >= 1 and "after_the_load" not in page
 
 

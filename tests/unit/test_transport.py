@@ -1,6 +1,8 @@
 """FastTransport against real in-process servers on 127.0.0.1 (no external processes)."""
 
 import asyncio
+import socket
+import struct
 
 import httpx
 import pytest
@@ -114,3 +116,46 @@ def test_request_bytes_are_built_once_and_carry_headers():
     assert raw.startswith(b"GET /a/b?c=1 HTTP/1.1\r\n") and b"X-Test: 1\r\n" in raw.replace(b"x-test", b"X-Test")
     assert raw.endswith(b"\r\n\r\n")
     assert serialize(req) is raw
+
+
+@pytest.mark.parametrize(("answer", "abort", "want"), [
+    # no Content-Length, no chunking: the body ends with the connection (uWSGI's http-socket when the app sets no
+    # length; HAProxy passes it on as is, nginx re-frames it). Session 9: every such response through HAProxy
+    # was counted as a reset.
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello world", False, (200, b"hello world")),
+    (b"HTTP/1.0 200 OK\r\n\r\nold", False, (200, b"old")),
+    # a length that the close cuts short, or a reset, is still a failure
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", False, httpx.ReadError),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", False, httpx.ReadError),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello", True, httpx.ReadError),
+])
+def test_a_close_delimited_body_is_a_response(answer, abort, want):
+    async def main():
+        async def handler(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            if abort:  # a real reset: SO_LINGER 0 (abort() alone sends a FIN when nothing is unread)
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+            else:
+                writer.close()
+
+        server, url = await serve(handler)
+        t = FastTransport(timeout=2)
+        try:
+            if isinstance(want, tuple):
+                r = await t.handle_async_request(httpx.Request("GET", url))
+                assert (r.status_code, r.content) == want
+                r = await t.handle_async_request(httpx.Request("GET", url))  # and the next one reconnects
+                assert (r.status_code, r.content) == want
+            else:
+                with pytest.raises(want):
+                    await t.handle_async_request(httpx.Request("GET", url))
+        finally:
+            await t.aclose()
+            server.close()
+
+    run(main())
