@@ -24,12 +24,28 @@ def default_term():
     signal.signal(signal.SIGTERM, before)
 
 
-def test_sigterm_raises_keyboard_interrupt_once_then_is_default_again(default_term):
-    config = _Config()
-    plugin._term_as_interrupt(config)  # type: ignore[arg-type]
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+def test_sigterm_is_handled_as_ctrl_c_once_then_is_default_again(default_term):
+    """SIGTERM becomes the SIGINT Ctrl-C sends (asyncio's runner cancels a running load on it), once."""
+    seen = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        plugin._term_as_interrupt(_Config())  # type: ignore[arg-type]
         os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second SIGTERM is not delayed by teardown
+
+
+def test_with_sigint_ignored_sigterm_still_interrupts(default_term):
+    """A background job of a non-interactive shell inherits SIGINT ignored: SIGTERM raises KeyboardInterrupt."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        plugin._term_as_interrupt(_Config())  # type: ignore[arg-type]
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_handler_installed_by_someone_else_is_left_alone(default_term):
