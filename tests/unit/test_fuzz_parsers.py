@@ -30,6 +30,8 @@ from pytest_wsgi502.config.matrix import (
     _FIELDS,
     _OPEN_BOUNDS,
     ACTIONS,
+    MAX_ROLLING_SECONDS,
+    ROLLING_KEYS,
     SERVER_ACTIONS,
     Cell,
     expand,
@@ -331,7 +333,12 @@ GOOD = {
     "actions": st.lists(st.fixed_dictionaries({
         "at": st.one_of(st.floats(0, 120).map(lambda t: f"{t:.3f}s"), st.integers(0, 90), st.sampled_from(
             ["5s", "250ms", "1m", "auto", "-1s", "nans", "1e999s"])),
-        "do": st.one_of(st.sampled_from(ACTIONS), st.sampled_from(["HUP", "kill", "reload\n"]))}), max_size=3),
+        "do": st.one_of(st.sampled_from(ACTIONS), st.sampled_from(["HUP", "kill", "reload\n", "rolling"]))},
+        # a rolling deploy's own durations (issue 16), hostile ones included
+        optional={k: st.one_of(st.floats(0, 4000).map(lambda t: f"{t:.2f}s"), st.integers(-5, 5000),
+                               st.sampled_from(["1s", "auto", "-1s", "nans", "1e999s", "1h", ""]))
+                  for k in ("lag", "prestop", "deregistration_delay")}), max_size=3),
+    "instances": st.one_of(st.integers(-1, 70), st.sampled_from([1.5, "2", True])),
     "headers": st.dictionaries(
         st.one_of(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,12}", fullmatch=True),
                   st.sampled_from(["Host", "content-length", "X Y", "X:Y", "", "Cookie\r\nX"])),
@@ -378,8 +385,15 @@ def check_cell(cell: Cell) -> None:
         event("accepted with headers")
     times = [a["at"] for a in cell.actions]
     assert times == sorted(times), cell.actions
+    assert isinstance(cell.instances, int) and not isinstance(cell.instances, bool) and 1 <= cell.instances <= 64
     for a in cell.actions:
-        assert set(a) == {"at", "do"} and a["do"] in SERVER_ACTIONS[cell.server], a
+        if a["do"] == "rolling":  # only with several instances, alone, its durations finite and bounded
+            event("accepted with a rolling deploy")
+            assert cell.instances > 1 and len(cell.actions) == 1, (cell.instances, cell.actions)
+            assert set(a) == {"at", "do", *ROLLING_KEYS}, a
+            assert all(finite(a[k]) and 0 <= a[k] <= MAX_ROLLING_SECONDS for k in ROLLING_KEYS), a
+        else:
+            assert set(a) == {"at", "do"} and a["do"] in SERVER_ACTIONS[cell.server] and cell.instances == 1, a
         assert finite(a["at"]) and 0 <= a["at"] <= DAY, a
         assert cell.duration is None or isinstance(cell.duration, Auto) or a["at"] < cell.duration, (a, cell.duration)
     for name, text in cell.headers.items():
