@@ -26,6 +26,7 @@ from pytest_wsgi502.events import ACTION, ACTION_PHASE
 from pytest_wsgi502.haproxy import HAProxyLB, find_haproxy
 from pytest_wsgi502.load.engine import Endpoint, LoadSpec
 from pytest_wsgi502.load.engine import run as run_load
+from pytest_wsgi502.metrics.machine import PROBE_ITERATIONS, probe_ms
 from pytest_wsgi502.metrics.sequential import AutoStop, horizon
 from pytest_wsgi502.metrics.sequential import apply as apply_sequential
 from pytest_wsgi502.nginxlog import haproxy_reasons, parse_access_log, parse_error_log, read_access_log
@@ -706,13 +707,16 @@ def run_cell(
         auto = AutoStop(slos, hold=hold, baseline=baseline, reference=reference) \
             if stop_rule(cell, ctx)[0] == "auto" else None
         spec = target.checked(load_spec(cell, ctx, target.url))
+        probes = [probe_ms()]  # how fast the machine itself was, on the engine's CPU, before and after the load
         since = time.time()
         load = target.drive(spec, progress=progress, stop=auto.update if auto else None)
         target.settle()
+        probes.append(probe_ms())
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
     result = target.result(load, since, slos, spec, auto=auto.report() if auto else None)
     result["load"]["sources"] = load_sources(cell, ctx)
     result["slo"]["sources"] = slo_sources
     result["lint"] = findings
+    result["machine_speed"] = {"probe_ms": probes, "iterations": PROBE_ITERATIONS}
     return result

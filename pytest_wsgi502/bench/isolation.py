@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.metrics.machine import probe_ms
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,25 +34,12 @@ def order(reps: int, modes: tuple[str, ...] = ("off", "auto")) -> list[str]:
     return [m for i in range(reps) for m in (modes if i % 2 == 0 else modes[::-1])]
 
 
-def machine_probe() -> float:
-    """ms for a fixed piece of single-threaded CPU work: if it drifts with req/s, the machine (a neighbour, a
-    CPU-credit budget, thermal) drifted, not the harness."""
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        x = 0
-        for i in range(2_000_000):
-            x += i * i % 7
-        best = min(best, time.perf_counter() - t0)
-    return round(1000 * best, 1)
-
-
 def one_run(side: str, cells: str, duration: str, out: Path, hogs: int = 0) -> dict[str, Any]:
     env = dict(os.environ)
     argv = [sys.executable, "-m", "pytest", "sample_project/test_matrix.py", "--wsgi-matrix", f"--wsgi-cells={cells}",
             f"--wsgi-duration={duration}", f"--wsgi-json={out}", "-p", "no:cacheprovider", f"--wsgi-isolation={side}",
             "-q"]
-    probe = machine_probe()
+    probe = probe_ms(2_000_000)  # the whole run's machine, as the earlier benchmark runs timed it
     t0 = time.monotonic()
     # --hogs: "the machine busy with other work" (issue 14's newcomer check), busy loops no isolation places
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]

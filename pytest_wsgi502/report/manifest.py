@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.metrics.machine import cell_probes, spread
+
 SCHEMA = 1
 
 # what a cell run observed
@@ -31,6 +33,7 @@ MEASURED_CELL_KEYS = frozenset({
     "aborted", "respawns", "kills", "telemetry", "proxy", "attribution", "attribution_matches", "files", "slo",
     "readiness",  # the status the readiness path answered and how long the server took to answer it
     "warmup",  # how many requests the warm-up had (its length is the setting, load.spec.warmup)
+    "machine_speed",  # the fixed CPU probe timed before and after the load (metrics/machine.py)
 })
 # when and where it ran; "compare" is derived from measurements (this run's vs a saved one's)
 VOLATILE_KEYS = frozenset({"started_at", "ended_at", "timeline_t0", "dir", "ports", "created", "run_dir",
@@ -126,6 +129,8 @@ def build(results: list[dict[str, Any]], settings: Any, rootdir: Path) -> dict[s
         if r.get("isolation") and r["isolation"] not in splits:
             splits.append(r["isolation"])
     env["isolation"] = splits
+    # how far the machine's own speed moved during the run (metrics/machine.py): a measurement, not a setting
+    env["machine_speed"] = spread(cell_probes(results))
     doc: dict[str, Any] = {"schema": SCHEMA, "created": time.time(), "environment": env, "cells": results}
     target = getattr(settings, "target", None)
     if target is not None:  # --wsgi-target: a running service, nothing started here; what the run can say
@@ -159,5 +164,6 @@ def comparable(doc: dict[str, Any]) -> dict[str, Any]:
         env = out["environment"] = dict(out["environment"])
         env["settings"] = {k: v for k, v in env.get("settings", {}).items()
                            if k not in OUTPUT_SETTINGS and k != "shard"}
+        env.pop("machine_speed", None)
     out["cells"] = [strip(c, MEASURED_CELL_KEYS) for c in doc.get("cells", [])]
     return out
