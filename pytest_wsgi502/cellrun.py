@@ -620,6 +620,12 @@ class Target:
         return result
 
 
+def machine_probes(ctx: CellContext) -> tuple[float, float | None]:
+    """The fixed CPU probe on the engine's CPU (this process) and, when isolation gave the servers CPUs of their
+    own, on those (metrics/machine.py)."""
+    return probe_ms(), (ctx.isolation.probe_inside() if ctx.isolation is not None else None)
+
+
 # a cell's outcome, the same word in the table, the JSON and pytest: undecided = duration=auto reached its cap
 # with an SLO neither proven nor disproven (a failure, never a pass)
 OUTCOMES = ("pass", "fail", "invalid", "undecided")
@@ -707,16 +713,18 @@ def run_cell(
         auto = AutoStop(slos, hold=hold, baseline=baseline, reference=reference) \
             if stop_rule(cell, ctx)[0] == "auto" else None
         spec = target.checked(load_spec(cell, ctx, target.url))
-        probes = [probe_ms()]  # how fast the machine itself was, on the engine's CPU, before and after the load
+        probes = [machine_probes(ctx)]  # how fast the machine itself was, before and after the load
         since = time.time()
         load = target.drive(spec, progress=progress, stop=auto.update if auto else None)
         target.settle()
-        probes.append(probe_ms())
+        probes.append(machine_probes(ctx))
     finally:
         target.stop()  # telemetry is read after the stop: logs complete, access log flushed
     result = target.result(load, since, slos, spec, auto=auto.report() if auto else None)
     result["load"]["sources"] = load_sources(cell, ctx)
     result["slo"]["sources"] = slo_sources
     result["lint"] = findings
-    result["machine_speed"] = {"probe_ms": probes, "iterations": PROBE_ITERATIONS}
+    result["machine_speed"] = {"probe_ms": [p[0] for p in probes],
+                               "servers_probe_ms": [p[1] for p in probes if p[1] is not None],
+                               "iterations": PROBE_ITERATIONS}
     return result

@@ -7,8 +7,8 @@ proportional to one core's speed), but it says how much of a difference between 
 explains. pyperf's "the benchmark result may be unstable" and Google Benchmark's CPU-scaling warning do the
 same job: they report the machine's state next to the numbers, they do not adjust them.
 
-``probe_ms`` is the timing (it runs where it is called: the load engine's CPU under isolation); ``spread``
-is pure: the summary of the probes of a session for the report.
+``probe_ms`` is the timing (it runs where it is called: the load engine's CPU under isolation; the isolation
+runs it on the servers' CPUs in a child process); ``spread`` is pure: the summary of a session's probes.
 """
 
 from __future__ import annotations
@@ -38,17 +38,39 @@ def probe_ms(iterations: int = PROBE_ITERATIONS, rounds: int = PROBE_ROUNDS) -> 
     return round(1000.0 * best, 2)
 
 
-def cell_probes(results: Iterable[Mapping[str, Any]]) -> list[float]:
-    """Every probe of the cells (and of each repeat of a cell)."""
+def parse_probe(text: str) -> float | None:
+    """The probe a child process printed (``probe_ms()`` on the servers' CPUs): a positive finite number of
+    milliseconds, else None."""
+    try:
+        value = float(text.strip())
+    except (ValueError, AttributeError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def cell_probes(results: Iterable[Mapping[str, Any]], key: str = "probe_ms") -> list[float]:
+    """Every probe of the cells (and of each repeat of a cell): ``probe_ms`` on the engine's CPU,
+    ``servers_probe_ms`` on the servers' CPUs (only when isolation gave them CPUs of their own)."""
     out: list[float] = []
     for r in results:
         runs = r.get("repeats") or [r]
         for run in runs:
             machine = run.get("machine_speed") if isinstance(run, Mapping) else None
-            for v in (machine or {}).get("probe_ms") or ():
+            for v in (machine or {}).get(key) or ():
                 if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
                     out.append(float(v))
     return out
+
+
+def cells_spread(results: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``spread`` of every probe of the cells, both sides together (the same work on the same kind of CPU), with
+    ``cpus``: which CPUs were timed."""
+    results = list(results)
+    engine, servers = cell_probes(results), cell_probes(results, "servers_probe_ms")
+    info = spread(engine + servers)
+    if info is not None:
+        info["cpus"] = "the engine's and the servers' CPUs" if servers else "the engine's CPU"
+    return info
 
 
 def spread(probes: Iterable[float]) -> dict[str, Any] | None:
@@ -66,7 +88,8 @@ def summary_line(info: Mapping[str, Any] | None) -> str | None:
     """The report's footer line for ``spread``'s result (None: nothing to say)."""
     if not info:
         return None
-    line = (f"machine: a fixed CPU probe took {info['min']:.1f}-{info['max']:.1f} ms around the cells "
+    where = f" on {info['cpus']}" if info.get("cpus") else ""
+    line = (f"machine: a fixed CPU probe took {info['min']:.1f}-{info['max']:.1f} ms{where} around the cells "
             f"({info['n']} probes, spread {100 * info['spread']:.0f} %, CV {100 * info['cv']:.1f} %)")
     if info["steady"]:
         return line + ": the machine held still"

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_wsgi502.metrics.machine import cell_probes, spread
+from pytest_wsgi502.metrics.machine import cells_spread
 
 SCHEMA = 1
 
@@ -130,7 +130,7 @@ def build(results: list[dict[str, Any]], settings: Any, rootdir: Path) -> dict[s
             splits.append(r["isolation"])
     env["isolation"] = splits
     # how far the machine's own speed moved during the run (metrics/machine.py): a measurement, not a setting
-    env["machine_speed"] = spread(cell_probes(results))
+    env["machine_speed"] = cells_spread(results)
     doc: dict[str, Any] = {"schema": SCHEMA, "created": time.time(), "environment": env, "cells": results}
     target = getattr(settings, "target", None)
     if target is not None:  # --wsgi-target: a running service, nothing started here; what the run can say

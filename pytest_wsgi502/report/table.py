@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_wsgi502.metrics.machine import cell_probes, spread, summary_line
+from pytest_wsgi502.metrics.machine import cells_spread, summary_line
 
 COLUMNS = ("cell", "requests", "502", "5xx", "conn", "reset", "tmout", "verify", "err rate", "<95%", "p50", "p95",
            "p99", "max", "req/s", "respawns", "kills", "5xx causes", "SLO")
@@ -139,7 +139,7 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
                      "conditional binomial on counts divided by their dispersion (quasi-Poisson: 502s come in "
                      "bursts), between repeats when both sides have them, else between the seconds of each run; "
                      "req/s and p99: Welch t over the repeats, needs --wsgi-repeat >= 2)")
-    machine = summary_line(spread(cell_probes(results)))
+    machine = summary_line(cells_spread(results))
     if machine:
         lines.append(machine)
     if any(r.get("attribution_scope") == "client" for r in results):

@@ -60,6 +60,8 @@ import atexit
 import contextlib
 import math
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wsgi502.config.settings import ISOLATION_MODES
+from pytest_wsgi502.metrics.machine import parse_probe
 from pytest_wsgi502.services.process import CGROUP_PREFIX, ServiceError, record_cgroup, remove_cgroup, stop_all
 
 MODES = ISOLATION_MODES  # the --wsgi-isolation values (config/settings.py validates them)
@@ -253,6 +256,28 @@ class Isolation:
                         continue
                     self._saved.setdefault(tid, os.sched_getaffinity(tid))
                     os.sched_setaffinity(tid, set(self.outside.cpus))
+
+    def probe_inside(self, timeout: float = 30.0) -> float | None:
+        """The machine probe (``metrics.machine.probe_ms``) on the servers' CPUs, in a short child process placed
+        there like a server; None when the split gives the servers no CPUs of their own (off, nice) or the child
+        did not answer. The child is gone when this returns, whatever happened."""
+        if not self.active or not self.inside.active or self.inside.nice \
+                or set(self.inside.cpus) == set(self.outside.cpus):
+            return None
+        code = "from pytest_wsgi502.metrics.machine import probe_ms; print(probe_ms())"
+        with self.inside.spawning():
+            proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+        try:
+            self.inside.adopt(proc.pid)  # it is still starting its interpreter: the loop runs there
+            out, _ = proc.communicate(timeout=timeout)
+        except (ServiceError, subprocess.TimeoutExpired):
+            return None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return parse_probe(out) if proc.returncode == 0 else None
 
     def quota(self, cpus: float, name: str = "cell") -> tuple[Side | None, str]:
         """A side for one server limited to ``cpus`` CPUs of CPU time (the matrix key ``cpus``, as Docker's

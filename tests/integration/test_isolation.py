@@ -71,6 +71,11 @@ def test_cell_processes_are_placed_and_released(tmp_path: Path, mode: str) -> No
     assert not wait_gone(matrix.keep)
     assert not _cgroup_leftovers(proc.pid)
     result = doc["cells"][0]
+    # the machine probe: on the engine's CPU before and after the load, on the servers' too when they have their own
+    speed = result["machine_speed"]
+    assert len(speed["probe_ms"]) == 2 and len(speed["servers_probe_ms"]) == (0 if mode == "nice" else 2), speed
+    assert doc["environment"]["machine_speed"]["n"] == (2 if mode == "nice" else 4)
+    assert any(line.startswith("machine: a fixed CPU probe took") for line in out.splitlines())
     assert result["engine"]["loop_cpu_percent"] > 0 and result["engine"]["runqueue_wait_ms"] is not None
 
 

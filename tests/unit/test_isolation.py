@@ -90,6 +90,26 @@ def test_auto_by_cpu_count() -> None:
     assert os.sched_getaffinity(0) == mine
 
 
+def test_the_machine_probe_runs_on_the_servers_cpus_only_when_they_have_their_own() -> None:
+    """probe_inside (metrics/machine.py's probe in a child placed like a server): a number with a split, None
+    when the servers share every CPU (off, nice); no child is left either way."""
+    assert isolation.off().probe_inside() is None
+    mine = os.sched_getaffinity(0)
+    if len(mine) < 2:
+        pytest.skip("a split needs 2 CPUs")
+    split = isolation.start("affinity", env={}, cpus=sorted(mine))
+    try:
+        value = split.probe_inside()
+        assert value is not None and value > 0
+    finally:
+        split.release()
+    iso = isolation.start("nice", env={}, cpus=sorted(mine))
+    try:
+        assert iso.probe_inside() is None
+    finally:
+        iso.release()
+
+
 def test_nice_mode_weighs_and_restores_this_process() -> None:
     before = os.getpriority(os.PRIO_PROCESS, 0)
     iso = isolation.start("nice", env={}, cpus=(0, 1))

@@ -68,8 +68,29 @@ def _result(name, probes):
 
 def test_table_footer_carries_the_machine_line():
     lines = render_table([_result("a", [28.5, 30.0]), _result("b", [34.5, 31.0])])
-    assert any(line.startswith("machine: a fixed CPU probe took 28.5-34.5 ms") for line in lines)
+    assert any(line.startswith("machine: a fixed CPU probe took 28.5-34.5 ms on the engine's CPU") for line in lines)
     assert not any(line.startswith("machine:") for line in render_table([_result("a", [])]))
+    both = _result("c", [30.0, 30.5])
+    both["machine_speed"]["servers_probe_ms"] = [36.0, 29.0]
+    line = next(x for x in render_table([both]) if x.startswith("machine:"))
+    assert "29.0-36.0 ms on the engine's and the servers' CPUs" in line and "(4 probes" in line
+
+
+@pytest.mark.parametrize(("text", "value"), [("31.25\n", 31.25), (" 7 ", 7.0), ("", None), ("nan", None),
+                                             ("inf", None), ("-3", None), ("0", None), ("Traceback", None)])
+def test_parse_probe(text, value):
+    assert machine.parse_probe(text) == value
+
+
+@given(st.text())
+def test_parse_probe_takes_any_text(text):
+    value = machine.parse_probe(text)
+    assert value is None or (math.isfinite(value) and value > 0)
+
+
+@given(st.floats(min_value=1e-6, max_value=1e9, allow_nan=False))
+def test_parse_probe_reads_what_the_child_prints(value):
+    assert machine.parse_probe(f"{value}\n") == value
 
 
 def test_manifest_records_the_spread_and_two_runs_still_compare_equal(tmp_path):
