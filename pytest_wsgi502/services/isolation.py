@@ -340,9 +340,6 @@ class Isolation:
         with self._lock:
             if self.released:
                 return []
-            self.released = True
-            if self in _LIVE:
-                _LIVE.remove(self)
             for tid, cpus in self._saved.items():
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(tid, cpus)
@@ -351,7 +348,14 @@ class Isolation:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, tid, nice)
             self._saved_nice.clear()
-        return [str(g) for g in self.groups if not remove_cgroup(g)]
+            # released only once the removal has run: a second Ctrl-C during it (remove_cgroup waits up to 2 s for
+            # a group's killed processes to exit) leaves this isolation live, and atexit's release_all tries again
+            # (seen: a double Ctrl-C 1.5 s apart left an empty inside group whose record went with the run dir)
+            left = [str(g) for g in self.groups if not remove_cgroup(g)]
+            self.released = True
+            if self in _LIVE:
+                _LIVE.remove(self)
+        return left
 
     def describe(self) -> dict[str, Any]:
         """For the manifest: what was asked, what was used, which CPUs went where, and why. The cgroup paths

@@ -110,6 +110,32 @@ def test_the_machine_probe_runs_on_the_servers_cpus_only_when_they_have_their_ow
         iso.release()
 
 
+def test_a_release_interrupted_by_a_second_ctrl_c_is_done_again_at_exit(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """A KeyboardInterrupt inside release() (a second Ctrl-C while a group waits for its processes to exit) must
+    leave the isolation live, so that release_all (atexit) removes its groups; before, it was marked released
+    first and the group stayed."""
+    calls: list[Path] = []
+
+    def remove(group: Path, wait: float = 2.0) -> bool:
+        calls.append(group)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return True
+
+    monkeypatch.setattr(isolation, "remove_cgroup", remove)
+    monkeypatch.setattr(isolation, "stop_all", lambda: None)
+    group = tmp_path / "wsgi502-1-main-inside"
+    iso = isolation.Isolation("cgroup", "cgroup-v1", isolation.layout((0, 1)), "", isolation.Side("inside", (0,)),
+                              isolation.Side("outside", (1,)), groups=[group])
+    assert iso in isolation._LIVE
+    with pytest.raises(KeyboardInterrupt):
+        iso.release()
+    assert iso in isolation._LIVE and not iso.released
+    assert isolation.release_all() == [] and calls == [group, group]
+    assert iso.released and iso not in isolation._LIVE
+
+
 def test_nice_mode_weighs_and_restores_this_process() -> None:
     before = os.getpriority(os.PRIO_PROCESS, 0)
     iso = isolation.start("nice", env={}, cpus=(0, 1))
