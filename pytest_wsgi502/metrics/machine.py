@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# 200,000 iterations: about 25-35 ms on the project's 2-core VMs; the best of 3 drops one-off interruptions
+# 200,000 iterations: 10-19 ms on the project's 2-core VMs; the best of 3 drops one-off interruptions
 PROBE_ITERATIONS = 200_000
 PROBE_ROUNDS = 3
 # below this spread (max over min - 1) the machine held still as far as the probe can tell: no warning
