@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_wsgi502.metrics.machine import cells_spread
 from pytest_wsgi502.report.manifest import OUTPUT_SETTINGS, SCHEMA, SELECTION_SETTINGS
 
 
@@ -186,6 +187,7 @@ def _document(runs: Sequence[Run], cells: list[dict[str, Any]], kept: dict[str, 
             if split not in env.setdefault("isolation", []):
                 env["isolation"].append(split)
     env["machines"] = [{"run": label, **((doc.get("environment") or {}).get("machine") or {})} for label, doc in runs]
+    env["machine_speed"] = cells_spread(cells)  # every kept cell's probes, as the merged table's footer reads them
     block = {
         "runs": [{"file": label, "shard": f"{doc['shard']['index']}/{doc['shard']['count']}" if doc.get("shard")
                   else None, "cells": [n for n, (lb, _) in kept.items() if lb == label]} for label, doc in runs],

@@ -76,6 +76,18 @@ def test_cells_are_concatenated_in_matrix_order_with_histograms_as_written() -> 
     assert "shard" not in doc["environment"]["settings"] and "cells" not in doc["environment"]["settings"]
 
 
+def test_the_merged_machine_speed_covers_every_shards_cells() -> None:
+    """environment.machine_speed is the spread of the merged cells' probes, as the merged table's footer reads
+    them, not the first shard's (the rest of the environment is the first run's)."""
+    runs = two_shards()
+    for probes, (_, doc) in zip(([10.0, 11.0], [18.0, 12.0]), runs, strict=True):
+        for c in doc["cells"]:
+            c["machine_speed"] = {"probe_ms": probes}
+    runs[0][1]["environment"]["machine_speed"] = {"min": 10.0, "max": 11.0}  # what shard 1 wrote of itself
+    speed = merge.merge(runs)["environment"]["machine_speed"]
+    assert (speed["min"], speed["max"]) == (10.0, 18.0)
+
+
 def test_a_pinned_baseline_appears_once_from_the_shard_it_belongs_to() -> None:
     runs = two_shards()
     runs.reverse()  # the order of the files does not decide which run is kept
