@@ -61,7 +61,7 @@ from typing import Any
 
 from pytest_wsgi502.config.values import DAY, ConfigError, number, shown
 from pytest_wsgi502.nginxlog import ACCESS_LOG, ACCESS_LOG_FORMAT, ERROR_LOG
-from pytest_wsgi502.services.process import CpuPlace, LocalProcess, find_binary, free_port
+from pytest_wsgi502.services.process import CpuPlace, LocalProcess, find_binary, free_port, wait_connections_closed
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ class LocalProxy:
         conf = self.dir / "nginx.conf"
         conf.write_text(text, encoding="utf-8")
         argv = [self.binary, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / ERROR_LOG)]
-        # SIGQUIT: graceful stop, which also flushes the buffered access log
+        # SIGQUIT flushes the buffered access log (see stop() for what it does not do)
         self.process = LocalProcess("nginx", argv, self.dir / "proxy-stdout.log", stop_signal=signal.SIGQUIT,
                                     ledger=self.ledger, place=self.place).start()
         def ready() -> bool:  # nginx itself must answer: a port clash could put another server there
@@ -237,8 +237,15 @@ class LocalProxy:
         self.process.wait_ready(ready, timeout, f"answering GET {ready_path} through the proxy")
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain: float = 5.0) -> None:
+        """Stop nginx once it has closed its client connections, waiting at most ``drain`` s (nginx's default
+        lingering_timeout). It runs as one process (``master_process off``), and there SIGQUIT is not graceful:
+        it exits at once, flushing the buffered access log but never logging a request it has not finished,
+        such as a 400 still in its lingering close (seen here: the last of four records missing, 2 of 25
+        runs on a loaded machine)."""
         if self.process is not None:
+            if self.process.pid is not None:
+                wait_connections_closed(self.process.pid, self.port, drain)
             self.process.stop()
 
 

@@ -678,3 +678,50 @@ def private_tmpdir(ledger: Path | None, owner: str | None = None, prefix: str = 
         uid, gid = service_account(owner)
         os.chown(path, uid, gid)
     return path
+
+
+def parse_proc_net_tcp(text: str) -> list[tuple[int, int, int]]:
+    """``(local port, state, inode)`` for each socket line of ``/proc/net/tcp`` or ``tcp6`` (state as the kernel
+    numbers it: 1 established, 10 listen, ...). The header and any line not in that shape are skipped."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 10 or not fields[0].endswith(":"):
+            continue
+        local, state, inode = fields[1], fields[3], fields[9]
+        try:
+            _, port_hex = local.rsplit(":", 1)
+            out.append((int(port_hex, 16), int(state, 16), int(inode)))
+        except ValueError:
+            continue
+    return out
+
+
+_LISTEN = 10
+
+
+def held_connections(pid: int, port: int) -> int:
+    """How many TCP connections on local ``port`` process ``pid`` holds open (its listening socket not counted);
+    0 once it has gone or cannot be inspected."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd.path)
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            text = Path(f"/proc/{pid}/net/{table}").read_text()
+            count += sum(1 for p, state, inode in parse_proc_net_tcp(text)
+                         if p == port and state != _LISTEN and inode in inodes)
+    return count
+
+
+def wait_connections_closed(pid: int, port: int, timeout: float) -> int:
+    """Wait up to ``timeout`` s for ``pid`` to close its connections on ``port``; how many it still holds."""
+    deadline = time.monotonic() + timeout
+    while (held := held_connections(pid, port)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return held

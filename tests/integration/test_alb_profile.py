@@ -18,6 +18,7 @@ import pytest
 
 from pytest_wsgi502 import nginxlog
 from pytest_wsgi502.proxy import LocalProxy, render_nginx
+from pytest_wsgi502.services.process import wait_connections_closed
 from tests.scripted_target import Target
 
 NGINX = "/usr/sbin/nginx"
@@ -63,8 +64,10 @@ class Proxy:
         return int(status.split(" ")[1])
 
     def stop(self) -> tuple[list[dict[str, object]], str]:
-        """Stop (SIGQUIT flushes the access log); the access-log records and the error log's text."""
+        """Stop as LocalProxy.stop does (once nginx has closed its connections; SIGQUIT flushes the access
+        log); the access-log records and the error log's text."""
         if self.process.poll() is None:
+            wait_connections_closed(self.process.pid, self.port, 5.0)
             self.process.send_signal(signal.SIGQUIT)
             try:
                 self.process.wait(10)
