@@ -21,6 +21,7 @@ import contextlib
 import functools
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -680,6 +681,9 @@ def private_tmpdir(ledger: Path | None, owner: str | None = None, prefix: str = 
     return path
 
 
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+
+
 def parse_proc_net_tcp(text: str) -> list[tuple[int, int, int]]:
     """``(local port, state, inode)`` for each socket line of ``/proc/net/tcp`` or ``tcp6`` (state as the kernel
     numbers it: 1 established, 10 listen, ...). The header and any line not in that shape are skipped."""
@@ -688,12 +692,10 @@ def parse_proc_net_tcp(text: str) -> list[tuple[int, int, int]]:
         fields = line.split()
         if len(fields) < 10 or not fields[0].endswith(":"):
             continue
-        local, state, inode = fields[1], fields[3], fields[9]
-        try:
-            _, port_hex = local.rsplit(":", 1)
-            out.append((int(port_hex, 16), int(state, 16), int(inode)))
-        except ValueError:
-            continue
+        port, state, inode = fields[1].rpartition(":")[2], fields[3], fields[9]
+        if _HEX.fullmatch(port) and len(port) == 4 and _HEX.fullmatch(state) and len(state) == 2 \
+                and inode.isascii() and inode.isdigit():
+            out.append((int(port, 16), int(state, 16), int(inode)))
     return out
 
 
