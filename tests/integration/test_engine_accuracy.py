@@ -38,18 +38,21 @@ def test_open_loop_counts_stalls_that_closed_loop_hides(target):
 
 
 def test_fixed_delay_is_measured_within_a_millisecond(target):
-    """Every answer takes exactly 50 ms: the engine's p50 and p99 must say so within 1 ms. On a shared VM one
-    run's p99 (its 3 slowest of 300 samples) can catch a scheduler hiccup, so the verdict is the median of
-    3 runs, as the benchmark does."""
+    """Every answer takes exactly 50 ms: the engine's p50 and p95 must say so within 1 ms, its p99 within 2 ms
+    (medians of 3 runs, as the benchmark does). A mistake in the accounting (timing from the wrong moment,
+    rounding to whole milliseconds) moves the median; the tail also measures the machine: in a clean Debian
+    container on a busy 2-core host the three runs' p99 were 51.1 / 51.1 / 51.6 ms with p50 50.4 and p95
+    50.6-50.7 (one failure of the former 1 ms p99 bound in 1 of 3 newcomer checks). The benchmark reports the
+    precision itself (docs/load.md: p99 error +0.69 ms on a quiet machine)."""
     import statistics
 
     url = target("delay", "--ms", "50")
     runs = [run(LoadSpec(base_url=url, mode="open", rate=50, concurrency=5, duration=4)) for _ in range(3)]
     lats = [r["stats"].to_dict()["latency_ms"] for r in runs]
-    p50 = statistics.median(lat["p50"] for lat in lats)
-    p99 = statistics.median(lat["p99"] for lat in lats)
-    tolerance = 1.0 + 50 * 1e-3  # 1 ms, plus the histogram's resolution at 50 ms (3 digits: 0.1 %)
-    assert abs(p50 - 50) <= tolerance and abs(p99 - 50) <= tolerance, lats
+    p50, p95, p99 = (statistics.median(lat[p] for lat in lats) for p in ("p50", "p95", "p99"))
+    resolution = 50 * 1e-3  # the histogram's resolution at 50 ms (3 digits: 0.1 %)
+    assert abs(p50 - 50) <= 1 + resolution and abs(p95 - 50) <= 1 + resolution, lats
+    assert abs(p99 - 50) <= 2 + resolution, lats
     assert not any(r["generator_bound"] for r in runs)
 
 
