@@ -60,8 +60,14 @@ def test_two_capped_generators_hold_1_8_r_and_one_is_generator_bound(fast: str, 
     r = measured_rate(fast, tmp_path / "measure")
     assert 0.8 * CAP <= r <= 1.1 * CAP, r  # the cap holds a generator near it, whatever the machine could do
     rate = 1.8 * r
-    two = distributed.run_distributed(_open(fast, rate), generators=2, generator_max_rate=CAP, workdir=tmp_path / "2")
-    assert two["engine_error"] is None, two["engine_error"]
+    for attempt in range(3):
+        two = distributed.run_distributed(_open(fast, rate), generators=2, generator_max_rate=CAP,
+                                          workdir=tmp_path / f"2-{attempt}")
+        assert two["engine_error"] is None, two["engine_error"]
+        # "starved": the check saw the machine take a generator's CPU (247 ms, 6.2 % of the run, in a clean
+        # container on a busy host), which says nothing of the generators' capacity: measure again, at most 3 times
+        if "was starved" not in (two["generator_bound_reason"] or ""):
+            break
     assert two["generator_bound"] is False, two["generator_bound_reason"]
     assert abs(two["stats"].requests - rate * DURATION) <= 0.02 * rate * DURATION, (two["stats"].requests, rate)
     assert [e["max_rate"] for e in two["engine"]["per_process"]] == [CAP, CAP]
