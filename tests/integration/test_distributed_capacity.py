@@ -71,8 +71,12 @@ def test_two_capped_generators_hold_1_8_r_and_one_is_generator_bound(fast: str, 
     assert two["generator_bound"] is False, two["generator_bound_reason"]
     assert abs(two["stats"].requests - rate * DURATION) <= 0.02 * rate * DURATION, (two["stats"].requests, rate)
     assert [e["max_rate"] for e in two["engine"]["per_process"]] == [CAP, CAP]
-    one = distributed.run_distributed(_open(fast, rate), generators=1, generator_max_rate=CAP, workdir=tmp_path / "1")
-    assert one["engine_error"] is None, one["engine_error"]
+    for attempt in range(3):  # the same: a starved run says nothing of where one generator's limit is
+        one = distributed.run_distributed(_open(fast, rate), generators=1, generator_max_rate=CAP,
+                                          workdir=tmp_path / f"1-{attempt}")
+        assert one["engine_error"] is None, one["engine_error"]
+        if "was starved" not in (one["generator_bound_reason"] or ""):
+            break
     assert one["generator_bound"] is True
     assert one["generator_bound_reason"].startswith("generator 0 fell behind its share of the rate: sent "), \
         one["generator_bound_reason"]
