@@ -681,7 +681,7 @@ def private_tmpdir(ledger: Path | None, owner: str | None = None, prefix: str = 
     return path
 
 
-_HEX = re.compile(r"[0-9A-Fa-f]+")
+_PORT, _STATE = re.compile(r"[0-9A-Fa-f]{4}"), re.compile(r"[0-9A-Fa-f]{2}")
 
 
 def parse_proc_net_tcp(text: str) -> list[tuple[int, int, int]]:
@@ -693,8 +693,7 @@ def parse_proc_net_tcp(text: str) -> list[tuple[int, int, int]]:
         if len(fields) < 10 or not fields[0].endswith(":"):
             continue
         port, state, inode = fields[1].rpartition(":")[2], fields[3], fields[9]
-        if _HEX.fullmatch(port) and len(port) == 4 and _HEX.fullmatch(state) and len(state) == 2 \
-                and inode.isascii() and inode.isdigit():
+        if _PORT.fullmatch(port) and _STATE.fullmatch(state) and inode.isascii() and inode.isdigit():
             out.append((int(port, 16), int(state, 16), int(inode)))
     return out
 
