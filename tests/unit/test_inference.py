@@ -368,4 +368,5 @@ def test_module_is_pure_stdlib():
     tree = ast.parse(Path(inf.__file__).read_text())
     roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert roots <= {"__future__", "math", "random", "collections", "decimal", "typing", "pytest_wsgi502"}, roots
+    assert roots <= {"__future__", "math", "random", "collections", "decimal", "statistics", "typing",
+                     "pytest_wsgi502"}, roots
