@@ -48,6 +48,8 @@ STARVED_WAIT = 0.05  # a lagging loop thread that waited this share of the run f
 ADVICE_LIMIT = "add --wsgi-processes or lower the concurrency/rate"
 ADVICE_STARVED = ("the server under test took the engine's CPUs: enable isolation (--wsgi-isolation=auto), "
                   "run fewer workers, or use a bigger machine")
+ADVICE_STARVED_ISOLATED = ("isolation kept the servers under test off those CPUs, so the proxy or a process outside "
+                           "this run took them: measure on a quiet machine, or run the cell again")
 
 
 def schedstat() -> tuple[float, float] | None:
@@ -583,6 +585,9 @@ async def drive(
         "runqueue_wait_percent": round(100 * wait_s / wall, 1) if wait_s is not None and wall else None,
         "spin_s": run.spin_s,
         "requests": run.stats.requests,
+        # the CPUs this process could run on, of the machine's: fewer means isolation pinned it (see _explained)
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "machine_cpus": os.cpu_count(),
     }
     return run.stats, engine
 
@@ -797,6 +802,11 @@ def _explained(p: int, symptom: str, e: dict[str, Any], kind: str | None = None)
     if kind == "limit":
         return kind, f"engine process {p} was the limit: {symptom}; {_measured(e)}: {ADVICE_LIMIT}"
     if kind == "starved":
+        cpus, machine = e.get("cpus"), e.get("machine_cpus")
+        if cpus and machine and len(cpus) < machine:  # pinned: the servers were kept off these CPUs
+            on = ",".join(str(c) for c in cpus)
+            return kind, (f"engine process {p} was starved on CPU {on} of {machine}: {symptom}; {_measured(e)}: "
+                          f"{ADVICE_STARVED_ISOLATED}")
         return kind, f"engine process {p} was starved: {symptom}; {_measured(e)}: {ADVICE_STARVED}"
     return kind, (f"engine process {p} was blocked: {symptom}; {_measured(e)}, so it neither ran out of CPU nor "
                   "waited for one: look for blocking calls in a custom transport/verify, or a slow disk")

@@ -399,3 +399,29 @@ def test_a_process_for_a_nice_side_starts_niced_whatever_this_thread_runs_at(tmp
         assert int(stat[16]) == isolation.NICE
     finally:
         proc.stop()
+
+
+def test_a_starved_engine_that_isolation_pinned_blames_the_proxy_or_an_outsider_not_the_server() -> None:
+    # newcomer check, 2026-12-02: uwsgi-16w's engine (pinned to one of 2 CPUs, servers on the other) waited
+    # 3,947 ms for its CPU while an unpinned job outside the run was busy; "the server took the engine's CPUs"
+    # was the wrong culprit and the wrong advice (isolation was already on)
+    e = {**LAGGING, "loop_cpu_percent": 6.0, "runqueue_wait_ms": 3947.0, "runqueue_wait_percent": 39.1,
+         "cpus": [0], "machine_cpus": 2}
+    kind, why = generator_classified(_spec(), [e])
+    assert kind == "starved" and why is not None
+    assert "was starved on CPU 0 of 2" in why and "outside this run" in why and "quiet machine" in why
+    assert "--wsgi-isolation" not in why and "server under test took" not in why
+    unpinned = {**e, "cpus": [0, 1]}  # every CPU: nothing kept the servers off them
+    assert "server under test took the engine's CPUs" in (generator_classified(_spec(), [unpinned])[1] or "")
+
+
+def test_the_engine_reports_the_cpus_it_may_run_on() -> None:
+    import asyncio
+
+    import httpx
+
+    from pytest_wsgi502.load.engine import drive
+
+    spec = LoadSpec(base_url="http://127.0.0.1:9", concurrency=1, duration=5.0, max_requests=5)
+    _stats, engine = asyncio.run(drive(spec, lambda: httpx.MockTransport(lambda r: httpx.Response(200))))
+    assert engine["cpus"] == sorted(os.sched_getaffinity(0)) and engine["machine_cpus"] == os.cpu_count()
