@@ -580,7 +580,7 @@ def _scheduled(request: pytest.FixtureRequest, cell: Cell, ctx: CellContext, bas
     if baseline is not None:
         try:
             base = pool(schedule.runs(baseline))
-            pooled["comparison"] = compare(pooled, base)
+            pooled["comparison"] = compare(pooled, base, family=_family(request, ctx, baseline))
         except (ServiceError, ValueError) as exc:
             pooled["comparison"] = {"baseline": baseline, "error": str(exc).splitlines()[0]}
     slos, sources = effective_slos(cell, ctx, marker=_marker_slos(request))
@@ -588,6 +588,15 @@ def _scheduled(request: pytest.FixtureRequest, cell: Cell, ctx: CellContext, bas
     pooled["slo"]["sources"] = sources
     judge(pooled, reasons=[f"repeat {i}: {why}" for i, r in enumerate(runs, 1) for why in r["slo"]["invalid"]])
     return Result(pooled)
+
+
+def _family(request: pytest.FixtureRequest, ctx: CellContext, baseline: str) -> int:
+    """How many cells of the matrix are compared with ``baseline`` on this backend: the whole matrix, not this
+    process's items, so that -k, xdist and shards judge each comparison at the same confidence."""
+    state = _state(request.config)
+    in_containers = request.getfixturevalue("wsgi_containers") is not None
+    return sum(1 for cell in state.matrix if _skip_reason(cell, in_containers, ctx.isolation) is None
+               and _baseline(cell, ctx, state) == baseline)
 
 
 def _modified(config: pytest.Config, cell: Cell) -> Cell:

@@ -135,7 +135,8 @@ def render_table(results: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(f"±: 95 % t interval over the {repeats} repeats (p99: of each repeat's p99; the SLO judges "
                      "all requests pooled)")
     if len(header) > len(COLUMNS):
-        lines.append("vs baseline: better / worse / same = a difference shown at 95 % or not (error rate: exact "
+        lines.append("vs baseline: better / worse / same = a difference shown at 95 % or not, for all the cells "
+                     "compared with one baseline together (Bonferroni: n cells, each at 1 - 0.05/n) (error rate: exact "
                      "conditional binomial on counts divided by their dispersion (quasi-Poisson: 502s come in "
                      "bursts), between repeats when both sides have them, else between the seconds of each run; "
                      "req/s and p99: Welch t over the repeats, needs --wsgi-repeat >= 2)")

@@ -31,6 +31,7 @@ def test_two_cells_three_repeats_interleaved_and_compared(matrix, tmp_path):
         assert c["slo"]["outcome"] == "pass", c["slo"]
     comparison = cells["candidate"]["comparison"]
     assert comparison["baseline"] == "base"
+    assert comparison["confidence"] == 0.95 and "family" not in comparison  # one cell compared with "base"
     assert comparison["metrics"]["error_rate"]["verdict"] == "same"  # 0 errors on both sides
     assert comparison["metrics"]["rps"]["verdict"] in ("better", "worse", "same")
     assert "comparison" not in cells["base"]

@@ -298,3 +298,28 @@ def test_the_error_rate_comparison_between_repeats_keeps_its_95_percent():
     bursty = [_nb_cells(rng, 400, 250, 5) for _ in range(200)]
     assert sum(word(error_ratio(clean, b)) == "better" for b in bursty) / len(bursty) >= 0.9
     assert repeats_chi2(clean, bursty[0])[1] == 8  # the clean cell's 4 df count
+
+
+def test_the_cells_compared_with_one_baseline_hold_95_percent_together():
+    """seed-unix, run 1 of docs/scenarios.md: SQLAlchemy pooling against the original, 5 repeats each. At 95 % on
+    its own it is `worse` (p = 0.029); as one of the nine cells compared with that baseline (Bonferroni, 99.44 %
+    each) it is `same`, while a clean cell stays `better` (p = 0.0005)."""
+    from pytest_wsgi502.metrics.comparison import compare, family_confidence
+
+    assert family_confidence(1) == 0.95 and family_confidence(0) == 0.95
+    assert family_confidence(9) == pytest.approx(1 - 0.05 / 9) and family_confidence(4, 0.9) == pytest.approx(0.975)
+
+    def cell(counts):
+        return pool([run("c", 9510 - x, x) for x in counts])
+
+    base, pooled, clean = cell([180, 196, 393, 0, 144]), cell([598, 594, 331, 206, 547]), cell([0] * 5)
+    alone = compare(pooled, base)
+    assert alone["metrics"]["error_rate"]["verdict"] == "worse" and alone["confidence"] == 0.95
+    assert "family" not in alone
+    together = compare(pooled, base, family=9)
+    assert together["metrics"]["error_rate"]["verdict"] == "same"
+    assert together["confidence"] == pytest.approx(1 - 0.05 / 9)
+    assert together["family"] == {"comparisons": 9, "confidence": 0.95, "method": "Bonferroni"}
+    lo, hi = together["metrics"]["error_rate"]["lo"], together["metrics"]["error_rate"]["hi"]
+    assert lo < 1 < hi and lo < alone["metrics"]["error_rate"]["lo"] and hi > alone["metrics"]["error_rate"]["hi"]
+    assert compare(clean, base, family=9)["metrics"]["error_rate"]["verdict"] == "better"
