@@ -67,13 +67,6 @@ def repeats_chi2(*cells: Mapping[str, Any]) -> tuple[float, int] | None:
     return quasi_poisson_chi2(groups, count_empty=True)
 
 
-def dispersion(*cells: Mapping[str, Any], conf: float = 0.95) -> float | None:
-    """The dispersion the repeats' error counts are divided by (>= 1): estimated between the repeats and widened
-    for being an estimate (``inference.estimated_dispersion``), or None when it cannot be estimated."""
-    fit = repeats_chi2(*cells)
-    return None if fit is None or not fit[1] else estimated_dispersion(*fit, conf=conf)
-
-
 def window_points(timeline: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
     """(errors, requests) of each per-second window of a run's ``timeline``."""
     return [(sum(int(v) for v in (w.get("errors") or {}).values()), int(w.get("requests") or 0)) for w in timeline]

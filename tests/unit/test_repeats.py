@@ -143,13 +143,13 @@ def test_relative_slos_fail_only_when_beyond_the_baseline_and_significant():
 def test_bursty_errors_widen_the_error_rate_test_quasi_poisson():
     """seed-unix, 3 x 30 s repeats: uwsgi-2w 378/135/198 502s, uwsgi-sqlalchemy-pool 570/224/404. Pooled as if
     independent, 1198 vs 711 is "worse"; the repeats show bursts (dispersion ~70), and it is not shown."""
-    from pytest_wsgi502.metrics.comparison import dispersion, error_ratio
+    from pytest_wsgi502.metrics.comparison import error_ratio
 
     def cell(counts):
         return pool([run("c", 9510 - x, x) for x in counts])
 
     base, pool_cell, fixed = cell([378, 135, 198]), cell([570, 224, 404]), cell([0, 0, 0])
-    phi = dispersion(pool_cell, base)
+    phi = error_ratio(pool_cell, base)["dispersion"]
     estimate = error_ratio(pool_cell, base)["dispersion_estimate"]
     assert 60 < estimate < 80 and error_ratio(pool_cell, base)["dispersion_df"] == 4
     # an estimate on 4 df: widened by (t_4 / z)^2 = 2.0067 (scipy: (t.ppf(0.975, 4) / norm.ppf(0.975)) ** 2)
@@ -162,7 +162,7 @@ def test_bursty_errors_widen_the_error_rate_test_quasi_poisson():
     assert compare(fixed, base)["metrics"]["error_rate"]["verdict"] == "better"  # 0 in 3 runs vs 135+ each
     # Poisson-like repeats (no bursts): dispersion 1, the exact test unchanged
     calm = cell([100, 104, 98])
-    assert dispersion(calm, cell([50, 49, 53])) == 1.0
+    assert error_ratio(calm, cell([50, 49, 53]))["dispersion"] == 1.0
     assert error_ratio(calm, cell([50, 49, 53]))["method"] == "conditional binomial (exact)"
 
 
