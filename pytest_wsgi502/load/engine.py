@@ -583,6 +583,7 @@ async def drive(
         "loop_cpu_percent": round(100 * loop_cpu_s / wall, 1) if wall else 0.0,
         "runqueue_wait_ms": round(1000 * wait_s, 1) if wait_s is not None else None,
         "runqueue_wait_percent": round(100 * wait_s / wall, 1) if wait_s is not None and wall else None,
+        "wall_s": round(wall, 3),
         "spin_s": run.spin_s,
         "requests": run.stats.requests,
         # the CPUs this process could run on, of the machine's: fewer means isolation pinned it (see _explained)
@@ -774,18 +775,28 @@ def intended_rate(spec: LoadSpec) -> float:
     return 0.0
 
 
-def bound_kind(e: dict[str, Any]) -> str:
+def bound_kind(e: dict[str, Any], lag_ms: float | None = None) -> str:
     """Why an engine process that distorted the measurement did: ``limit`` (its loop thread used about a core
     itself: it could not do more), ``starved`` (it was runnable but waited for a CPU another process held:
     the server under test, on one machine), or ``blocked`` (neither: the loop waited on something else, e.g.
-    a slow disk write or page faults)."""
+    a slow disk write or page faults).
+
+    Starved: it waited >= 5 % of the run for a CPU, or (``lag_ms``: the p99 lag the symptom shows) at least
+    1 % of the run plus that lag. That is the least wait that can make 1 % of evenly spread sends or lag samples
+    that late: a wait of w ms delays by >= lag only what falls in its first w - lag ms. Less wait than that
+    cannot explain the lag, and the loop was blocked on something else."""
     cpu = (e.get("loop_cpu_percent") if e.get("loop_cpu_percent") is not None else e.get("cpu_percent", 0.0)) or 0.0
     wait = e.get("runqueue_wait_percent")
     if cpu >= 100 * LIMIT_CPU:
         return "limit"
-    if wait is not None and wait >= 100 * STARVED_WAIT:
+    if wait is None:
         return "starved"
-    return "blocked" if wait is not None else "starved"
+    if wait >= 100 * STARVED_WAIT:
+        return "starved"
+    wait_ms, wall_s = e.get("runqueue_wait_ms"), e.get("wall_s")
+    if lag_ms is not None and wait_ms is not None and wall_s:
+        return "starved" if wait_ms >= 10 * wall_s + lag_ms else "blocked"  # 1 % of the run, in ms: 10 x s
+    return "blocked"
 
 
 def _measured(e: dict[str, Any]) -> str:
@@ -797,8 +808,9 @@ def _measured(e: dict[str, Any]) -> str:
     return text
 
 
-def _explained(p: int, symptom: str, e: dict[str, Any], kind: str | None = None) -> tuple[str, str]:
-    kind = kind or bound_kind(e)
+def _explained(p: int, symptom: str, e: dict[str, Any], kind: str | None = None,
+               lag_ms: float | None = None) -> tuple[str, str]:
+    kind = kind or bound_kind(e, lag_ms)
     if kind == "limit":
         return kind, f"engine process {p} was the limit: {symptom}; {_measured(e)}: {ADVICE_LIMIT}"
     if kind == "starved":
@@ -830,9 +842,11 @@ def generator_classified(spec: LoadSpec, engines: Sequence[dict[str, Any]]) -> t
         if e.get("cpu_percent", 0) >= 90:
             return _explained(p, f"it used {e['cpu_percent']:.0f}% of a core", e, "limit")
         if e.get("loop_lag_p99_ms", 0) >= LOOP_LAG_MS:
-            return _explained(p, f"event loop lagged {e['loop_lag_p99_ms']:.0f} ms (p99)", e)
+            return _explained(p, f"event loop lagged {e['loop_lag_p99_ms']:.0f} ms (p99)", e,
+                              lag_ms=e["loop_lag_p99_ms"])
         if spec.mode != "closed" and (e.get("send_lag_p99_ms") or 0) >= SEND_LAG_MS:
-            return _explained(p, f"it sent {e['send_lag_p99_ms']:.0f} ms late (p99) with free connections", e)
+            return _explained(p, f"it sent {e['send_lag_p99_ms']:.0f} ms late (p99) with free connections", e,
+                              lag_ms=e["send_lag_p99_ms"])
     return None, None
 
 

@@ -27,7 +27,7 @@ def test_warm_up_requests_are_sent_and_counted_but_not_measured(matrix, tmp_path
     histogram and req/s hold only those sent after the first second."""
     m = tmp_path / "w.toml"
     m.write_text(OPEN_CELL)
-    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-warmup=1s")
+    r = matrix.run_unstarved(f"--wsgi-matrix-file={m}", "--wsgi-warmup=1s")
     assert r.returncode == 0, r.stdout + r.stderr
     cell = matrix.cells()["w"]
     assert cell["load"]["spec"]["warmup"] == 1.0 and cell["load"]["sources"]["warmup"] == "option"
@@ -45,7 +45,7 @@ def test_a_matrix_cell_on_two_locust_generators(matrix, tmp_path):
     the result is the usual one (a pass, every request in the proxy's log) and the JSON says it was distributed."""
     m = tmp_path / "w.toml"
     m.write_text(OPEN_CELL)
-    r = matrix.run(f"--wsgi-matrix-file={m}", "--wsgi-distributed=locust", "--wsgi-generators=2",
+    r = matrix.run_unstarved(f"--wsgi-matrix-file={m}", "--wsgi-distributed=locust", "--wsgi-generators=2",
                    "--wsgi-proxy-profile=nginx")
     assert r.returncode == 0, r.stdout + r.stderr
     cell = matrix.cells()["w"]

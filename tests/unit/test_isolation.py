@@ -237,9 +237,27 @@ def test_a_lagging_engine_that_waited_for_a_cpu_was_starved() -> None:
 
 
 def test_lagging_without_cpu_use_or_cpu_wait_is_blocked() -> None:
-    e = {**LAGGING, "loop_cpu_percent": 20.0, "runqueue_wait_ms": 5.0, "runqueue_wait_percent": 0.05}
+    e = {**LAGGING, "loop_cpu_percent": 20.0, "runqueue_wait_ms": 5.0, "runqueue_wait_percent": 0.05, "wall_s": 10.0}
     kind, why = generator_classified(_spec(), [e])
     assert kind == "blocked" and why is not None and "neither ran out of CPU nor waited" in why
+
+
+def test_a_short_wait_that_can_explain_the_lag_is_starved_not_blocked() -> None:
+    # newcomer check, 2026-12-02: an open-model engine at 100 req/s for 3 s, pinned to CPU 1 of 2, sent 11 ms late
+    # (p99) and waited 133 ms for its CPU: 4.4 % of the run, under the 5 % rule, so it read "blocked: look for
+    # blocking calls". 133 ms is more than 1 % of the run + the lag (30 + 11 ms), the least wait that can explain it
+    e = {"loop_lag_p99_ms": 3.0, "send_lag_p99_ms": 11.0, "cpu_percent": 14.0, "loop_cpu_percent": 13.0,
+         "runqueue_wait_ms": 133.0, "runqueue_wait_percent": 4.4, "wall_s": 3.023, "cpus": [1], "machine_cpus": 2}
+    spec = _spec(mode="open", rate=100.0)
+    kind, why = generator_classified(spec, [e])
+    assert kind == "starved" and why is not None and "was starved on CPU 1 of 2" in why, why
+    assert "sent 11 ms late" in why and "waited 133 ms for a CPU (4.4% of the run)" in why
+    # the bound: 1 % of 3.023 s + 11 ms = 41.23 ms; just under it the wait cannot explain the lag
+    assert bound_kind({**e, "runqueue_wait_ms": 41.3}, 11.0) == "starved"
+    assert bound_kind({**e, "runqueue_wait_ms": 41.1}, 11.0) == "blocked"
+    assert generator_classified(spec, [{**e, "runqueue_wait_ms": 41.1, "runqueue_wait_percent": 1.4}])[0] == "blocked"
+    assert bound_kind({**e, "runqueue_wait_ms": 41.1}) == "blocked"  # no lag given: the 5 % rule alone
+    assert bound_kind({**e, "runqueue_wait_ms": 200.0, "runqueue_wait_percent": 6.6}) == "starved"  # >= 5 %
 
 
 def test_without_schedstat_low_own_cpu_while_lagging_counts_as_starved() -> None:
