@@ -127,8 +127,8 @@ class Runner(Protocol):
 RunnerFactory = Callable[["Server"], Runner]
 
 
-def children(pid: int) -> list[int]:
-    """The live children of ``pid`` (every thread's: /proc/PID/task/*/children), [] when it is gone."""
+def _children(pid: int) -> list[int]:
+    """Every child of ``pid``, zombies included (every thread's: /proc/PID/task/*/children), [] when it is gone."""
     found: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -137,16 +137,30 @@ def children(pid: int) -> list[int]:
     for task in tasks:
         with contextlib.suppress(OSError, ValueError):
             found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return [c for c in found if alive(c)]
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The live children of ``pid``, [] when it is gone."""
+    return [c for c in _children(pid) if alive(c)]
+
+
+def unreaped(pid: int) -> list[int]:
+    """The children of ``pid`` that died and that it has not reaped yet (zombies): a server master logs a worker's
+    death only when it reaps it."""
+    return [c for c in _children(pid) if _state(c) == "Z"]
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def alive(pid: int) -> bool:
     """``pid`` runs (exists and is no zombie)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    return _state(pid) not in (None, "Z", "X")
 
 
 class Watch:
@@ -413,6 +427,12 @@ class Server:
     def stop_grace(self) -> float:
         """The longest a graceful stop may take (the server's own bound, e.g. gunicorn's graceful_timeout)."""
         return 30.0
+
+    def unreaped_workers(self) -> list[int]:
+        """The workers that died and whose master has not reaped them yet, so not logged their death either ([] when
+        the master's pid is unknown: a container)."""
+        master = getattr(self.runner, "master_pid", lambda: None)()
+        return unreaped(master) if master is not None else []
 
     def watch(self, do: str) -> Watch | None:
         """The phases of action ``do``, to be polled after ``act``: None when the master's pid is unknown (a

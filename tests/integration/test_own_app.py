@@ -108,7 +108,9 @@ def test_wrong_settings_name_fails_fast_in_one_line(tmp_path):
     elapsed = time.monotonic() - t0
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
-    assert elapsed < 5, f"{elapsed:.1f}s\n{out}"
+    # the proof that nothing was started is the MariaDB check below; the bound only catches a wait for a readiness
+    # timeout (20 s for the proxy), with room for a busy machine's child pytest and Django start-up
+    assert elapsed < 15, f"{elapsed:.1f}s\n{out}"
     line = ("wsgi_django_settings=mysite.settngs cannot be imported from wsgi_chdir: ModuleNotFoundError: No module "
             "named 'mysite.settngs' (mysite/wsgi.py sets mysite.settings.production)")
     assert re.search(rf"^(E\s+)?{re.escape(line)}$", out, re.M), out

@@ -292,6 +292,31 @@ def test_phases_not_seen_before_the_next_action_are_left_pending() -> None:
     assert abs(server.sent[1][1] - server.sent[0][1] - 0.25) < 0.1
 
 
+def test_after_the_load_no_action_is_sent_but_the_last_ones_phases_are_followed_until_finish() -> None:
+    """The load's end (``load_over``) stops the next action; the phases of the one sent are still recorded while
+    the server settles (old workers often leave only when the load's connections close), until ``finish``."""
+
+    class Late(PhasedServer):
+        def watch(self, do: str) -> Any:
+            w = super().watch(do)
+            poll = w.poll
+            w.poll = lambda: poll() if server.late else []
+            return w
+
+    server = Late()
+    server.late = False
+    timer = _Actions(server, [{"at": 0.05, "do": "reload"}, {"at": 0.4, "do": "term"}], time.time())  # type: ignore
+    timer.start()
+    time.sleep(0.2)
+    timer.load_over.set()  # the load ended before the next action, its phases unseen
+    server.late = True  # then the server goes through them
+    time.sleep(0.3)
+    events = timer.finish()
+    assert [e["action"] for e in events if e["kind"] == ev.ACTION] == ["reload"]  # "term" was not sent
+    assert [e["phase"] for e in events if e["kind"] == ev.ACTION_PHASE] == ["workers_ready", "old_gone"]
+    assert len(server.sent) == 1 and timer.pending == []
+
+
 MASTER = r'''
 import os, signal, sys, time
 kids = []
@@ -356,3 +381,57 @@ def test_watch_sees_new_workers_then_old_ones_gone_in_a_real_process_tree(tmp_pa
     finally:
         proc.kill()
         proc.wait(5)
+
+
+# --- the end of the load: a worker that died is counted only once its master reaped (and logged) it -------------
+
+
+def test_a_dead_child_is_unreaped_until_its_parent_waits_for_it() -> None:
+    from pytest_wsgi502.servers.base import children, unreaped
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while pid not in unreaped(os.getpid()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pid in unreaped(os.getpid()) and pid not in children(os.getpid())  # dead, not reaped
+    finally:
+        os.waitpid(pid, 0)
+    assert pid not in unreaped(os.getpid()) and unreaped(2**22 + 1) == []  # reaped; a pid that is gone has none
+
+
+def test_settle_waits_while_a_worker_is_unreaped_and_no_longer_than_reap_wait(monkeypatch: Any) -> None:
+    from pytest_wsgi502 import cellrun
+
+    monkeypatch.setattr(cellrun, "REPORT_GRACE", {"uwsgi": 0.0})
+    monkeypatch.setattr(cellrun, "REAP_WAIT", 0.5)
+
+    class Ctx:
+        cell = type("C", (), {"server": "uwsgi"})()
+
+        def __init__(self, polls_unreaped: int) -> None:
+            self.left, self.polls = polls_unreaped, 0
+
+        def _end_actions(self) -> None:
+            pass
+
+        def servers(self) -> list[Any]:
+            ctx = self
+
+            class S:
+                def unreaped_workers(self) -> list[int]:
+                    ctx.polls += 1
+                    ctx.left -= 1
+                    return [123] if ctx.left >= 0 else []
+
+            return [S()]
+
+    reaped = Ctx(3)  # reaped after 3 polls: settle returns then
+    cellrun.Target.settle(reaped)  # type: ignore[arg-type]
+    assert reaped.polls == 4
+    never = Ctx(10**6)  # never reaped: settle gives up after REAP_WAIT
+    t0 = time.monotonic()
+    cellrun.Target.settle(never)  # type: ignore[arg-type]
+    assert 0.5 <= time.monotonic() - t0 < 2 and never.polls >= 2
