@@ -119,8 +119,8 @@ _NOTED: set[tuple[str, str]] = set()  # (run dir, notice) already printed: CellC
 REPORT_GRACE = {"uwsgi": 1.5, "gunicorn": 1.2}
 # uWSGI's master sleeps 2 s without reaping when a worker dies again soon after its respawn ("worker respawning too
 # fast !!! i have to sleep a bit (2 seconds)..."): a worker killed during that sleep stays a zombie, its death
-# unlogged, until the sleep and the next wake-up are over (seen 1.94 s after the kill). The harness waits while
-# a worker is unreaped, up to this long after the grace (local servers: it needs the master's pid).
+# unlogged, until the sleep and the next wake-up are over (up to ~2 s late). The harness waits while a worker is
+# unreaped, up to this long after the grace (local servers: it needs the master's pid).
 REAP_WAIT = 3.0
 
 
@@ -148,7 +148,8 @@ class _Actions(threading.Thread):
     """Sends the cell's lifecycle actions to the server at their times, counted from the start of the load, on
     its own thread (the load engine is never blocked), and records each as an event with the time it was sent;
     then polls the action's phases (new workers ready, old ones gone, ...: ``servers.base.Watch``) until they are
-    all seen, the next action is due or the load ends, each an ``action_phase`` event with the time it was seen.
+    all seen, the next action is due or the server has settled after the load (``load_over``, then ``finish``),
+    each an ``action_phase`` event with the time it was seen.
     A rolling deploy (``rolling``, the cell's fleet: servers/fleet.py) runs its steps here too, each step an
     ``action_phase`` event with the instance it concerns."""
 

@@ -428,16 +428,20 @@ class Server:
         """The longest a graceful stop may take (the server's own bound, e.g. gunicorn's graceful_timeout)."""
         return 30.0
 
+    def master_pid(self) -> int | None:
+        """The server's master (local servers), None when unknown (a container: another pid namespace)."""
+        return getattr(self.runner, "master_pid", lambda: None)()
+
     def unreaped_workers(self) -> list[int]:
         """The workers that died and whose master has not reaped them yet, so not logged their death either ([] when
-        the master's pid is unknown: a container)."""
-        master = getattr(self.runner, "master_pid", lambda: None)()
+        the master's pid is unknown)."""
+        master = self.master_pid()
         return unreaped(master) if master is not None else []
 
     def watch(self, do: str) -> Watch | None:
         """The phases of action ``do``, to be polled after ``act``: None when the master's pid is unknown (a
         container: its processes are in another pid namespace). Made *before* ``act``: it notes the old workers."""
-        master = getattr(self.runner, "master_pid", lambda: None)()
+        master = self.master_pid()
         return Watch(self, do, master) if master is not None else None
 
     def phases(self, do: str) -> tuple[str, ...]:

@@ -181,7 +181,7 @@ class Gunicorn(Server):
         sends WINCH and QUIT to the old master once the new one's workers are ready, as gunicorn's docs say
         (``upgrade-graceful``: TERM instead, a graceful stop of the old master and its workers)."""
         if do in ("upgrade", "upgrade-graceful"):
-            if getattr(self.runner, "master_pid", lambda: None)() is None:
+            if self.master_pid() is None:
                 raise RuntimeError("upgrade needs the server's master pid (the local backend)")
             return signal.SIGUSR2, self.runner.signal(signal.SIGUSR2)
         return super().act(do)

@@ -164,7 +164,7 @@ class UWSGI(Server):
         if do != "chain-reload":
             return super().act(do)
         self._fifo(b"c")
-        return "'c' via the master FIFO", getattr(self.runner, "master_pid", lambda: None)()
+        return "'c' via the master FIFO", self.master_pid()
 
     def _fifo(self, command: bytes) -> None:
         """Write ``command`` to the master FIFO (ENXIO when nobody reads it: the master is gone)."""
@@ -183,7 +183,7 @@ class UWSGI(Server):
         (brutally), and with die-on-term (the harness sets it) it kills the workers at once, cutting what they
         serve; SIGINT and SIGQUIT are immediate kills too."""
         self._fifo(b"q")
-        return "'q' via the master FIFO (graceful shutdown)", getattr(self.runner, "master_pid", lambda: None)()
+        return "'q' via the master FIFO (graceful shutdown)", self.master_pid()
 
     def stop_grace(self) -> float:
         """How long a graceful stop may take: worker-reload-mercy (uWSGI's default 60 s)."""

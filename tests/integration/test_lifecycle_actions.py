@@ -39,7 +39,7 @@ actions = [{at = "3s", do = "hup"}]
 
 [cells.gunicorn-upgrade]
 server = "gunicorn"
-# the upgrade took 1.1-1.2 s to its master_gone here; the hup is sent to the new master only after that
+# the upgrade reached master_gone 1.2 s after it in a host run; the hup goes to the new master only after that
 actions = [{at = "1s", do = "upgrade"}, {at = "5s", do = "hup"}]
 
 [cells.gunicorn-term]

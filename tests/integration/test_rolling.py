@@ -81,7 +81,8 @@ def alive_under(path):
 
 def test_stop_releases_every_instance(wsgi_server, wsgi_load):
     target = wsgi_server.rolling({"server": "gunicorn", "workers": 1}, at="1s", lag="0.2s", prestop="0.5s")
-    # each replacement takes ~1.6-1.8 s here (lag, preStop, gunicorn's boot); 10 s leaves the two of them room
+    # each replacement is lag + preStop + gunicorn's boot (a review read 1.6-1.8 s in kept runs): 10 s leaves the two
+    # of them room
     result = wsgi_load(target, mode="open", rate=20, duration=10)
     assert [p["phase"] for p in result.telemetry["action_phases"]].count("ready") == 2  # both replaced
     running = alive_under(target.dir)
